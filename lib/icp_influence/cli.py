@@ -1,0 +1,125 @@
+"""Command line: ``python -m icp_influence`` / ``icp-influence``.
+
+Subcommands: ``list``, ``run EXPERIMENT [--smoke] [--json] [--seed N]``,
+``bench NAME [--smoke] [--json]``. With ``--json`` the last line of stdout is one JSON
+object. Bad input (unknown names, malformed files, ...) prints a one-line error to
+stderr and exits with code 2 — never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from .errors import IcpError
+
+EXIT_BAD_INPUT = 2
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def add_command(register: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Let another module add subcommands: ``register(subparsers)`` must set ``func``."""
+    _EXTRA_COMMANDS.append(register)
+    return register
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    for key, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+            if len(value) > 200:
+                value = value[:197] + "..."
+        print(f"{key:>32}: {value}")
+    if as_json:
+        print(json.dumps(result, default=_jsonable, sort_keys=False))
+
+
+def _jsonable(o: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from .registry import entries
+
+    for kind in ("experiment", "benchmark"):
+        known = entries(kind)
+        print(f"{kind}s ({len(known)}):")
+        for e in known.values():
+            print(f"  {e.name:<28} {e.summary}")
+    if getattr(args, "json", False):
+        print(json.dumps({k + "s": list(entries(k)) for k in ("experiment", "benchmark")}))
+
+
+def _run_entry(kind: str, args: argparse.Namespace) -> None:
+    from .registry import entries, get
+    from .utils import seed_everything
+
+    names = list(entries(kind)) if (kind == "benchmark" and args.name == "all") else [args.name]
+    results: dict[str, Any] = {}
+    for name in names:
+        entry = get(kind, name)
+        seed_everything(args.seed)
+        t0 = time.perf_counter()
+        print(f"[{kind}] {name}{' (smoke)' if args.smoke else ''} ...", file=sys.stderr, flush=True)
+        result = entry.func(smoke=args.smoke, seed=args.seed)
+        result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
+        results[name] = result
+    final = results[names[0]] if len(names) == 1 else results
+    _print_result(final, args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="icp-influence", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("list", help="list known experiments and benchmarks")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_list)
+
+    for kind, cmd in (("experiment", "run"), ("benchmark", "bench")):
+        sp = sub.add_parser(cmd, help=f"run a registered {kind}" + (" ('all' for every one)" if kind == "benchmark" else ""))
+        sp.add_argument("name")
+        sp.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), as in CI")
+        sp.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.set_defaults(func=lambda a, kind=kind: _run_entry(kind, a))
+
+    from . import commands  # noqa: F401  (each module there registers its subcommands)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        args.func(args)
+    except IcpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: completed chunks are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Self-checking exercises. Solutions live in the library (and are tested); notebooks call
+``check(name, answer)``, which prints a tick or raises ``AssertionError`` with a hint.
+
+Register with::
+
+    @exercise("01.two_layers", hint="Two LSA layers = two GD steps; compare with gd_steps(..., 2).")
+    def _two_layers():            # returns the reference solution
+        ...
+    @_two_layers.checker          # optional: custom comparison (default: np.allclose)
+    def _(answer, solution): ...
+
+Every module in this package is imported on first use.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class Exercise:
+    name: str
+    solution_fn: Callable[[], Any]
+    hint: str
+    compare: Callable[[Any, Any], bool] | None = field(default=None)
+
+    def checker(self, fn: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+        self.compare = fn
+        return fn
+
+    def solution(self) -> Any:
+        return self.solution_fn()
+
+
+_REGISTRY: dict[str, Exercise] = {}
+_LOADED = False
+
+
+def exercise(name: str, hint: str = "") -> Callable[[Callable[[], Any]], Exercise]:
+    def deco(fn: Callable[[], Any]) -> Exercise:
+        ex = Exercise(name, fn, hint)
+        _REGISTRY[name] = ex
+        return ex
+
+    return deco
+
+
+def _load() -> None:
+    global _LOADED
+    if not _LOADED:
+        for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+            if not m.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{m.name}")
+        _LOADED = True
+
+
+def names() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Exercise:
+    _load()
+    if name not in _REGISTRY:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError(f"Unknown exercise {name!r}; known: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def _default_compare(answer: Any, solution: Any) -> bool:
+    try:
+        return bool(np.allclose(np.asarray(answer, dtype=float), np.asarray(solution, dtype=float), rtol=1e-4, atol=1e-6))
+    except (TypeError, ValueError):
+        return answer == solution
+
+
+def check(name: str, answer: Any) -> bool:
+    """Check a student's ``answer`` to exercise ``name``; prints ✓ or raises with a hint."""
+    ex = get(name)
+    if answer is None or answer is Ellipsis:
+        raise AssertionError(f"{name}: no answer yet — replace the `...` with your code. Hint: {ex.hint}")
+    ok = (ex.compare or _default_compare)(answer, ex.solution())
+    if not ok:
+        raise AssertionError(f"{name}: not quite. Hint: {ex.hint}")
+    print(f"✓ {name}: correct")
+    return True
+
+
+def solution(name: str) -> Any:
+    """The reference solution (instructors; tests)."""
+    return get(name).solution()

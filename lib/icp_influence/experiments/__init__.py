@@ -1,0 +1,1 @@
+"""Experiments registered with :func:`icp_influence.registry.experiment` (auto-discovered)."""

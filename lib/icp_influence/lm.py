@@ -1,0 +1,88 @@
+"""Language-model primitives shared by the valuators, fine-tuning and the notebooks.
+
+* :func:`answer_logprobs` — log-probability of every answer token of encoded sequences
+  (one forward pass per batch, right padding, float64 accumulation).
+* :func:`generate_answer` — greedy decoding of a probe's answer.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import Example
+from .encoding import Encoded, encode_pair
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def pad_batch(encs: Sequence[Encoded], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to ``(input_ids, attention_mask, labels)``, each ``[batch, max_len]``."""
+    n = max(len(e) for e in encs)
+    ids = torch.full((len(encs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encs), n), dtype=torch.long)
+    labels = torch.full((len(encs), n), -100, dtype=torch.long)
+    for i, e in enumerate(encs):
+        L = len(e)
+        ids[i, :L] = torch.tensor(e.input_ids)
+        mask[i, :L] = 1
+        labels[i, :L] = torch.tensor(e.labels)
+    if device is not None:
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    return ids, mask, labels
+
+
+def logprobs_of_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log p(labels[t] | < t)`` for every position; 0 where ``labels == -100``.
+
+    ``logits``: ``[B, T, V]`` (position t predicts t+1); ``labels``: ``[B, T]``.
+    Returns ``[B, T-1]`` aligned with ``labels[:, 1:]``.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    logp = torch.log_softmax(shift_logits, dim=-1)
+    safe = shift_labels.clamp_min(0)
+    out = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return out.masked_fill(shift_labels == -100, 0.0)
+
+
+@torch.no_grad()
+def answer_logprobs(model, encs: Sequence[Encoded], *, pad_id: int, batch_size: int = 8) -> list[np.ndarray]:
+    """Per-token answer log-probabilities for each encoded sequence (naive, no cache).
+
+    Returns one ``float64`` array of length ``len(enc.answer_ids)`` per input.
+    """
+    device = model_device(model)
+    out: list[np.ndarray] = []
+    for start in range(0, len(encs), batch_size):
+        chunk = encs[start:start + batch_size]
+        ids, mask, labels = pad_batch(chunk, pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        lp = logprobs_of_labels(logits, labels).double().cpu()
+        for i, e in enumerate(chunk):
+            a0 = e.answer_start
+            out.append(lp[i, a0 - 1:a0 - 1 + len(e.answer_ids)].numpy().copy())
+    return out
+
+
+def answer_loglik(model, tokenizer, probe: Example, demo: Example | None = None, *, template: str = "paper") -> float:
+    """Summed answer log-likelihood ``ll(p | z)`` (or ``ll(p)`` without a demonstration)."""
+    enc = encode_pair(tokenizer, probe, demo, template=template)
+    return float(answer_logprobs(model, [enc], pad_id=tokenizer.pad_token_id)[0].sum())
+
+
+@torch.no_grad()
+def generate_answer(model, tokenizer, probe: Example, demo: Example | None = None, *,
+                    template: str = "chat", max_new_tokens: int = 24) -> str:
+    """Greedy answer to ``probe`` (optionally after a demonstration), stripped."""
+    enc = encode_pair(tokenizer, probe.with_output(probe.output or "?"), demo, template=template)
+    prompt = torch.tensor([[*enc.prefix_ids, *enc.query_ids]], device=model_device(model))
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+    if template != "chat":
+        text = text.split("\n")[0]
+    return text.strip()
