@@ -89,31 +89,66 @@ def _tok(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids) if text else []
 
 
+_SENT_U, _SENT_A, _SENT_Q = "\ue000", "\ue001", "\ue002"
+
+
+def _chat_layout(tokenizer) -> tuple[str, str]:
+    """(system preamble S, user-turn opener O) of the tokenizer's chat template.
+
+    Found by rendering sentinel contents: ``base = S + O + <probe> + ...`` and
+    ``full = S + O + <demo user> + ... + <demo answer> + M + <probe> + ...`` where
+    ``M = (assistant-turn closing) + O``. The closing is the longest common start of M and
+    the text after the probe (``C + generation prompt``), cut back to a newline or the start
+    of a special token, so the probe's turn starts at its own opener.
+    """
+    user = [{"role": "user", "content": _SENT_Q}]
+    base = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENT_U}, {"role": "assistant", "content": _SENT_A}] + user,
+        add_generation_prompt=True, tokenize=False)
+    before = base[: base.index(_SENT_Q)]
+    after = base[base.index(_SENT_Q) + 1:]
+    m = full[full.index(_SENT_A) + 1: full.index(_SENT_Q)]
+    common = 0
+    while common < min(len(m), len(after)) and m[common] == after[common]:
+        common += 1
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+    cut = 0
+    for p in range(common, 0, -1):
+        if m[:p].endswith("\n") or any(m.startswith(t, p) for t in specials):
+            cut = p
+            break
+    opener = m[cut:]
+    if not before.endswith(opener):  # unusual template: fall back to the longest common suffix
+        k = 0
+        while k < min(len(m), len(before)) and m[len(m) - 1 - k] == before[len(before) - 1 - k]:
+            k += 1
+        opener = m[len(m) - k:]
+    return before[: len(before) - len(opener)], opener
+
+
 def _chat_split(tokenizer, demo: Example | None, probe: Example) -> tuple[str, str]:
     """Render the chat template and split it into (prefix text, query text).
 
-    With messages S (system, if the template adds one), D (demo turns) and Q (the probe
-    turn + generation prompt): full = S+D+Q and base = S+Q. We find |S| as the largest
-    s with full[:s] == base[:s] and full[s+|D|:] == base[s:].
+    ``prefix`` = system preamble (+ the demonstration's user and assistant turns);
+    ``query`` = the probe's user turn and the generation prompt — identical with and
+    without the demonstration.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError("The tokenizer has no chat template; use template='paper' or 'plain'.")
+    system, _ = _chat_layout(tokenizer)
     probe_msgs = [{"role": "user", "content": probe.prompt}]
     base = tokenizer.apply_chat_template(probe_msgs, add_generation_prompt=True, tokenize=False)
+    if not base.startswith(system):
+        raise TemplateError("The chat template renders a probe-dependent preamble; use template='paper'.")
+    query = base[len(system):]
     if demo is None:
-        # Split with a stand-in demonstration; the baseline prefix is what precedes Q.
-        _, query = _chat_split(tokenizer, Example(id="_", instruction="_", output="_"), probe)
-        return base[: len(base) - len(query)], query
+        return system, query
     demo_msgs = [{"role": "user", "content": demo.prompt}, {"role": "assistant", "content": demo.output}]
     full = tokenizer.apply_chat_template(demo_msgs + probe_msgs, add_generation_prompt=True, tokenize=False)
-    d = len(full) - len(base)
-    common = 0
-    while common < len(base) and full[common] == base[common]:
-        common += 1
-    for s in range(common, -1, -1):
-        if full[s + d:] == base[s:]:
-            return full[: s + d], base[s:]
-    raise TemplateError("Could not split the chat template into demonstration and probe parts.")
+    if not full.endswith(query):
+        raise TemplateError("Could not split the chat template into demonstration and probe parts; use template='paper'.")
+    return full[: len(full) - len(query)], query
 
 
 def segment_texts(template: str, demo: Example | None, probe: Example, tokenizer=None) -> tuple[str, str, str]:
@@ -147,18 +182,20 @@ def encode_pair(
 ) -> Encoded:
     """Tokenise one (demonstration, probe) pair; see the module docstring for the policy."""
     prefix_text, query_text, answer_text = segment_texts(template, demo, probe, tokenizer)
-    prefix = _bos(tokenizer) + _tok(tokenizer, prefix_text)
+    bos = _bos(tokenizer)
+    prefix = bos + _tok(tokenizer, prefix_text)
     query = _tok(tokenizer, query_text)
     answer = _tok(tokenizer, answer_text)
     if not answer:
         raise DataFormatError(f"Probe {probe.id!r}: the answer tokenises to nothing; give it a non-empty output.")
     enc = Encoded(tuple(prefix), tuple(query), tuple(answer))
     if max_length is not None and len(enc) > max_length:
-        enc = _truncate(enc, max_length, truncation, probe, demo)
+        enc = _truncate(enc, max_length, truncation, probe, demo, n_keep=len(bos))
     return enc
 
 
-def _truncate(enc: Encoded, max_length: int, truncation: str, probe: Example, demo: Example | None) -> Encoded:
+def _truncate(enc: Encoded, max_length: int, truncation: str, probe: Example, demo: Example | None,
+              n_keep: int = 0) -> Encoded:
     excess = len(enc) - max_length
     names = f"probe {probe.id!r}" + (f" with demonstration {demo.id!r}" if demo is not None else "")
     if truncation == "error":
@@ -174,7 +211,7 @@ def _truncate(enc: Encoded, max_length: int, truncation: str, probe: Example, de
             f"{max_length}; the answer is never truncated — shorten it or drop the probe."
         )
     prefix, query = list(enc.prefix_ids), list(enc.query_ids)
-    keep_bos = 1 if prefix and demo is not None else 0
+    keep_bos = min(n_keep, len(prefix))  # a leading BOS is kept
     cut_demo = min(excess, max(0, len(prefix) - keep_bos))
     prefix = prefix[:keep_bos] + prefix[keep_bos + cut_demo:]
     rest = excess - cut_demo

@@ -1,0 +1,103 @@
+"""Execute notebooks headless under a real kernel, writing executed copies and HTML.
+
+``python -m icp_influence.nbrun notebooks --out build/notebooks [--smoke]`` runs every
+``NN_*.ipynb`` in order and prints one progress line per notebook. ``ICP_SMOKE=1`` (or
+``--smoke``) shrinks sizes. Used by ``make notebooks`` and by the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class NotebookRun:
+    path: Path
+    seconds: float
+    executed: Path
+    html: Path | None
+    error: str | None = None
+
+
+def list_notebooks(folder: str | Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+
+
+def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = True, timeout: int = 900,
+                     html: bool = True) -> NotebookRun:
+    """Run ``path`` with cwd = its folder; save the executed notebook (and HTML) in ``out_dir``.
+
+    Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell (after
+    saving what ran so far).
+    """
+    import nbclient
+    import nbformat
+
+    path = Path(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    env_before = os.environ.get("ICP_SMOKE")
+    if smoke:
+        os.environ["ICP_SMOKE"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    t0 = time.perf_counter()
+    executed = out / path.name
+    error = None
+    try:
+        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                         resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+    except Exception as e:  # noqa: BLE001 - re-raised below after saving
+        error = e
+    finally:
+        if smoke:
+            if env_before is None:
+                os.environ.pop("ICP_SMOKE", None)
+            else:
+                os.environ["ICP_SMOKE"] = env_before
+    seconds = time.perf_counter() - t0
+    nbformat.write(nb, executed)
+    html_path = None
+    if html:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_notebook_node(nb)
+        html_path = executed.with_suffix(".html")
+        html_path.write_text(body, encoding="utf-8")
+    if error is not None:
+        raise error
+    return NotebookRun(path, seconds, executed, html_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", nargs="?", default="notebooks")
+    p.add_argument("--out", default="build/notebooks")
+    p.add_argument("--smoke", action="store_true", help="same as ICP_SMOKE=1")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    args = p.parse_args(argv)
+    smoke = args.smoke or os.environ.get("ICP_SMOKE") == "1"
+    books = list_notebooks(args.folder)
+    total, failed = 0.0, []
+    for i, nb in enumerate(books, 1):
+        print(f"[{i}/{len(books)}] {nb.name} {'(smoke) ' if smoke else ''}...", end=" ", flush=True)
+        t0 = time.perf_counter()
+        try:
+            run = execute_notebook(nb, args.out, smoke=smoke, timeout=args.timeout)
+            print(f"ok ({run.seconds:.1f} s) -> {run.html}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            failed.append(nb.name)
+            print(f"FAILED ({time.perf_counter() - t0:.1f} s): {str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
+        total += time.perf_counter() - t0
+    print(f"{len(books) - len(failed)}/{len(books)} notebooks ok in {total:.1f} s; executed copies in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
