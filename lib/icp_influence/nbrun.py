@@ -41,11 +41,11 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(path, as_version=4)
-    env_before = os.environ.get("ICP_SMOKE")
+    saved = {k: os.environ.get(k) for k in ("ICP_SMOKE", "MPLBACKEND")}
     if smoke:
         os.environ["ICP_SMOKE"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline, whatever the caller uses
     t0 = time.perf_counter()
     executed = out / path.name
     error = None
@@ -56,11 +56,11 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     except Exception as e:  # noqa: BLE001 - re-raised below after saving
         error = e
     finally:
-        if smoke:
-            if env_before is None:
-                os.environ.pop("ICP_SMOKE", None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                os.environ["ICP_SMOKE"] = env_before
+                os.environ[k] = v
     seconds = time.perf_counter() - t0
     nbformat.write(nb, executed)
     html_path = None

@@ -98,3 +98,32 @@ def config_hash(config: dict[str, Any]) -> str:
 def smoke_mode() -> bool:
     """True when ``ICP_SMOKE=1``: notebooks and experiments shrink their sizes."""
     return os.environ.get("ICP_SMOKE") == "1"
+
+
+def environment_report() -> dict[str, Any]:
+    """Versions and device facts for the notebooks' environment check."""
+    import platform
+
+    import torch
+    import transformers
+
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "device": str(pick_device()),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE") == "1",
+        "smoke_mode": smoke_mode(),
+    }
+    for name in ("ipywidgets", "kronfluence", "peft", "captum"):
+        try:
+            mod = __import__(name)
+            report[name] = getattr(mod, "__version__", "installed")
+        except Exception:  # noqa: BLE001 - optional packages
+            report[name] = None
+    if torch.cuda.is_available():
+        report["gpu"] = torch.cuda.get_device_name(0)
+    return report

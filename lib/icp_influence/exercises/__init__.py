@@ -4,7 +4,7 @@
 Register with::
 
     @exercise("01.two_layers", hint="Two LSA layers = two GD steps; compare with gd_steps(..., 2).")
-    def _two_layers():            # returns the reference solution
+    def _two_layers(**context):   # returns the reference solution (context: data from the notebook)
         ...
     @_two_layers.checker          # optional: custom comparison (default: np.allclose)
     def _(answer, solution): ...
@@ -24,7 +24,7 @@ import numpy as np
 @dataclass
 class Exercise:
     name: str
-    solution_fn: Callable[[], Any]
+    solution_fn: Callable[..., Any]
     hint: str
     compare: Callable[[Any, Any], bool] | None = field(default=None)
 
@@ -32,8 +32,8 @@ class Exercise:
         self.compare = fn
         return fn
 
-    def solution(self) -> Any:
-        return self.solution_fn()
+    def solution(self, **context: Any) -> Any:
+        return self.solution_fn(**context)
 
 
 _REGISTRY: dict[str, Exercise] = {}
@@ -79,18 +79,22 @@ def _default_compare(answer: Any, solution: Any) -> bool:
         return answer == solution
 
 
-def check(name: str, answer: Any) -> bool:
-    """Check a student's ``answer`` to exercise ``name``; prints ✓ or raises with a hint."""
+def check(name: str, answer: Any, **context: Any) -> bool:
+    """Check a student's ``answer`` to exercise ``name``; prints ✓ or raises with a hint.
+
+    ``context`` (optional keyword arguments) is passed to the reference solution, for
+    exercises whose answer depends on data computed in the notebook.
+    """
     ex = get(name)
     if answer is None or answer is Ellipsis:
         raise AssertionError(f"{name}: no answer yet — replace the `...` with your code. Hint: {ex.hint}")
-    ok = (ex.compare or _default_compare)(answer, ex.solution())
+    ok = (ex.compare or _default_compare)(answer, ex.solution(**context))
     if not ok:
         raise AssertionError(f"{name}: not quite. Hint: {ex.hint}")
     print(f"✓ {name}: correct")
     return True
 
 
-def solution(name: str) -> Any:
+def solution(name: str, **context: Any) -> Any:
     """The reference solution (instructors; tests)."""
-    return get(name).solution()
+    return get(name).solution(**context)
