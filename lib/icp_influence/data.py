@@ -213,7 +213,7 @@ def load_alpaca(path: str | Path, *, name: str | None = None) -> Pool:
             if not line.strip():
                 continue
             try:
-                records.append((f"{path}:{lineno}", json.loads(line)))
+                records.append((f"{path} line {lineno}", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise DataFormatError(
                     f"{path}: line {lineno} is not valid JSON ({e.msg} at column {e.colno}); fix or remove that line."
@@ -332,3 +332,33 @@ def add_label_noise(pool: Pool, fraction: float, seed: int = 0) -> Pool:
         else:
             out.append(ex)
     return Pool(out, name=pool.name)
+
+
+def parse_pool_spec(spec: str, *, name: str | None = None) -> Pool:
+    """A pool from a command-line spec.
+
+    * ``synthetic:N`` or ``synthetic:N:SEED`` — :func:`~icp_influence.synthetic.make_synthetic_pool`;
+    * a ``.json`` / ``.jsonl`` path — Alpaca records (:func:`load_alpaca`);
+    * a ``.txt`` path — the authors' text format (:func:`load_paper_text`).
+    """
+    spec = str(spec).strip()
+    if spec.startswith("synthetic:"):
+        from .synthetic import make_synthetic_pool
+
+        parts = spec.split(":")
+        try:
+            n = int(parts[1])
+            seed = int(parts[2]) if len(parts) > 2 and parts[2] != "" else 0
+        except (IndexError, ValueError):
+            raise DataFormatError(f"Bad pool spec {spec!r}: write 'synthetic:N' or 'synthetic:N:SEED' with integers.") from None
+        if len(parts) > 3:
+            raise DataFormatError(f"Bad pool spec {spec!r}: write 'synthetic:N' or 'synthetic:N:SEED'.")
+        return make_synthetic_pool(n, seed=seed, name=name or f"synthetic-{n}-{seed}")
+    path = Path(spec)
+    if path.suffix in (".txt",):
+        return load_paper_text(path, name=name)
+    if path.suffix in (".json", ".jsonl") or path.exists():
+        return load_alpaca(path, name=name)
+    raise DataFormatError(
+        f"Cannot read pool spec {spec!r}: give a .json/.jsonl/.txt file that exists, or 'synthetic:N[:SEED]'."
+    )
