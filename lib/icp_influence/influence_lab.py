@@ -1,0 +1,246 @@
+"""Models small enough to retrain, for checking influence functions against leave-one-out
+(notebook 03, the ``influence-vs-loo`` experiment, the tests).
+
+* L2-regularised logistic regression, trained to the exact optimum with Newton's method
+  (NumPy, float64, independent of the influence code): objective
+  ``(1/n) Σ_i ℓ_i(θ) + (λ/2)‖θ‖²`` (bias included in θ). Leave-one-out retraining removes
+  one term and keeps the ``1/n`` weights, which is exactly Koh & Liang's ``ε = −1/n``
+  upweighting; so ``n·(ℓ_p(θ₋ᵢ) − ℓ_p(θ)) ≈ ∇ℓ(p)ᵀ (H + λI)⁻¹ ∇ℓ(zᵢ)`` where ``H`` is the
+  Hessian of the mean *unregularised* loss — the influence score with damping ``λ``.
+* a small tanh MLP classifier (float64), trained full-batch with L-BFGS, for EK-FAC.
+
+Both are written as 2-class/C-class cross-entropy models so the same
+:class:`~icp_influence.gradients.Objective` and the ``kronfluence`` adapter apply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .gradients import Objective, TensorItems, select_parameters
+
+
+class BinaryLogits(nn.Module):
+    """Logistic regression as a 2-class softmax: logits ``[0, wᵀx + b]``."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.linear = nn.Linear(d, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.linear(x)
+        return torch.cat([torch.zeros_like(z), z], dim=-1)
+
+
+def ce_example_loss(forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one example (``x [d]``, integer ``y``)."""
+    logits = forward(x.unsqueeze(0))[0]
+    return -torch.log_softmax(logits, dim=-1).gather(0, y.reshape(1)).squeeze(0)
+
+
+def classifier_objective(model: nn.Module, params: str = "all") -> Objective:
+    obj = Objective(model, select_parameters(model, params), ce_example_loss)
+    from .influence import ce_view_classifier
+
+    obj.ce_view = ce_view_classifier  # type: ignore[attr-defined]
+    return obj
+
+
+# ------------------------------------------------------------------ logistic regression
+
+def make_logreg_data(n: int, d: int = 5, *, n_probes: int = 5, seed: int = 0, noise: float = 1.0):
+    """Two overlapping Gaussian classes: ``(X [n,d], y [n], Xp [m,d], yp [m])`` (float64 / int64)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+
+    def draw(m):
+        X = rng.normal(size=(m, d))
+        p = 1 / (1 + np.exp(-(X @ w) / noise))
+        return X, (rng.random(m) < p).astype(np.int64)
+
+    X, y = draw(n)
+    Xp, yp = draw(n_probes)
+    return X, y, Xp, yp
+
+
+def _aug(X: np.ndarray) -> np.ndarray:
+    return np.hstack([X, np.ones((len(X), 1))])
+
+
+def fit_logreg(X: np.ndarray, y: np.ndarray, l2: float, *, weights: np.ndarray | None = None,
+               theta0: np.ndarray | None = None, n_norm: int | None = None, tol: float = 1e-12, max_iter: int = 100) -> np.ndarray:
+    """Newton's method on ``(1/n_norm) Σ wᵢ ℓᵢ + (λ/2)‖θ‖²``; returns ``θ = [w, b]``."""
+    A = _aug(X)
+    n_norm = n_norm or len(X)
+    wts = np.ones(len(X)) if weights is None else weights
+    th = np.zeros(A.shape[1]) if theta0 is None else theta0.copy()
+    for _ in range(max_iter):
+        p = 1 / (1 + np.exp(-(A @ th)))
+        g = A.T @ (wts * (p - y)) / n_norm + l2 * th
+        H = (A * (wts * p * (1 - p))[:, None]).T @ A / n_norm + l2 * np.eye(A.shape[1])
+        step = np.linalg.solve(H, g)
+        th -= step
+        if np.abs(step).max() < tol:
+            break
+    return th
+
+
+def logreg_losses(theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = _aug(X) @ theta
+    return np.logaddexp(0, z) - y * z
+
+
+def loo_effects(X, y, Xp, yp, l2: float, theta: np.ndarray | None = None) -> np.ndarray:
+    """Leave-one-out ground truth ``[n, m]``: ``n·(ℓ_p(θ₋ᵢ) − ℓ_p(θ))`` (positive = zᵢ helped p)."""
+    n = len(X)
+    theta = fit_logreg(X, y, l2) if theta is None else theta
+    base = logreg_losses(theta, Xp, yp)
+    out = np.zeros((n, len(Xp)))
+    for i in range(n):
+        w = np.ones(n)
+        w[i] = 0.0
+        th_i = fit_logreg(X, y, l2, weights=w, theta0=theta, n_norm=n)
+        out[i] = n * (logreg_losses(th_i, Xp, yp) - base)
+    return out
+
+
+def logreg_model(theta: np.ndarray) -> BinaryLogits:
+    d = len(theta) - 1
+    m = BinaryLogits(d).double()
+    with torch.no_grad():
+        m.linear.weight.copy_(torch.tensor(theta[:d]).view(1, d))
+        m.linear.bias.copy_(torch.tensor(theta[d:]))
+    return m.eval()
+
+
+@dataclass
+class LogRegLab:
+    """A trained L2 logistic regression with its data, objective and LOO ground truth."""
+
+    X: np.ndarray
+    y: np.ndarray
+    Xp: np.ndarray
+    yp: np.ndarray
+    l2: float
+    theta: np.ndarray
+    model: nn.Module
+    obj: Objective
+    train: TensorItems
+    probes: TensorItems
+    loo: np.ndarray | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.X)
+
+
+def logreg_lab(n: int = 100, d: int = 5, *, n_probes: int = 5, l2: float = 0.01, seed: int = 0, with_loo: bool = True) -> LogRegLab:
+    X, y, Xp, yp = make_logreg_data(n, d, n_probes=n_probes, seed=seed)
+    theta = fit_logreg(X, y, l2)
+    model = logreg_model(theta)
+    obj = classifier_objective(model)
+    train = TensorItems(torch.tensor(X), torch.tensor(y))
+    probes = TensorItems(torch.tensor(Xp), torch.tensor(yp))
+    loo = loo_effects(X, y, Xp, yp, l2, theta) if with_loo else None
+    return LogRegLab(X, y, Xp, yp, l2, theta, model, obj, train, probes, loo)
+
+
+# ------------------------------------------------------------------ small MLP
+
+class MLP(nn.Module):
+    def __init__(self, d: int, hidden: int, classes: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def make_blobs(n: int, d: int = 4, classes: int = 3, *, n_probes: int = 8, seed: int = 0, spread: float = 1.5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=spread, size=(classes, d))
+
+    def draw(m):
+        y = rng.integers(classes, size=m)
+        return centers[y] + rng.normal(size=(m, d)), y.astype(np.int64)
+
+    X, y = draw(n)
+    Xp, yp = draw(n_probes)
+    return X, y, Xp, yp
+
+
+def train_mlp(X, y, *, hidden: int = 8, classes: int | None = None, l2: float = 1e-2, seed: int = 0,
+              steps: int = 300, model: MLP | None = None) -> MLP:
+    """Full-batch L-BFGS on mean cross-entropy + (λ/2)‖θ‖² (float64)."""
+    classes = classes or int(y.max()) + 1
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = MLP(X.shape[1], hidden, classes).double()
+    Xt, yt = torch.tensor(X), torch.tensor(y)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=steps, tolerance_grad=1e-10,
+                            tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(Xt), yt) + 0.5 * l2 * sum((p ** 2).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return model.eval()
+
+
+@dataclass
+class MLPLab:
+    X: np.ndarray
+    y: np.ndarray
+    Xp: np.ndarray
+    yp: np.ndarray
+    l2: float
+    model: MLP
+    obj: Objective
+    train: TensorItems
+    probes: TensorItems
+
+
+def mlp_lab(n: int = 200, d: int = 4, classes: int = 3, *, hidden: int = 8, n_probes: int = 8, l2: float = 1e-2,
+            spread: float = 3.0, seed: int = 0) -> MLPLab:
+    X, y, Xp, yp = make_blobs(n, d, classes, n_probes=n_probes, seed=seed, spread=spread)
+    model = train_mlp(X, y, hidden=hidden, classes=classes, l2=l2, seed=seed)
+    obj = classifier_objective(model)
+    return MLPLab(X, y, Xp, yp, l2, model, obj, TensorItems(torch.tensor(X), torch.tensor(y)),
+                  TensorItems(torch.tensor(Xp), torch.tensor(yp)))
+
+
+# ------------------------------------------------------------------ comparisons
+
+def pearson(a, b) -> float:
+    a, b = np.ravel(a).astype(float), np.ravel(b).astype(float)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(a), np.ravel(b)).correlation)
+
+
+def compare_methods(lab: LogRegLab, methods=("exact", "lissa", "cg", "ekfac", "inner_product"), *, damping: float | None = None,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Scores ``[n, m]`` of each method on a logistic-regression lab (damping defaults to its λ)."""
+    from .influence import influence_scores
+
+    damping = lab.l2 if damping is None else damping
+    out = {}
+    for m in methods:
+        out[m] = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method=m, damping=damping,
+                                  lissa_depth=5000, lissa_tol=1e-9, cg_max_iter=500, seed=seed,
+                                  ekfac_kwargs={"batch_size": 32, "seed": seed})
+    return out
