@@ -1,0 +1,387 @@
+"""icp_influence.theory / theory_transformer: LSA = GD, dual form, ICP vs influence, CIs."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from icp_influence import theory as T
+from icp_influence import theory_transformer as TT
+from icp_influence.errors import ConfigError, CorruptFileError, ModelFilesError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------ construction
+
+def test_constructed_lsa_is_one_gd_step_over_1000_tasks():
+    diff = T.construction_max_abs_diff(n_tasks=1000, d=10, n_points=10, seed=0)
+    assert diff <= 1e-5
+    assert diff < 1e-12  # float64: it is exact up to rounding
+
+
+def test_gd_step_matches_hand_formula_and_autograd():
+    t = T.sample_tasks(50, 10, 10, seed=3)
+    lr = 2.5
+    hand = lr / 10 * torch.einsum("tn,tnd,td->t", t.ys, t.xs, t.xq)  # (η/N) Σ y_i x_iᵀ x_q
+    assert torch.allclose(T.gd_predict(t.xs, t.ys, t.xq, lr), hand, atol=1e-13)
+    # the step really is −η ∇L(0) with L computed by autograd
+    W = torch.zeros(50, 10, dtype=torch.float64, requires_grad=True)
+    L = 0.5 * ((torch.einsum("tnd,td->tn", t.xs, W) - t.ys) ** 2).mean(1).sum()
+    (g,) = torch.autograd.grad(L, W)
+    assert torch.allclose(T.gd_weights(t.xs, t.ys, lr), -lr * g, atol=1e-13)
+
+
+def test_two_constructed_layers_are_two_gd_steps():
+    t = T.sample_tasks(200, 10, 10, seed=4)
+    lsa = T.construct_gd_lsa(10, 3.0, 10, n_layers=2)
+    with torch.no_grad():
+        diff = (lsa.predict(t.xs, t.ys, t.xq) - T.gd_predict(t.xs, t.ys, t.xq, 3.0, steps=2)).abs().max()
+        one = (lsa.predict(t.xs, t.ys, t.xq) - T.gd_predict(t.xs, t.ys, t.xq, 3.0, steps=1)).abs().max()
+    assert float(diff) < 1e-12 and float(one) > 1e-3
+
+
+def test_dual_form_is_exact_and_equals_the_gd_update():
+    t = T.sample_tasks(100, 10, 10, seed=5)
+    r = T.dual_form_check(T.construct_gd_lsa(10, 4.0, 10), t)
+    assert r["max_abs_diff_forward"] < 1e-12 and r["max_abs_diff_gd_update"] < 1e-12
+    # the forward identity holds for any (random) layer too
+    rnd = T.LinearSelfAttention(10, 10, init_scale=0.3, seed=1)
+    assert T.dual_form_check(rnd, t)["max_abs_diff_forward"] < 1e-12
+
+
+def test_optimal_lr_is_the_argmin_and_matches_the_closed_form():
+    t = T.sample_tasks(20_000, 10, 10, seed=6)
+    eta = T.optimal_gd_lr(t)
+    lrs = np.linspace(eta - 1, eta + 1, 201)
+    losses = T.gd_loss_curve(t, lrs)
+    assert abs(lrs[np.argmin(losses)] - eta) <= 0.01 + 1e-9
+    assert T.expected_optimal_lr_uniform(10, 10) == pytest.approx(6.0606060606, rel=1e-9)
+    assert eta == pytest.approx(T.expected_optimal_lr_uniform(10, 10), rel=0.03)
+    # zero loss = ½ E[(wᵀx)²] = ½ d/12
+    assert T.half_mse(torch.zeros_like(t.yq), t.yq) == pytest.approx(10 / 24, rel=0.03)
+
+
+def test_trained_lsa_short_run_lands_on_gd():
+    """Short version of the acceptance run (full: 5000 steps × 1024 tasks, see `run lsa-gd`)."""
+    model, hist = T.train_lsa(10, 10, steps=600, batch_size=512, seed=0)
+    ev = T.sample_tasks(5000, 10, 10, seed=99)
+    eta = T.optimal_gd_lr(T.sample_tasks(10_000, 10, 10, seed=98))
+    r = T.compare_with_gd(model, ev, eta)
+    assert hist.loss[0] > 0.35 > hist.loss[-1]  # it learned something
+    assert r["lsa_loss"] <= 1.03 * r["gd_loss"]  # the acceptance bounds already after 600 steps
+    assert r["sensitivity_cosine"] >= 0.99
+    assert r["prediction_abs_diff"] < 0.05
+    assert r["zero_loss"] > 1.8 * r["gd_loss"]
+    m = model.effective_matrices()
+    # learned P·W_V concentrates on the y→y entry, W_KᵀW_Q on the x-block (the construction)
+    pv, kq = np.abs(m["P W_V"]), np.abs(m["W_K^T W_Q"])
+    assert pv[-1, -1] > 5 * np.delete(pv.ravel(), pv.size - 1).max()
+    assert np.diag(kq)[:10].min() > 3 * np.abs(kq[:10, :10] - np.diag(np.diag(kq[:10, :10]))).max()
+
+
+def test_sensitivities_of_gd_are_analytic():
+    t = T.sample_tasks(20, 10, 10, seed=7)
+    s = T.sensitivities(lambda xs, ys, xq: T.gd_predict(xs, ys, xq, 2.0), t.xs, t.ys, t.xq)
+    assert torch.allclose(s, 2.0 / 10 * torch.einsum("tn,tnd->td", t.ys, t.xs), atol=1e-13)
+
+
+# ------------------------------------------------------------------ ICP vs influence
+
+@pytest.fixture(scope="module")
+def pool():
+    return T.sample_pool(40, 15, 10, seed=11)
+
+
+def test_icp_in_constructed_lsa_is_first_plus_second_order(pool):
+    eta = 6.0
+    lsa = T.construct_gd_lsa(10, eta, 10)
+    r = T.icp_vs_gradients(lsa.predict, pool, step=eta / 10)
+    assert np.abs(r["icp"] - r["taylor2"]).max() < 1e-12
+    # independent: ICP = ½y_p² − ½(ŷ − y_p)² with ŷ = (η/N) y_z x_zᵀx_p
+    x, y, px, py = (a.numpy() for a in (pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y))
+    yhat = eta / 10 * y[:, None] * (x @ px.T)
+    assert np.allclose(r["icp"], 0.5 * py**2 - 0.5 * (yhat - py) ** 2, atol=1e-12)
+    assert np.allclose(r["inner_product"], (y[:, None] * py[None]) * (x @ px.T), atol=1e-13)
+    p = T.pearson(r["icp"], r["inner_product"])
+    assert 0.9 < p < 0.999  # the second-order term keeps it below 0.999 at η* …
+    small = T.icp_vs_gradients(T.construct_gd_lsa(10, eta / 100, 10).predict, pool)
+    assert T.pearson(small["icp"], small["inner_product"]) > 0.99999  # … and vanishes as η → 0
+
+
+def test_icp_with_base_context_matches_the_mixed_expansion(pool):
+    eta, N = 5.0, 10
+    lsa = T.construct_gd_lsa(10, eta, N)
+    g = torch.Generator().manual_seed(2)
+    bx = torch.rand(4, 10, generator=g, dtype=torch.float64) - 0.5
+    by = bx @ pool.w
+    icp = T.icp_matrix(lsa.predict, pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y, base_x=bx, base_y=by)
+    W_C = eta / N * (by @ bx)  # one GD step on the base context (normaliser N)
+    s = eta / N
+    expect = s * (T.linear_grads(pool.cand_x, pool.cand_y).numpy() @ T.linear_grads(pool.probe_x, pool.probe_y, W_C).numpy().T) \
+        - T.second_order_term(pool.cand_x, pool.cand_y, pool.probe_x, s)
+    assert np.allclose(icp, expect, atol=1e-12)
+
+
+def test_influence_linear_equals_the_derivative_of_retraining():
+    """Independent check: at the ridge optimum, d/dε of −ℓ_p(θ_ε) with θ_ε = argmin L + λ/2‖θ‖² + ε ℓ_z."""
+    p = T.sample_pool(30, 5, 4, noise=0.3, seed=12)
+    X, y = p.cand_x.numpy(), p.cand_y.numpy()
+    lam, M = 0.1, len(X)
+    H = X.T @ X / M + lam * np.eye(4)
+    W = np.linalg.solve(H, X.T @ y / M)
+    inf = T.influence_linear(p.cand_x, p.cand_y, p.probe_x, p.probe_y, torch.from_numpy(W), damping=lam)
+
+    def probe_losses(eps, m):
+        A = H + eps * np.outer(X[m], X[m])
+        Wm = np.linalg.solve(A, X.T @ y / M + eps * y[m] * X[m])
+        return 0.5 * (p.probe_x.numpy() @ Wm - p.probe_y.numpy()) ** 2
+
+    e = 1e-6
+    fd = np.array([-(probe_losses(e, m) - probe_losses(-e, m)) / (2 * e) for m in range(M)])
+    assert np.allclose(inf, fd, rtol=1e-5, atol=1e-8)
+
+
+def test_pearson_spearman_match_scipy():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=300), rng.normal(size=300)
+    y = y + x
+    y[:10] = y[0]  # ties
+    assert T.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert T.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert math.isnan(T.pearson(np.ones(5), np.arange(5)))
+
+
+def test_bootstrap_ci_matches_compare_and_resamples_rows():
+    from icp_influence import compare
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    y = 0.5 * x + rng.normal(size=200)
+    lo, hi = T.bootstrap_ci(x, y, "spearman", n_boot=300, seed=4)
+    assert (lo, hi) == pytest.approx(compare.bootstrap_ci(x, y, compare.spearman, n_boot=300, seed=4), abs=1e-12)
+    rho = T.spearman(x, y)
+    assert lo < rho < hi and 0.05 < hi - lo < 0.4
+    assert T.bootstrap_ci(x, 2 * x + 1, "pearson", n_boot=50) == pytest.approx((1.0, 1.0))
+    # 2-D input: rows (candidates) resampled; a CI for clustered data is wider than the naive one
+    base = rng.normal(size=(60, 1))
+    A = base + 0.1 * rng.normal(size=(60, 20))
+    B = base + 0.1 * rng.normal(size=(60, 20)) + rng.normal(size=(60, 1))
+    lo2, hi2 = T.bootstrap_ci(A, B, "pearson", n_boot=300, seed=0)
+    lo1, hi1 = T.bootstrap_ci(A.ravel(), B.ravel(), "pearson", n_boot=300, seed=0)
+    assert hi2 - lo2 > 2 * (hi1 - lo1)
+    assert T.bootstrap_ci(A, B, "pearson", n_boot=30, seed=7) == T.bootstrap_ci(A, B, "pearson", n_boot=30, seed=7)
+    with pytest.raises(ConfigError):
+        T.bootstrap_ci(x[:2], y[:2])
+    with pytest.raises(ConfigError):
+        T.bootstrap_ci(x, y, "kendalls")
+
+
+def test_bad_inputs_raise_typed_errors():
+    with pytest.raises(ConfigError):
+        T.sample_tasks(0)
+    with pytest.raises(ConfigError):
+        T.sample_tasks(5, noise=-1)
+    with pytest.raises(ConfigError):
+        T.sample_tasks(5, x_dist="cauchy")
+    with pytest.raises(ConfigError):
+        T.influence_linear(torch.zeros(3, 2), torch.zeros(3), torch.zeros(1, 2), torch.zeros(1), damping=-1)
+    with pytest.raises(ConfigError):
+        TT.domain_candidates("elsewhere", torch.ones(3), 4)
+    with pytest.raises(ConfigError):
+        TT.domain_candidates("other_task", torch.ones(3), 4, distance=2.5)
+    with pytest.raises(ConfigError):
+        TT.RegressionTransformerConfig(n_embd=30, n_head=4)
+
+
+# ------------------------------------------------------------------ transformer
+
+def test_domain_candidates_have_the_stated_distance():
+    w = torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0], dtype=torch.float64)
+    x, y = TT.domain_candidates("in_domain", w, 100, seed=0)
+    assert torch.allclose(y, x @ w)
+    for dist in (0.3, 1.0, 1.9):
+        x, y = TT.domain_candidates("other_task", w, 50, dist, seed=1)
+        w2 = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+        assert float((w2 - w).norm() / w.norm()) == pytest.approx(dist, abs=1e-9)
+        assert float(w2.norm()) == pytest.approx(float(w.norm()), abs=1e-9)
+    x, y = TT.domain_candidates("shifted_inputs", w, 20_000, 2.0, seed=2)
+    assert float(x.mean(0).norm()) == pytest.approx(2.0, abs=0.05) and torch.allclose(y, x @ w)
+    x, y = TT.domain_candidates("noisy_labels", w, 20_000, 0.5, seed=3)
+    assert float((y - x @ w).std()) == pytest.approx(0.5 * float(w.norm()), rel=0.03)
+
+
+def test_transformer_interleave_causality_and_roundtrip(tmp_path):
+    cfg = TT.RegressionTransformerConfig(d=3, n_points=4, n_embd=16, n_layer=1, n_head=2)
+    m = TT.RegressionTransformer(cfg).eval()
+    xs, ys = torch.randn(2, 4, 3), torch.randn(2, 4)
+    z = TT.RegressionTransformer.interleave(xs, ys)
+    assert torch.equal(z[:, 2], xs[:, 1]) and torch.equal(z[:, 3, 0], ys[:, 1]) and not z[:, 3, 1:].any()
+    with torch.no_grad():
+        a = m(xs, ys)
+        xs2, ys2 = xs.clone(), ys.clone()
+        xs2[:, 3] += 1.0
+        ys2[:, 2:] += 1.0
+        b = m(xs2, ys2)
+        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6) and not torch.allclose(a[:, 3], b[:, 3])
+        # predict() = forward on context + query
+        assert torch.allclose(m.predict(xs[:, :2], ys[:, :2], xs[:, 2]).float(), a[:, 2], atol=1e-6)
+        with pytest.raises(ConfigError):
+            m(torch.randn(1, 5, 3), torch.randn(1, 5))
+    TT.save_regression_transformer(m, tmp_path / "rt")
+    m2 = TT.load_regression_transformer(tmp_path / "rt")
+    with torch.no_grad():
+        assert torch.equal(m2(xs, ys), a)
+    assert json.loads((tmp_path / "rt" / "config.json").read_text())["n_embd"] == 16
+    with pytest.raises(ModelFilesError):
+        TT.load_regression_transformer(tmp_path / "missing")
+    (tmp_path / "rt" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CorruptFileError):
+        TT.load_regression_transformer(tmp_path / "rt")
+
+
+STORED = TT.default_transformer_dir()
+
+
+@pytest.mark.skipif(not (STORED / "model.safetensors").is_file(), reason="run scripts/train_regression_transformer.py")
+def test_stored_transformer_learned_in_context_regression():
+    cfg = json.loads((STORED / "config.json").read_text())
+    assert (STORED / "model.safetensors").stat().st_size <= 10 * 2**20
+    m = TT.load_regression_transformer()
+    err = TT.evaluate_by_position(m, 1000, seed=5)
+    ls = TT.least_squares_by_position(m.cfg.d, m.cfg.n_points, 1000, seed=5)
+    assert err[0] == pytest.approx(1.0, abs=0.15)  # no demonstrations: predict ≈ 0
+    k = m.cfg.d + 2  # past d demonstrations least squares is exact; the transformer must be far below 0-prediction
+    assert err[k] < 0.35, err
+    assert err[1] < 0.95 * err[0] and err[1] == pytest.approx(ls[1], abs=0.15)
+    assert cfg["extra"]["steps_done"] > 0
+
+
+def test_domain_agreement_constructed_lsa_is_domain_independent_to_first_order():
+    """For an exact GD learner the first-order term holds for any demonstration; only the
+    second-order term (large steps: big labels/inputs) changes."""
+    lsa = T.construct_gd_lsa(5, 0.5, 10)
+    res = TT.domain_agreement(lsa.predict, distances=(1.0,), n_tasks=3, n_candidates=20, n_probes=10, d=5, seed=0)
+    assert set(res) == {("in_domain", 0.0), ("other_task", 1.0), ("noisy_labels", 1.0), ("shifted_inputs", 1.0)}
+    for r in res.values():
+        assert r["icp"].shape == (60, 10)
+        assert T.pearson(r["icp"], r["inner_product"]) > 0.95
+
+
+# ------------------------------------------------------------------ widgets, plots, exercises
+
+def test_widgets_recompute_real_numbers():
+    from icp_influence.widgets.theory import gd_vs_lsa_explorer, icp_scatter_explorer
+
+    trained = T.construct_gd_lsa(10, 6.0, 10)  # stands in for a trained LSA with η = 6
+    box, update = gd_vs_lsa_explorer(trained, n_tasks=100)
+    r = update(lr=6.0, n_points=10, d=10, noise=0.0)
+    assert r["constructed_max_abs_diff"] < 1e-12 and r["trained_mean_abs_diff"] < 1e-12
+    r2 = update(lr=12.0)
+    assert r2["trained_mean_abs_diff"] > 0.01 and r2["gd_loss"] != r["gd_loss"]
+    assert "trained_loss" not in update(d=5)
+    with pytest.raises(ConfigError):
+        update(speed=3)
+    lsa = T.construct_gd_lsa(10, 6.0, 10)
+    box, update = icp_scatter_explorer({"constructed LSA": (lsa.predict, 10, "uniform")}, n_tasks=2,
+                                       n_candidates=15, n_probes=8)
+    a = update(kind="in_domain")
+    b = update(kind="shifted_inputs", distance=2.0)
+    assert 0.9 < a["pearson"] <= 1 and a["pearson"] != b["pearson"]
+
+
+def test_figures_have_labelled_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from icp_influence.plots import theory as P
+
+    figs = [
+        P.plot_lr_line_search([1, 2, 3], [0.3, 0.2, 0.25], 2.0, 0.2, zero_loss=0.4),
+        P.plot_training_curves([0, 1, 2], [0.4, 0.3, 0.21], gd_loss=0.2, zero_loss=0.4),
+        P.plot_prediction_agreement([0.1, -0.2], [0.11, -0.19]),
+        P.plot_matrix_comparison({"A": np.eye(3)}, {"A": np.eye(3)}),
+        P.plot_icp_scatter(np.arange(10.0), np.arange(10.0) ** 2),
+        P.plot_agreement_vs_distance({"shifted_inputs": ([0, 1], [0.9, 0.5], [[0.8, 1.0], [0.4, 0.6]])}, in_domain=0.9),
+        P.plot_error_by_position([1, 0.5], [1, 0.4]),
+        P.plot_correlation_vs_step([0.01, 0.1], [0.9999, 0.99]),
+    ]
+    import matplotlib.pyplot as plt
+
+    for f in figs:
+        for ax in f.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            assert ax.get_xlabel() and ax.get_ylabel()
+        plt.close(f)
+
+
+def test_exercise_solutions_are_right_and_wrong_answers_fail():
+    from icp_influence.exercises import check, solution
+
+    t = T.sample_tasks(30, 10, 10, seed=1)
+    W0 = torch.randn(10, dtype=torch.float64)
+    # the construction for W0 ≠ 0: values carry residuals, readout adds W0 x_q
+    lsa = T.construct_gd_lsa(10, 3.0, 10)
+    with torch.no_grad():
+        lsa.layers[0].W_V[-1, :10] = 3.0 * W0
+        ans = (t.xq @ W0 + lsa.predict(t.xs, t.ys, t.xq)).numpy()
+    assert check("01.gd_from_w0", ans, tasks=t, W0=W0, lr=3.0)
+    with pytest.raises(AssertionError):
+        check("01.gd_from_w0", T.gd_predict(t.xs, t.ys, t.xq, 3.0).numpy(), tasks=t, W0=W0, lr=3.0)
+    two = T.construct_gd_lsa(10, 3.0, 10, n_layers=2).predict(t.xs, t.ys, t.xq).detach().numpy()
+    assert check("01.two_layers", two, tasks=t, lr=3.0)
+    assert check("01.optimal_lr", 6.0606060606060606, d=10, n_points=10)
+    with pytest.raises(AssertionError):
+        check("01.optimal_lr", 6.1, d=10, n_points=10)
+    p = T.sample_pool(20, 6, 10, seed=2)
+    lsa = T.construct_gd_lsa(10, 6.0, 10)
+    icp = T.icp_matrix(lsa.predict, p.cand_x, p.cand_y, p.probe_x, p.probe_y)
+    assert check("02.second_order_term", icp - 0.6 * T.grad_inner_products(p.cand_x, p.cand_y, p.probe_x, p.probe_y),
+                 pool=p, step=0.6)
+    assert solution("02.small_step_pearson", pool=p, lr=6.0) > 0.9999
+    X, Gz = p.cand_x.numpy(), T.linear_grads(p.cand_x, p.cand_y).numpy()
+    Gp = T.linear_grads(p.probe_x, p.probe_y).numpy()
+    assert check("02.influence_by_hand", Gz @ np.linalg.solve(X.T @ X / 20, Gp.T), pool=p)
+
+
+# ------------------------------------------------------------------ command line
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lsa-gd", "icp-vs-influence-linear"])
+def test_experiment_smoke_json(name):
+    fields = {
+        "lsa-gd": ["gd_lr", "gd_loss", "lsa_loss", "zero_loss", "sensitivity_cosine", "prediction_abs_diff",
+                   "construction_max_abs_diff", "steps", "eval_tasks"],
+        "icp-vs-influence-linear": ["constructed_pearson", "trained_lsa_spearman", "transformer_in_domain_spearman",
+                                    "transformer_out_of_domain_spearman"],
+    }[name]
+    r = subprocess.run([sys.executable, "-m", "icp_influence", "run", name, "--smoke", "--json"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    for f in fields:
+        assert isinstance(out[f], (int, float)) and math.isfinite(out[f]), f
+        if name == "icp-vs-influence-linear":
+            lo, hi = out[f + "_ci"]
+            assert lo <= out[f] <= hi
+    if name == "lsa-gd":
+        assert out["construction_max_abs_diff"] <= 1e-5
+        assert out["zero_loss"] > out["lsa_loss"] and out["sensitivity_cosine"] > 0.95
+    else:
+        assert out["constructed_pearson"] > 0.9
