@@ -341,7 +341,8 @@ def tracked_linear_modules(model: torch.nn.Module, names: Sequence[str]) -> list
 
 def ekfac_scores(obj: Objective, train_items: Sequence[Any], candidate_items: Sequence[Any], probe_items: Sequence[Any],
                  *, damping: float, ce_view: Callable | None = None, empirical_fisher: bool = False,
-                 batch_size: int = 16, output_dir: str | Path | None = None, seed: int = 0) -> np.ndarray:
+                 batch_size: int = 16, output_dir: str | Path | None = None, seed: int = 0,
+                 reuse_factors: bool = False) -> np.ndarray:
     """EK-FAC influence ``[n_c, n_p]`` through ``kronfluence`` (an adapter, not a re-implementation).
 
     ``kronfluence`` fits the EK-FAC factors of the (true, or with ``empirical_fisher`` the
@@ -349,6 +350,9 @@ def ekfac_scores(obj: Objective, train_items: Sequence[Any], candidate_items: Se
     ``∇f(p)ᵀ (F + λI)⁻¹ ∇ℓ(z)`` with ``f`` = the probe loss: that is already our
     "positive = helps" sign (checked against the exact influence in the tests).
     Only the ``nn.Linear`` layers among the selected parameters are tracked.
+    With ``reuse_factors`` and a persistent ``output_dir``, factors fitted by an earlier call
+    (same model, training items and seed) are loaded instead of refitted — the valuator
+    fits them once and scores every candidate chunk against them.
     ``ce_view(model, batch) -> (logits [N, C], labels [N])`` expresses the loss as a summed
     cross-entropy (default: :func:`ce_view_lm` for LM objectives, else the classifier view).
     """
@@ -376,7 +380,7 @@ def ekfac_scores(obj: Objective, train_items: Sequence[Any], candidate_items: Se
             analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate))
             fargs = FactorArguments(strategy="ekfac", use_empirical_fisher=empirical_fisher)
             analyzer.fit_all_factors("ekfac", dataset=_ItemDataset(list(train_items)), per_device_batch_size=batch_size,
-                                     factor_args=fargs, overwrite_output_dir=True)
+                                     factor_args=fargs, overwrite_output_dir=not reuse_factors)
             sargs = ScoreArguments(damping_factor=damping)
             analyzer.compute_pairwise_scores("pairwise", factors_name="ekfac", query_dataset=_ItemDataset(list(probe_items)),
                                              train_dataset=_ItemDataset(list(candidate_items)),
@@ -548,6 +552,8 @@ class GradientInfluence:
                 if train is None:
                     raise ConfigError("method 'ekfac' needs training examples for the factors: pass train=pool.")
                 state["hess_items"] = self._encode(self._hessian_subset(train))
+                # EK-FAC factors are fitted once (first chunk) and reused for every chunk.
+                state["ekfac_dir"] = tempfile.TemporaryDirectory(prefix="icp-ekfac-factors-")
             self._states.append(state)
         return self
 
@@ -570,7 +576,8 @@ class GradientInfluence:
             if c.method == "ekfac":
                 vals = ekfac_scores(state["obj"], state["hess_items"], self._encode(examples), self._encode(self._probes),
                                     damping=c.damping, ce_view=ce_view_lm, empirical_fisher=c.ekfac_empirical_fisher,
-                                    batch_size=c.chunk_size, seed=c.seed)
+                                    batch_size=c.chunk_size, seed=c.seed, output_dir=state["ekfac_dir"].name,
+                                    reuse_factors=True)
             else:
                 Gc = self._grads(state, examples)
                 if c.method in ("exact", "lissa", "cg"):

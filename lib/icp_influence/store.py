@@ -32,6 +32,8 @@ from .utils import atomic_path, atomic_write_json, config_hash
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
 FINAL = "scores"
+# Seconds to pause after each chunk. Only for tests that SIGKILL a run part-way.
+_THROTTLE_S = float(os.environ.get("ICP_STORE_CHUNK_DELAY_S", "0") or 0)
 
 
 def _ids_digest(ids: Sequence[str]) -> str:
@@ -187,6 +189,8 @@ def run_chunked(
         if values.shape != (len(idx), len(probe_ids)):
             raise ConfigError(f"compute() returned shape {values.shape}, expected {(len(idx), len(probe_ids))}.")
         write_chunk(out, k, values)
+        if _THROTTLE_S:
+            time.sleep(_THROTTLE_S)  # testing hook: lets the kill-and-resume tests stop a run part-way
         if bar is not None:
             bar.update(len(idx))
     if bar is not None:
