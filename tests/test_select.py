@@ -1,0 +1,74 @@
+"""icp_influence.select: top-k, bottom-k, random, rank bins at equal budgets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icp_influence import select as S
+from icp_influence.errors import ConfigError
+from icp_influence.scores import ScoreMatrix
+from icp_influence.synthetic import make_synthetic_pool
+
+
+def _sm(agg_values, n_probes=4, seed=0):
+    """A matrix whose mean over probes equals ``agg_values`` exactly."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(agg_values, float)
+    noise = rng.normal(size=(len(v), n_probes))
+    noise -= noise.mean(axis=1, keepdims=True)
+    return ScoreMatrix(v[:, None] + noise, [f"c{i}" for i in range(len(v))], [f"p{j}" for j in range(n_probes)],
+                       {"method": "m"})
+
+
+def test_top_and_bottom_k_exact_order_and_ties():
+    sm = _sm([0.3, 5.0, -1.0, 2.0, 2.0, -7.0])
+    assert S.top_k(sm, 3) == ["c1", "c3", "c4"]  # tie 2.0/2.0 -> earlier candidate first
+    assert S.bottom_k(sm, 2) == ["c5", "c2"]
+    # win-rate aggregate differs from the mean
+    wr = ScoreMatrix(np.array([[1, 1, -1], [1, -1, -1], [1, 1, 1]], float), ["a", "b", "c"], ["x", "y", "z"])
+    assert S.top_k(wr, 1, how="win_rate") == ["c"]
+    assert S.top_k((wr, "win_rate"), 3) == ["c", "a", "b"]
+    with pytest.raises(ConfigError):
+        S.top_k(sm, 0)
+    with pytest.raises(ConfigError):
+        S.top_k(sm, 7)
+
+
+def test_random_is_seeded_and_uniform():
+    ids = [f"c{i}" for i in range(50)]
+    a, b, c = S.random_k(ids, 10, seed=1), S.random_k(ids, 10, seed=1), S.random_k(ids, 10, seed=2)
+    assert a == b and a != c and len(set(a)) == 10 and set(a) <= set(ids)
+    counts = np.zeros(50)
+    for s in range(400):
+        for x in S.random_k(ids, 10, seed=s):
+            counts[int(x[1:])] += 1
+    # each id is picked with probability 1/5: 80 of 400 on average (binomial sd 8)
+    assert abs(counts.mean() - 80) < 1e-9 and counts.min() > 45 and counts.max() < 115
+
+
+def test_bins_and_equal_budget():
+    sm = _sm(np.arange(20.0))  # percentile rank of c_i is (i+1)/20
+    assert S.bin_sample(sm, ">0.9") == ["c18", "c19"]
+    assert S.bin_sample(sm, "<=0.5") == [f"c{i}" for i in range(10)]
+    pick = S.bin_sample(sm, ">0.5", 4, seed=3)
+    assert len(pick) == 4 and all(int(x[1:]) >= 10 for x in pick)
+    with pytest.raises(ConfigError):
+        S.bin_sample(sm, ">0.9", 3)  # only 2 in the bin
+    with pytest.raises(ConfigError):
+        S.bin_sample(sm, ">0.95")
+    other = _sm(-np.arange(20.0), seed=1)
+    sels = S.equal_budget({"icp": sm, "ip": other}, 5, strategies=("top", "bottom"))
+    assert set(sels) == {"icp-top", "icp-bottom", "ip-top", "ip-bottom", "random"}
+    assert all(len(v) == 5 for v in sels.values())
+    assert sels["icp-top"] == sels["ip-bottom"][::-1] or set(sels["icp-top"]) == set(sels["ip-bottom"])
+    assert S.select(sm, "bin", 2, bin_label=">0.9") == ["c18", "c19"]
+    assert S.select(None, "random", 3, candidates=sm.candidate_ids, seed=0) == S.random_k(sm.candidate_ids, 3, seed=0)
+    with pytest.raises(ConfigError):
+        S.select(sm, "best", 3)
+
+
+def test_to_pool_keeps_selection_order():
+    pool = make_synthetic_pool(12, families=["antonym", "plural"], seed=0)
+    ids = [pool.ids[5], pool.ids[0]]
+    sub = S.to_pool(pool, ids)
+    assert sub.ids == ids and sub[0].output == pool.by_id(ids[0]).output
