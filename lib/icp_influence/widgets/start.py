@@ -48,4 +48,6 @@ def token_explorer(model, tokenizer, pool, *, template: str = "paper"):
     demo_dd.observe(_recompute, names="value")
     probe_dd.observe(_recompute, names="value")
     _recompute()
-    return W.VBox([demo_dd, probe_dd, status, out]), update
+    box = W.VBox([demo_dd, probe_dd, status, out])
+    box.add_class("icp-explorer")  # the browser test finds explorers by this class
+    return box, update
