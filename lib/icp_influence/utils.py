@@ -28,12 +28,21 @@ def seed_everything(seed: int) -> None:
 
 
 def pick_device(device: str | None = None) -> "Any":
-    """Return ``torch.device(device)``, or CUDA when available, else CPU."""
+    """Return ``torch.device(device)``, or CUDA when available, else CPU.
+
+    Under a multi-process launcher (``accelerate launch`` / ``torchrun`` set ``LOCAL_RANK``)
+    the default is the process's own GPU, ``cuda:LOCAL_RANK``, so ranks do not share GPU 0.
+    """
     import torch
 
     if device is not None:
         return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        local = os.environ.get("LOCAL_RANK")
+        if local is not None and local.isdigit() and int(local) < torch.cuda.device_count():
+            return torch.device(f"cuda:{int(local)}")
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,218 @@
+"""What valuation costs: FLOP models, the extrapolation to the paper's setup, profiles.
+
+FLOP model (dense transformer, ``N`` non-embedding parameters, hidden ``d``, vocabulary
+``V``; attention-score FLOPs ignored — they are small for contexts of a few hundred
+tokens):
+
+* forward of ``T`` tokens: ``2 N T`` (+ ``2 d V`` per position whose logits are computed);
+* **ICP, cached** (one candidate, ``P`` probes): the prefix once, then each probe's
+  suffix, logits only at answer positions::
+
+      2 N (T_prefix + P · T_suffix) + 2 d V · P · T_answer
+
+* **ICP, naive**: a full forward of prefix + suffix per pair, logits everywhere::
+
+      P · (2 N + 2 d V) · (T_prefix + T_suffix)
+
+* **inner-product influence** (our way): one gradient per candidate (forward + backward
+  ≈ 3 forwards over the candidate's own ``T_example`` tokens), the ``P`` probe gradients
+  computed once for the whole pool, then ``2 D P`` for the dot products (``D`` = gradient
+  dimension, the "paper" set ≈ ``N``), plus ``2 D k`` per example for a projection to ``k``::
+
+      3 · (2 N + 2 d V) · T_example + 2 D P (+ 2 D k)
+
+GPU-hours = FLOPs / (peak FLOP/s × efficiency) / 3600. The authors report about
+**9 GPU-hours on one A6000 per 5,778-candidate partition** for their inner-product
+influence (52,002 candidates × 100 probes, Pythia-1b-deduped): about 81 GPU-hours for
+the full pool. Their code recomputes the candidate gradients for every probe batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+#: The paper's setup and reported cost (arXiv 2407.12259).
+PAPER = {
+    "n_candidates": 52_002,
+    "n_probes": 100,
+    "partition_size": 5_778,
+    "ip_gpu_hours_per_partition": 9.0,
+    "gpu": "NVIDIA RTX A6000",
+    "model": "EleutherAI/pythia-1b-deduped",
+}
+
+#: Pythia-1b(-deduped): 16 layers, hidden 2048, vocabulary 50,304, untied embeddings.
+PYTHIA_1B = {"n_params": 1_011_781_632, "n_nonembed": 805_736_448, "hidden": 2048, "vocab": 50_304}
+
+#: Dense peak throughput from the vendors' datasheets, in TFLOP/s (no sparsity).
+GPU_PEAK_TFLOPS = {
+    "A6000 fp32": 38.7,
+    "A6000 bf16 tensor": 154.8,
+    "A100 bf16 tensor": 312.0,
+    "H100 SXM bf16 tensor": 989.0,
+}
+
+
+def paper_ip_gpu_hours(n_candidates: int = PAPER["n_candidates"]) -> float:
+    """The authors' reported inner-product cost scaled linearly to ``n_candidates`` (A6000-hours)."""
+    return PAPER["ip_gpu_hours_per_partition"] * n_candidates / PAPER["partition_size"]
+
+
+@dataclass
+class CostModel:
+    """Token counts and model size for the FLOP model (module docstring)."""
+
+    n_nonembed: int = PYTHIA_1B["n_nonembed"]
+    hidden: int = PYTHIA_1B["hidden"]
+    vocab: int = PYTHIA_1B["vocab"]
+    grad_dim: int | None = None          # default: n_nonembed (the "paper" parameter set)
+    t_prefix: float = 140.0              # header + demonstration tokens
+    t_suffix: float = 130.0              # probe query + answer tokens
+    t_answer: float = 70.0               # probe answer tokens (scored)
+    t_example: float = 130.0             # an example alone (the gradient's input)
+    projection_dim: int | None = None
+
+    @property
+    def D(self) -> int:
+        return int(self.grad_dim or self.n_nonembed)
+
+    def icp_cached_flops(self, n_probes: int) -> float:
+        """FLOPs per candidate of the cached scorer."""
+        N, d, V = self.n_nonembed, self.hidden, self.vocab
+        return 2 * N * (self.t_prefix + n_probes * self.t_suffix) + 2 * d * V * n_probes * self.t_answer
+
+    def icp_naive_flops(self, n_probes: int) -> float:
+        """FLOPs per candidate of the naive per-pair scorer (full logits everywhere)."""
+        N, d, V = self.n_nonembed, self.hidden, self.vocab
+        return n_probes * (2 * N + 2 * d * V) * (self.t_prefix + self.t_suffix)
+
+    def gradient_flops(self) -> float:
+        """FLOPs of one per-example gradient (forward + backward ≈ 3 forwards)."""
+        return 3 * (2 * self.n_nonembed + 2 * self.hidden * self.vocab) * self.t_example
+
+    def ip_flops(self, n_probes: int) -> float:
+        """FLOPs per candidate of inner-product influence (probe gradients cached)."""
+        f = self.gradient_flops() + 2 * self.D * n_probes
+        if self.projection_dim:
+            f += 2 * self.D * self.projection_dim
+        return f
+
+    def ip_probe_side_flops(self, n_probes: int) -> float:
+        """One-off FLOPs: the probe gradients (once per probe set)."""
+        f = n_probes * self.gradient_flops()
+        if self.projection_dim:
+            f += n_probes * 2 * self.D * self.projection_dim
+        return f
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gpu_hours(flops: float, peak_tflops: float, efficiency: float) -> float:
+    """Hours of one GPU at ``peak_tflops × efficiency``."""
+    if peak_tflops <= 0 or not 0 < efficiency <= 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"Need peak_tflops > 0 and 0 < efficiency ≤ 1, got {peak_tflops}, {efficiency}.")
+    return flops / (peak_tflops * 1e12 * efficiency) / 3600.0
+
+
+def extrapolate(n_candidates: int = PAPER["n_candidates"], n_probes: int = PAPER["n_probes"], *,
+                model: CostModel | None = None, peak_tflops: float = GPU_PEAK_TFLOPS["A6000 fp32"],
+                efficiency: float = 0.5) -> dict[str, float]:
+    """GPU-hours of each valuator for a pool of ``n_candidates`` and ``n_probes`` probes."""
+    m = model or CostModel()
+    icp = n_candidates * m.icp_cached_flops(n_probes) + n_probes * 2 * m.n_nonembed * m.t_suffix  # + baselines
+    naive = n_candidates * m.icp_naive_flops(n_probes)
+    ip = n_candidates * m.ip_flops(n_probes) + m.ip_probe_side_flops(n_probes)
+    authors = paper_ip_gpu_hours(n_candidates)  # their 100 probes; scaled with the pool size only
+    return {
+        "n_candidates": n_candidates,
+        "n_probes": n_probes,
+        "peak_tflops": peak_tflops,
+        "efficiency": efficiency,
+        "icp_cached_flops": icp,
+        "icp_naive_flops": naive,
+        "ip_flops": ip,
+        "icp_cached_gpu_hours": gpu_hours(icp, peak_tflops, efficiency),
+        "icp_naive_gpu_hours": gpu_hours(naive, peak_tflops, efficiency),
+        "ip_gpu_hours": gpu_hours(ip, peak_tflops, efficiency),
+        "authors_ip_a6000_hours": authors,
+    }
+
+
+def crossover_probes(icp_per_probe_s: float, ip_fixed_s: float, ip_per_probe_s: float = 0.0) -> float:
+    """Probes at which ICP (``a·P`` per candidate) costs as much as inner product (``b + c·P``)."""
+    if icp_per_probe_s <= ip_per_probe_s:
+        return float("inf")
+    return ip_fixed_s / (icp_per_probe_s - ip_per_probe_s)
+
+
+# ------------------------------------------------------------------ profiles
+def top_operators(fn: Callable[[], Any], top: int = 10, warmup: int = 1) -> list[dict[str, Any]]:
+    """``torch.profiler`` of one call of ``fn``: the ``top`` operators by self CPU time.
+
+    Returns ``[{"name", "self_ms", "calls", "share"}]`` (share of the total self time).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        fn()
+    events = [e for e in prof.key_averages()]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [{"name": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": int(e.count),
+             "share": e.self_cpu_time_total / total} for e in events[:top]]
+
+
+def profile_icp_batch(model, tokenizer, candidate, probes, *, batch_size: int = 16, template: str = "paper",
+                      top: int = 10) -> list[dict[str, Any]]:
+    """Top operators of scoring one candidate against ``probes`` with the cached scorer."""
+    from .icp import IcpScorer
+
+    scorer = IcpScorer(model, tokenizer, probes, template=template, batch_size=batch_size)
+    return top_operators(lambda: scorer.loglik_one(candidate), top=top)
+
+
+def profile_grad_chunk(model, tokenizer, examples, *, params: str = "paper", template: str = "paper",
+                       top: int = 10) -> list[dict[str, Any]]:
+    """Top operators of one ``vmap(grad)`` chunk of per-example gradients over ``examples``."""
+    from .gradients import encode_examples, lm_objective
+
+    obj = lm_objective(model, tokenizer, params=params)
+    encs = encode_examples(tokenizer, list(examples), template=template)
+    return top_operators(lambda: obj.per_example_grads(encs, chunk_size=len(encs)), top=top)
+
+
+def mean_tokens(tokenizer, examples, *, template: str = "paper") -> dict[str, float]:
+    """Average token counts of the FLOP model's segments over ``examples`` used as both
+    demonstration and probe (each example paired with the next one)."""
+    from .encoding import encode_example, encode_pair
+
+    ex = list(examples)
+    pre, suf, ans, alone = [], [], [], []
+    for i, z in enumerate(ex):
+        p = ex[(i + 1) % len(ex)]
+        e = encode_pair(tokenizer, p, z, template=template)
+        pre.append(len(e.prefix_ids))
+        suf.append(len(e.query_ids) + len(e.answer_ids))
+        ans.append(len(e.answer_ids))
+        alone.append(len(encode_example(tokenizer, z, template=template).input_ids))
+    n = len(ex)
+    return {"t_prefix": sum(pre) / n, "t_suffix": sum(suf) / n, "t_answer": sum(ans) / n, "t_example": sum(alone) / n}
+
+
+def repo_file(*parts: str) -> "Path | None":
+    """``<repository root>/parts`` found by walking up from the working directory (notebooks
+    run in ``notebooks/``), or ``None`` outside a checkout."""
+    from pathlib import Path
+
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").exists() and (d / "lib" / "icp_influence").exists():
+            return d.joinpath(*parts)
+    return None
