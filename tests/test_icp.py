@@ -1,0 +1,345 @@
+"""ICP: KV-cached scoring equals the naive per-pair forward pass; scores, CLI, resume, sharding."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from icp_influence.cli import main
+from icp_influence.encoding import Encoded, encode_pair
+from icp_influence.errors import EmptyPoolError, MethodError
+from icp_influence.icp import (
+    IcpScorer,
+    icp_mean_delta,
+    icp_per_token_delta,
+    icp_win_rate,
+    loglik_matrix,
+    naive_loglik_matrix,
+    prefix_answer_logprobs,
+    score_icp,
+    token_logprobs,
+)
+from icp_influence.lm import answer_logprobs
+from icp_influence.models import TINY_SPECS, load_model
+from icp_influence.scores import ScoreMatrix
+from icp_influence.synthetic import make_synthetic_pool
+
+TOL = 1e-4  # nats
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and the test machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_synthetic_pool(28, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cache = {}
+
+    def get(spec):
+        if spec not in cache:
+            cache[spec] = load_model(spec)
+        return cache[spec]
+
+    return get
+
+
+def _env():
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+# ----------------------------------------------------------------- cached == naive
+@pytest.mark.parametrize("spec", TINY_SPECS)
+@pytest.mark.parametrize("template", ["paper", "plain", "chat"])
+def test_cached_equals_naive_tiny(tiny, pool, spec, template):
+    model, tok = tiny(spec)
+    cands, probes = pool[:4], pool[14:21]
+    cached = loglik_matrix(model, tok, cands, probes, template=template, batch_size=3)
+    naive = naive_loglik_matrix(model, tok, cands, probes, template=template, batch_size=1)
+    diff = max(np.abs(cached.ll - naive.ll).max(), np.abs(cached.baseline - naive.baseline).max())
+    assert diff <= TOL, f"{spec}/{template}: max |cached - naive| = {diff:.3g} nats"
+    # the demonstrations do change the answer likelihoods (the comparison is not vacuous)
+    assert np.abs(cached.delta).max() > 1e-3
+    assert cached.ll.dtype == np.float64 and cached.ll.shape == (4, 7)
+    np.testing.assert_array_equal(cached.n_answer_tokens, [len(encode_pair(tok, p, None, template=template).answer_ids)
+                                                          for p in probes])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", ["paper", "chat"])
+def test_cached_equals_naive_smollm2(pool, template):
+    model, tok = load_model("smollm2-135m-instruct")
+    cands, probes = pool[:3], pool[14:19]
+    cached = loglik_matrix(model, tok, cands, probes, template=template, batch_size=4)
+    naive = naive_loglik_matrix(model, tok, cands, probes, template=template, batch_size=1)
+    diff = max(np.abs(cached.ll - naive.ll).max(), np.abs(cached.baseline - naive.baseline).max())
+    assert diff <= TOL, f"smollm2/{template}: max |cached - naive| = {diff:.3g} nats"
+
+
+def test_prefix_scoring_edge_cases(tiny):
+    """Empty prefix (no BOS), empty query (answer right after the prefix), ragged lengths."""
+    model, tok = tiny("tiny-llama")
+    pad = tok.pad_token_id
+    rng = np.random.default_rng(0)
+    prefix = tuple(int(x) for x in rng.integers(0, 255, 9))
+    sufs = [(tuple(int(x) for x in rng.integers(0, 255, q)), tuple(int(x) for x in rng.integers(0, 255, a)))
+            for q, a in [(5, 3), (0, 4), (11, 1), (2, 7)]]
+    ref = answer_logprobs(model, [Encoded(prefix, q, a) for q, a in sufs], pad_id=pad, batch_size=1)
+    got = prefix_answer_logprobs(model, prefix, sufs, pad_id=pad, batch_size=3)
+    for r, g in zip(ref, got):
+        assert g.shape == r.shape and np.abs(g - r).max() <= TOL
+    sufs_nq = [s for s in sufs if s[0]]
+    ref = answer_logprobs(model, [Encoded((), q, a) for q, a in sufs_nq], pad_id=pad, batch_size=1)
+    got = prefix_answer_logprobs(model, (), sufs_nq, pad_id=pad, batch_size=2)
+    for r, g in zip(ref, got):
+        assert np.abs(g - r).max() <= TOL
+
+
+# ----------------------------------------------------------------- baseline once, counting forwards
+def test_baseline_computed_once(tiny, pool):
+    model, tok = tiny("tiny-gpt-neox")
+    probes, cands = pool[14:21], pool[:5]
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
+    try:
+        sc = IcpScorer(model, tok, probes, template="paper", batch_size=3)
+        sc.values(cands[:2])
+        sc.values(cands[2:])          # a second chunk must not recompute the baseline
+        _ = sc.baseline
+    finally:
+        h.remove()
+    P, B, C = len(probes), 3, len(cands)
+    per_batch = math.ceil(P / B)
+    # tiny byte tokenizer: no BOS, so the baseline has an empty prefix (no prefix pass)
+    assert sc.baseline_calls == 1
+    assert len(calls) == per_batch + C * (1 + per_batch) == sc.counter.total
+
+
+# ----------------------------------------------------------------- scores
+def test_win_rate_is_strict_and_aggregates():
+    vals = np.array([[0.0, 0.0, 1e-9, -1.0], [2.0, -0.0, -3.0, 0.5]])
+    sm = ScoreMatrix(vals, ["a", "b"], list("wxyz"), {"values": "delta", "n_answer_tokens": [1, 2, 4, 5]})
+    np.testing.assert_array_equal(icp_win_rate(sm), [0.25, 0.5])  # ties (0 and -0) lose
+    np.testing.assert_allclose(icp_mean_delta(sm), vals.mean(1))
+    np.testing.assert_allclose(icp_per_token_delta(sm), (vals / [1, 2, 4, 5]).mean(1))
+    np.testing.assert_array_equal(icp_win_rate(sm), sm.aggregate("win_rate"))
+
+
+def test_score_icp_methods_consistent(tiny, pool):
+    model, tok = tiny("tiny-gpt2")
+    cands, probes = pool[:4], pool[14:20]
+    sw = score_icp(model, tok, cands, probes, method="win_rate", progress=False)
+    sd = score_icp(model, tok, cands, probes, method="delta", progress=False)
+    st = score_icp(model, tok, cands, probes, method="per_token", progress=False)
+    lm = loglik_matrix(model, tok, cands, probes)
+    np.testing.assert_array_equal(sw.values, lm.ll - lm.baseline)
+    np.testing.assert_array_equal(sw.values, sd.values)
+    n = np.array(st.meta["n_answer_tokens"])
+    np.testing.assert_allclose(st.values * n, sd.values, rtol=1e-12)
+    np.testing.assert_array_equal(sw.aggregate(), (sw.values > 0).mean(1))   # default: win-rate
+    np.testing.assert_allclose(sd.aggregate(), sd.values.mean(1))            # default: mean delta
+    np.testing.assert_allclose(icp_mean_delta(st), icp_mean_delta(sd), rtol=1e-12)
+    np.testing.assert_allclose(icp_per_token_delta(sd), st.values.mean(1), rtol=1e-12)
+    np.testing.assert_allclose(sw.meta["baseline"], lm.baseline)
+    assert sw.meta["method"] == "icp" and sw.meta["template"] == "paper"
+    with pytest.raises(MethodError):
+        score_icp(model, tok, cands, probes, method="mean", progress=False)
+    with pytest.raises(EmptyPoolError):
+        score_icp(model, tok, [], probes, progress=False)
+
+
+def test_token_logprobs_match_matrix(tiny, pool):
+    model, tok = tiny("tiny-llama")
+    cand, probe = pool[3], pool[17]
+    tv = token_logprobs(model, tok, probe, cand, template="plain")
+    lm = loglik_matrix(model, tok, [cand], [probe], template="plain")
+    assert len(tv.tokens) == len(tv.with_demo) == lm.n_answer_tokens[0]
+    assert "".join(tv.tokens) == " " + probe.output
+    assert abs(tv.with_demo.sum() - lm.ll[0, 0]) <= TOL
+    assert abs(tv.without_demo.sum() - lm.baseline[0]) <= TOL
+    assert abs(tv.total_delta - lm.delta[0, 0]) <= 2 * TOL
+
+
+# ----------------------------------------------------------------- command line
+def test_cli_end_to_end_matches_library(tmp_path, tiny, pool, capsys):
+    out = tmp_path / "run"
+    args = ["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:9", "--probes", "synthetic:5:1",
+            "--out", str(out), "--method", "per_token", "--chunk-size", "4", "--batch-size", "2", "--quiet",
+            "--projection-dim", "64"]
+    assert main(args) == 0
+    sm = ScoreMatrix.load(out / "scores")
+    model, tok = tiny("tiny-gpt2")
+    ref = score_icp(model, tok, make_synthetic_pool(9, seed=0), make_synthetic_pool(5, seed=1), method="per_token",
+                    batch_size=2, progress=False)
+    np.testing.assert_array_equal(sm.values, ref.values)
+    assert sm.candidate_ids == ref.candidate_ids and sm.probe_ids == ref.probe_ids
+    assert sm.meta["default_aggregate"] == "mean" and sm.meta["score"] == "per_token"
+    assert len(list((out / "chunks").glob("chunk-*.safetensors"))) == 3
+    # merge re-assembles the same matrix, keeping the ICP metadata
+    assert main(["merge", "--out", str(out)]) == 0
+    merged = ScoreMatrix.load(out / "scores")
+    np.testing.assert_array_equal(merged.values, sm.values)
+    assert merged.meta["n_answer_tokens"] == sm.meta["n_answer_tokens"]
+    # the same arguments again: nothing to recompute, same result
+    assert main(args) == 0
+    np.testing.assert_array_equal(ScoreMatrix.load(out / "scores").values, sm.values)
+    # different arguments on the same run directory are refused (exit 2, clear message)
+    capsys.readouterr()
+    assert main([*args[:-2], "--template", "plain"]) == 2
+    assert "different arguments" in capsys.readouterr().err
+    assert main([*args, "--params", "{not json"]) == 2
+    assert main(["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:3", "--probes", "synthetic:2",
+                 "--out", str(tmp_path / "x"), "--params", '{"damping": 1}']) == 2
+    assert main(["merge", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_cli_limit_and_win_rate(tmp_path):
+    out = tmp_path / "run"
+    assert main(["score-icp", "--model", "tiny-llama", "--pool", "synthetic:20", "--probes", "synthetic:4:3",
+                 "--out", str(out), "--limit", "5", "--chunk-size", "2", "--quiet"]) == 0
+    sm = ScoreMatrix.load(out / "scores")
+    assert sm.shape == (5, 4) and sm.meta["default_aggregate"] == "win_rate"
+    np.testing.assert_array_equal(sm.aggregate(), (sm.values > 0).mean(1))
+
+
+def _wait_chunks(folder: Path, n: int, proc, timeout: float) -> int:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        k = len(list(folder.glob("chunk-*.safetensors"))) if folder.exists() else 0
+        if k >= n or proc.poll() is not None:
+            return k
+        time.sleep(0.02)
+    return -1
+
+
+def test_kill_and_resume_identical(tmp_path):
+    n_cand = 60
+    base = ["--model", "tiny-gpt-neox", "--pool", f"synthetic:{n_cand}", "--probes", "synthetic:6:2",
+            "--chunk-size", "2", "--batch-size", "2", "--quiet"]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "icp_influence", "score-icp", *base, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    k = _wait_chunks(killed / "chunks", 3, proc, timeout=120)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((killed / "chunks").glob("chunk-*.safetensors")))
+    assert 3 <= done < n_cand // 2, f"kill came too late or too early ({k}, {done} chunks)"
+    assert not (killed / "scores.json").exists()
+    assert main(["score-icp", *base, "--out", str(killed)]) == 0          # resume
+    plain = tmp_path / "plain"
+    assert main(["score-icp", *base, "--out", str(plain)]) == 0           # uninterrupted
+    a, b = ScoreMatrix.load(killed / "scores"), ScoreMatrix.load(plain / "scores")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
+
+
+@pytest.mark.slow
+def test_accelerate_two_processes_equal_single(tmp_path):
+    """`accelerate launch --num_processes 2 -m icp_influence score-icp` + merge == one process.
+
+    accelerate 1.15 runs ``--cpu --num_processes 2`` as ONE process unless mpirun is set up
+    (its multi-CPU path goes through mpirun), so the test launches through the torchrun path
+    (``--multi_gpu``), which spawns two CPU processes with RANK / WORLD_SIZE set — the CLI
+    never initialises a process group, so no GPU is needed.
+    """
+    common = ["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:11", "--probes", "synthetic:5:1",
+              "--chunk-size", "2", "--batch-size", "3", "--quiet"]
+    sharded = tmp_path / "sharded"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 400),
+           "-m", "icp_influence", *common, "--out", str(sharded)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=110)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = res.stdout + res.stderr  # the launcher may merge the children's streams
+    assert "shard 1/2" in log and "shard 2/2" in log, log[-2000:]
+    assert main(["merge", "--out", str(sharded)]) == 0
+    single = tmp_path / "single"
+    assert main([*common, "--out", str(single)]) == 0
+    a, b = ScoreMatrix.load(sharded / "scores"), ScoreMatrix.load(single / "scores")
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
+    assert a.meta["default_aggregate"] == "win_rate"
+
+
+# ----------------------------------------------------------------- notebook 04 helpers
+def test_plots_have_labelled_axes(tiny, pool):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from icp_influence.plots.icp import (plot_cache_timing, plot_loglik_heatmap, plot_score_distributions,
+                                         plot_token_view, plot_winrate_vs_delta)
+
+    model, tok = tiny("tiny-gpt2")
+    lm = loglik_matrix(model, tok, pool[:5], pool[14:18])
+    sm = lm.to_score_matrix("win_rate")
+    tv = token_logprobs(model, tok, pool[14], pool[0])
+    figs = [plot_loglik_heatmap(lm.delta, row_labels=[c.task for c in pool[:5]], col_labels=[p.task for p in pool[14:18]]),
+            plot_loglik_heatmap(lm.ll, kind="ll"),
+            plot_score_distributions(icp_win_rate(sm), icp_mean_delta(sm), icp_per_token_delta(sm), n_probes=4),
+            plot_token_view(tv.tokens, tv.with_demo, tv.without_demo),
+            plot_winrate_vs_delta(icp_win_rate(sm), icp_mean_delta(sm), groups=[c.task for c in pool[:5]]),
+            plot_cache_timing({"naive": 2.0, "cached": 0.5}, n_pairs=20)]
+    for fig in figs:
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            assert ax.get_xlabel() and ax.get_ylabel(), fig
+        plt.close(fig)
+    # the heatmap shows exactly the matrix it was given
+    fig = plot_loglik_heatmap(lm.delta)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), lm.delta)
+    plt.close(fig)
+
+
+def test_token_explorer_recomputes(tiny, pool):
+    from icp_influence.widgets.icp import token_explorer
+
+    model, tok = tiny("tiny-llama")
+    cands, probes = pool[:3], pool[14:16]
+    box, update = token_explorer(model, tok, cands, probes)
+    assert "icp-explorer" in box._dom_classes
+    res = update(candidate=cands[2].id, probe=probes[1].id)
+    ref = token_logprobs(model, tok, probes[1], cands[2])
+    assert res["candidate"] == cands[2].id and res["tokens"] == ref.tokens
+    assert abs(res["delta"] - ref.total_delta) < 1e-12
+    res2 = update(candidate=cands[0].id)
+    assert res2["delta"] != res["delta"]
+
+
+def test_nb04_exercise_solutions(tiny, pool):
+    from icp_influence.exercises import check, solution
+
+    model, tok = tiny("tiny-gpt-neox")
+    lm = loglik_matrix(model, tok, pool[:4], pool[14:19])
+    assert check("04.win_rate_by_hand", (lm.ll - lm.baseline > 0).mean(1), lm=lm)
+    with pytest.raises(AssertionError):
+        check("04.win_rate_by_hand", (lm.ll - lm.baseline >= -1e9).mean(1), lm=lm)
+    sm = lm.to_score_matrix("per_token")
+    assert check("04.best_by_per_token", sm.candidate_ids[int(np.argmax(sm.aggregate()))], lm=lm)
+    # the forward-pass count formula matches what the scorer really does
+    sc = IcpScorer(model, tok, pool[14:21], batch_size=3)
+    sc.loglik(pool[:4]); _ = sc.baseline
+    cached, naive = solution("04.forward_passes", n_candidates=4, n_probes=7, batch_size=3)
+    assert cached == sc.counter.total and naive == 4 * 7 + 7
