@@ -3,12 +3,19 @@
 Executed copies and HTML renders land in build/notebooks-smoke/ (the site and the
 browser test reuse them). Per-notebook wall times are printed at the end of the run;
 the budget is 120 s per notebook in smoke mode on a 2-core machine.
+
+On a heavily loaded machine the kernel client has been seen to lose a message and wait
+forever with both sides idle. A cell that produces no reply within ``CELL_TIMEOUT``
+seconds therefore fails the attempt, and the notebook is executed once more from a
+fresh kernel; a notebook that fails twice (or fails with a real cell error) fails.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import nbformat
 import pytest
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from icp_influence.nbrun import execute_notebook, list_notebooks
 
@@ -16,15 +23,20 @@ from .conftest import record_notebook_time
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "notebooks-smoke"
+CELL_TIMEOUT = 300
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("path", list_notebooks(ROOT / "notebooks"), ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(path):
-    run = execute_notebook(path, OUT, smoke=True, timeout=600)
+    try:
+        run = execute_notebook(path, OUT, smoke=True, timeout=CELL_TIMEOUT)
+    except CellExecutionError:
+        raise
+    except (CellTimeoutError, DeadKernelError, TimeoutError) as e:
+        print(f"{path.name}: {type(e).__name__} ({e}); executing once more from a fresh kernel")
+        run = execute_notebook(path, OUT, smoke=True, timeout=CELL_TIMEOUT)
     record_notebook_time(path.name, run.seconds)
-    import nbformat
-
     nb = nbformat.read(run.executed, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
