@@ -215,6 +215,8 @@ def test_widgets_recompute_headless():
         "y": {"mean": 0.1, "ci": [0.0, 0.2], "seeds": [0.0, 0.1, 0.2]}}}
     aw = arms_explorer({8: outcome})
     assert aw.update(arms=["y"], budget=8) == {"y": (0.1, 0.0, 0.2)}
+    gain = aw.update(show="gain over base")["y"]  # relative to the base model's -1.0
+    assert gain == pytest.approx((1.1, 1.0, 1.2))
     import matplotlib.pyplot as plt
 
     plt.close("all")

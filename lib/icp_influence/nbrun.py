@@ -23,6 +23,46 @@ class NotebookRun:
     error: str | None = None
 
 
+def _sliced(get_msg, step: float = 1.0):
+    """Wrap a channel's ``get_msg`` so it re-polls every ``step`` seconds up to its timeout.
+
+    On a loaded machine the asyncio wake-up for a ZMQ socket can be missed: the kernel has
+    sent its reply and sits idle, while the client waits for the full cell timeout. Polling
+    again in short slices picks the waiting message up within ``step`` seconds.
+    """
+    from queue import Empty
+    from time import monotonic
+
+    from jupyter_core.utils import ensure_async
+
+    async def wrapper(timeout: float | None = None, **kw):
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = step if deadline is None else max(0.0, min(step, deadline - monotonic()))
+            try:
+                return await ensure_async(get_msg(timeout=left, **kw))
+            except Empty:
+                if deadline is not None and monotonic() >= deadline:
+                    raise
+
+    return wrapper
+
+
+def _client_class():
+    import nbclient
+
+    class SlicedPollClient(nbclient.NotebookClient):
+        """``NotebookClient`` whose shell and IOPub reads re-poll every second (see ``_sliced``)."""
+
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            kc.shell_channel.get_msg = _sliced(kc.shell_channel.get_msg)
+            kc.iopub_channel.get_msg = _sliced(kc.iopub_channel.get_msg)
+            return kc
+
+    return SlicedPollClient
+
+
 def list_notebooks(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
@@ -34,7 +74,6 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell (after
     saving what ran so far).
     """
-    import nbclient
     import nbformat
 
     path = Path(path)
@@ -50,8 +89,8 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     executed = out / path.name
     error = None
     try:
-        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                         resources={"metadata": {"path": str(path.parent)}})
+        client = _client_class()(nb, timeout=timeout, kernel_name="python3",
+                                 resources={"metadata": {"path": str(path.parent)}})
         client.execute()
     except Exception as e:  # noqa: BLE001 - re-raised below after saving
         error = e

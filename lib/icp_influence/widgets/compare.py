@@ -79,13 +79,17 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
     all_arms = list(next(iter(outcomes.values()))["arms"])
     sel = W.SelectMultiple(options=all_arms, value=tuple(default_arms or all_arms), description="arms", rows=6)
     bud = W.Dropdown(options=budgets, value=budgets[-1], description="budget")
+    view = W.Dropdown(options=["absolute", "gain over base"], value="absolute", description="show")
     text = W.HTML()
     out = W.Output()
-    box = W.VBox([W.HBox([sel, bud]), text, out])
+    # the view dropdown comes first: it always has a choice, even with a single budget
+    box = W.VBox([W.HBox([view, sel, bud]), text, out])
     box.add_class("icp-explorer")
     box.last = {}
 
-    def update(arms=None, budget: int | None = None) -> dict[str, tuple]:
+    def update(arms=None, budget: int | None = None, show: str | None = None) -> dict[str, tuple]:
+        if show is not None:
+            view.value = show
         if budget is not None:
             bud.value = int(budget)
         if arms is not None:
@@ -93,9 +97,14 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
         o = outcomes[bud.value] if bud.value in outcomes else outcomes[str(bud.value)]
         chosen = [a for a in sel.value if a in o["arms"]]
         sub = {**o, "arms": {a: o["arms"][a] for a in chosen}}
+        if view.value == "gain over base":  # every arm relative to the base model
+            shift = o["base"]
+            sub = {**sub, "base": 0.0, "arms": {a: {**v, "mean": v["mean"] - shift,
+                                                   "ci": [c - shift for c in v["ci"]] if v.get("ci") else v.get("ci")}
+                                               for a, v in sub["arms"].items()}}
         res = {a: (v["mean"], *(v["ci"] or (None, None))) for a, v in sub["arms"].items()}
-        rows = "".join(f"<tr><td>{a}</td><td>{m:.3f}</td><td>{m - o['base']:+.3f}</td></tr>" for a, (m, *_r) in res.items())
-        text.value = (f"<table><tr><th>arm</th><th>mean</th><th>vs base ({o['base']:.3f})</th></tr>{rows}</table>")
+        rows = "".join(f"<tr><td>{a}</td><td>{m:.3f}</td><td>{m - sub['base']:+.3f}</td></tr>" for a, (m, *_r) in res.items())
+        text.value = (f"<table><tr><th>arm</th><th>{view.value}</th><th>vs base ({sub['base']:.3f})</th></tr>{rows}</table>")
         with out:
             out.clear_output(wait=True)
             if chosen:
@@ -107,6 +116,7 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
 
     sel.observe(lambda _c: update(), names="value")
     bud.observe(lambda _c: update(), names="value")
+    view.observe(lambda _c: update(), names="value")
     box.update = update
     update()
     return box
