@@ -229,9 +229,18 @@ def merge_run(out_dir: str | Path, *, meta: dict[str, Any] | None = None, _recor
 
 
 def shard_from_env() -> tuple[int, int]:
-    """``(rank, world_size)`` from ``accelerate``/``torchrun`` environment variables (else (0, 1))."""
+    """``(rank, world_size)`` from RANK/WORLD_SIZE (torchrun, ``accelerate launch``), else
+    ``accelerate.PartialState``, else ``(0, 1)``."""
     rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        try:  # accelerate keeps its own state even when the env variables are absent
+            from accelerate import PartialState
+
+            st = PartialState(cpu=True)
+            rank, world = st.process_index, st.num_processes
+        except Exception:  # noqa: BLE001 - accelerate missing or not launched: single process
+            pass
     return rank, world
 
 

@@ -15,44 +15,12 @@ import sys
 from pathlib import Path
 
 from ..cli import add_command
+from ..store import shard_from_env
+from ._common import parse_params
 from ..errors import ConfigError
 
 ICP_PARAMS = ("max_length", "truncation")
 META_FILE = "meta.json"
-
-
-def shard_info() -> tuple[int, int]:
-    """``(rank, world_size)`` from RANK/WORLD_SIZE, else ``accelerate.PartialState``, else (0, 1)."""
-    from ..store import shard_from_env
-
-    rank, world = shard_from_env()
-    if world == 1:
-        try:  # accelerate keeps its own state even when the env variables are absent
-            from accelerate import PartialState
-
-            st = PartialState(cpu=True)
-            rank, world = st.process_index, st.num_processes
-        except Exception:  # noqa: BLE001 - accelerate missing or not launched: single process
-            pass
-    return rank, world
-
-
-def parse_params(text: str | None, allowed: tuple[str, ...] = ICP_PARAMS) -> dict:
-    """``--params``: a JSON object (or a path to a JSON file) with keys from ``allowed``."""
-    if not text:
-        return {}
-    p = Path(text)
-    raw = p.read_text(encoding="utf-8") if (not text.lstrip().startswith("{") and p.exists()) else text
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}.") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"--params must be a JSON object, got {type(params).__name__}.")
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"Unknown --params key(s) {', '.join(unknown)} for score-icp; allowed: {', '.join(allowed)}.")
-    return params
 
 
 def cmd_score_icp(args: argparse.Namespace) -> None:
@@ -65,7 +33,7 @@ def cmd_score_icp(args: argparse.Namespace) -> None:
     from ..utils import atomic_write_json, seed_everything
 
     check_method(args.method)
-    params = parse_params(args.params)
+    params = parse_params(args.params, ICP_PARAMS, command="score-icp")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}.")
     if args.limit is not None and args.limit < 1:
@@ -80,7 +48,7 @@ def cmd_score_icp(args: argparse.Namespace) -> None:
         "probes": args.probes, "template": args.template, "batch_size": args.batch_size, "limit": args.limit,
         "params": params, "seed": args.seed,
     }
-    rank, world = shard_info()
+    rank, world = shard_from_env()
     if world > 1:
         print(f"score-icp: shard {rank + 1}/{world} (chunks k with k % {world} == {rank})", file=sys.stderr, flush=True)
     model, tokenizer = load_model(args.model, device=args.device)

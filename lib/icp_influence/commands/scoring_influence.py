@@ -8,41 +8,12 @@ Candidate gradients are cached on disk (``--grad-cache``, default ``<out>/gradie
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..cli import add_command
-from ..errors import ConfigError
-
-
-def _shard() -> tuple[int, int]:
-    from ..store import shard_from_env
-
-    rank, world = shard_from_env()
-    if world == 1:
-        try:  # accelerate sets its own state even when the env variables are absent
-            from accelerate import PartialState
-
-            st = PartialState(cpu=True)
-            rank, world = st.process_index, st.num_processes
-        except Exception:  # noqa: BLE001 - accelerate missing or not launched: single process
-            pass
-    return rank, world
-
-
-def _parse_params(text: str | None) -> dict:
-    if not text:
-        return {}
-    p = Path(text)
-    raw = p.read_text(encoding="utf-8") if (not text.lstrip().startswith("{") and p.exists()) else text
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--params is not valid JSON ({e.msg} at column {e.colno}): {text[:80]!r}.") from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"--params must be a JSON object, got {type(params).__name__}.")
-    return params
+from ..store import shard_from_env
+from ._common import parse_params
 
 
 def cmd_score_influence(args: argparse.Namespace) -> None:
@@ -54,7 +25,7 @@ def cmd_score_influence(args: argparse.Namespace) -> None:
     from ..store import run_chunked
     from ..utils import seed_everything
 
-    params = _parse_params(args.params)
+    params = parse_params(args.params)
     config = InfluenceConfig.from_params(args.method, params, template=args.template, projection_dim=args.projection_dim,
                                          chunk_size=args.chunk_size, seed=args.seed)
     seed_everything(args.seed)
@@ -66,7 +37,7 @@ def cmd_score_influence(args: argparse.Namespace) -> None:
     gi = GradientInfluence(model, tokenizer, config, cache_dir=cache, model_name=args.model, progress=False)
     run_config = {"kind": "influence", "model": args.model, "pool": args.pool, "probes": args.probes,
                   **config.to_dict()}
-    rank, world = _shard()
+    rank, world = shard_from_env()
     gi.prepare(list(probes), train=list(pool))
     examples = list(pool)
 
