@@ -318,26 +318,13 @@ def check_names(source: str) -> list[str]:
 
 def grade(path: str | Path, *, smoke: bool = True, timeout: int = 900) -> list[dict]:
     """Execute ``path`` (errors allowed) and report every exercise: ``{notebook, exercise, ok, message}``."""
-    import os
-
-    import nbclient
     import nbformat
+
+    from .nbrun import run_in_kernel
 
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    saved = {k: os.environ.get(k) for k in ("ICP_SMOKE", "MPLBACKEND")}
-    if smoke:
-        os.environ["ICP_SMOKE"] = "1"
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-    try:
-        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    run_in_kernel(nb, path.parent, smoke=smoke, timeout=timeout, allow_errors=True)
     rows = []
     for cell in nb.cells:
         if cell.cell_type != "code":

@@ -63,6 +63,29 @@ def _client_class():
     return SlicedPollClient
 
 
+def run_in_kernel(nb, cwd: str | Path, *, smoke: bool = True, timeout: int = 900, allow_errors: bool = False) -> None:
+    """Execute the notebook node ``nb`` in place under a fresh ``python3`` kernel.
+
+    The kernel inherits ``ICP_SMOKE=1`` (when ``smoke``), ``HF_HUB_OFFLINE=1`` and an inline
+    matplotlib backend; the caller's environment is restored afterwards. Channels are
+    re-polled every second (see :func:`_sliced`).
+    """
+    saved = {k: os.environ.get(k) for k in ("ICP_SMOKE", "MPLBACKEND")}
+    if smoke:
+        os.environ["ICP_SMOKE"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline, whatever the caller uses
+    try:
+        _client_class()(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+                        resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def list_notebooks(folder: str | Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
@@ -80,26 +103,13 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(path, as_version=4)
-    saved = {k: os.environ.get(k) for k in ("ICP_SMOKE", "MPLBACKEND")}
-    if smoke:
-        os.environ["ICP_SMOKE"] = "1"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline, whatever the caller uses
     t0 = time.perf_counter()
     executed = out / path.name
     error = None
     try:
-        client = _client_class()(nb, timeout=timeout, kernel_name="python3",
-                                 resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        run_in_kernel(nb, path.parent, smoke=smoke, timeout=timeout)
     except Exception as e:  # noqa: BLE001 - re-raised below after saving
         error = e
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     seconds = time.perf_counter() - t0
     nbformat.write(nb, executed)
     html_path = None

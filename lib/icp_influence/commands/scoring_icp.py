@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..cli import add_command
 from ..store import shard_from_env
-from ._common import parse_params
+from ._common import add_run_arguments, parse_params
 from ..errors import ConfigError
 
 ICP_PARAMS = ("max_length", "truncation")
@@ -90,14 +90,9 @@ def register(sub) -> None:
     from ..icp import METHODS
 
     sp = sub.add_parser("score-icp", help="in-context probing scores (win-rate, mean delta, per-token delta)")
-    sp.add_argument("--model", default="smollm2-135m-instruct", help="model spec (embedded, tiny-*, hub id or folder)")
-    sp.add_argument("--pool", required=True, help="candidates: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--probes", required=True, help="probes: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--out", required=True, help="run directory (chunks, run.json, scores.*)")
-    sp.add_argument("--template", default="paper", choices=("paper", "plain", "chat"))
-    sp.add_argument("--method", default="win_rate", choices=METHODS,
-                    help="win_rate / delta store per-probe deltas ll(p|z)-ll(p) (aggregate: win-rate / mean); "
-                         "per_token stores deltas divided by the probe's answer length")
+    add_run_arguments(sp, method_choices=METHODS, default_method="win_rate",
+                      method_help="win_rate / delta store per-probe deltas ll(p|z)-ll(p) (aggregate: win-rate / mean); "
+                                  "per_token stores deltas divided by the probe's answer length")
     sp.add_argument("--params", default=None, help='JSON object or file: {"max_length": 1024, "truncation": "left"|"error"}')
     sp.add_argument("--projection-dim", type=int, default=None, help="accepted for symmetry with score-influence; ignored")
     sp.add_argument("--chunk-size", type=int, default=16, help="candidates per chunk file")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..cli import add_command
 from ..store import shard_from_env
-from ._common import parse_params
+from ._common import add_run_arguments, parse_params
 
 
 def cmd_score_influence(args: argparse.Namespace) -> None:
@@ -58,12 +58,7 @@ def register(sub) -> None:
     from ..influence import METHODS
 
     sp = sub.add_parser("score-influence", help="gradient-influence scores (inner product, TracIn, influence functions)")
-    sp.add_argument("--model", default="smollm2-135m-instruct", help="model spec (embedded, tiny-*, hub id or folder)")
-    sp.add_argument("--pool", required=True, help="candidates: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--probes", required=True, help="probes: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--out", required=True, help="run directory (chunks, run.json, scores.*)")
-    sp.add_argument("--template", default="paper", choices=("paper", "plain", "chat"))
-    sp.add_argument("--method", default="inner_product", choices=METHODS)
+    add_run_arguments(sp, method_choices=METHODS, default_method="inner_product")
     sp.add_argument("--params", default=None,
                     help='JSON object or file: {"damping": 0.01, "params": "paper"|"all"|"lora"|"last:K", '
                          '"reduction": "sum", "hessian_examples": 64, "checkpoints": [...], "learning_rates": [...]}')
