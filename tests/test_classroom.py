@@ -13,10 +13,10 @@ from unittest.mock import MagicMock
 import nbformat
 import pytest
 
-from icp_influence import classroom, exercises
-from icp_influence.classroom import (COLAB_SOURCE, REPO_URL, SOLUTION_TAG, add_colab_to_folder, stale_student,
+from icp_course import classroom, exercises
+from icp_course.classroom import (COLAB_SOURCE, REPO_URL, SOLUTION_TAG, add_colab_to_folder, stale_student,
                                      student_source, write_student)
-from icp_influence.nbrun import list_notebooks
+from icp_course.nbrun import list_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = list_notebooks(ROOT / "notebooks")
@@ -207,7 +207,7 @@ def test_grade_reports_each_exercise(tmp_path):
     """`classroom grade`: one solved and one unsolved exercise in a student notebook."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    solved = nbformat.v4.new_code_cell('from icp_influence.exercises import check\n'
+    solved = nbformat.v4.new_code_cell('from icp_course.exercises import check\n'
                                        'win = int(-1.0 > -2.5)\ncheck("00.icp_win", win, ll_with_demo=-1.0, ll_zero_shot=-2.5)')
     unsolved = nbformat.v4.new_code_cell(student_source('ll_p = 1.0\ncheck("00.sum_of_tokens", ll_p, comparison=c)'))
     nb.cells = [nbformat.v4.new_code_cell("c = {'ll_zero_shot': -3.0}"), solved, unsolved]
@@ -254,7 +254,7 @@ def test_colab_badge_and_install_cell_are_idempotent_and_inert_outside_colab(cou
 
 # -- instructor notes -----------------------------------------------------------------------
 def test_instructor_notes_table_lists_every_notebook_with_measured_times(tmp_path):
-    from icp_influence.classroom import NOTES_END, NOTES_START, executed_seconds, update_notes
+    from icp_course.classroom import NOTES_END, NOTES_START, executed_seconds, update_notes
 
     smoke = tmp_path / "smoke"
     smoke.mkdir()

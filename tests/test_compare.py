@@ -176,7 +176,7 @@ def test_compare_all_pairwise_matrix():
 
 
 def test_plots_have_labelled_axes():
-    from icp_influence.plots import compare as P
+    from icp_course.plots import compare as P
 
     ids = [f"c{i}" for i in range(30)]
     x = np.arange(30.0)
@@ -198,7 +198,7 @@ def test_plots_have_labelled_axes():
 
 
 def test_widgets_recompute_headless():
-    from icp_influence.widgets.compare import agreement_explorer, arms_explorer
+    from icp_course.widgets.compare import agreement_explorer, arms_explorer
 
     rng = np.random.default_rng(1)
     n = 40

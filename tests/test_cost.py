@@ -129,14 +129,13 @@ def test_captum_tracin_equals_our_inner_product(tiny, tmp_path):
     from icp_influence.benchmarks.captum_bench import captum_tracin_scores
     from icp_influence.encoding import encode_example
     from icp_influence.gradients import select_parameters
-    from icp_influence.influence import GradientInfluence, InfluenceConfig
+    from icp_influence.valuators import InnerProduct
     from icp_influence.synthetic import make_synthetic_pool
 
     model, tok = tiny
     ex = list(make_synthetic_pool(6, seed=3))
     cands, probes = ex[:4], ex[4:]
-    ours = GradientInfluence(model, tok, InfluenceConfig(method="inner_product", params="paper"),
-                             cache_dir=tmp_path).score(cands, probes).values
+    ours = InnerProduct(model, tok, params="paper").score(cands, probes).values
     theirs = captum_tracin_scores(model, tok, select_parameters(model, "paper"),
                                   [encode_example(tok, e) for e in cands], [encode_example(tok, e) for e in probes],
                                   batch_size=2)
@@ -163,7 +162,7 @@ def test_top_operators_and_mean_tokens(tiny):
 
 
 def test_cost_widget_recomputes():
-    from icp_influence.widgets.cost import cost_explorer
+    from icp_course.widgets.cost import cost_explorer
 
     box, update = cost_explorer()
     assert "icp-explorer" in box._dom_classes
@@ -177,7 +176,7 @@ def test_cost_widget_recomputes():
 
 
 def test_plots_have_labelled_axes():
-    from icp_influence.plots import cost as P
+    from icp_course.plots import cost as P
 
     res = {"icp-cache": {"speedup": 6.0}, "grads": {"speedup": 1.2}, "captum": {"speedup": 2.0}}
     figs = [P.plot_speedups(res),
@@ -199,7 +198,7 @@ def test_plots_have_labelled_axes():
 
 
 def test_exercises_nb07():
-    from icp_influence.exercises import check, get
+    from icp_course.exercises import check, get
 
     assert get("07.crossover").solution(icp_per_probe_s=0.5, ip_fixed_s=2.0, ip_per_probe_s=0.1) == pytest.approx(5.0)
     assert get("07.authors_total").solution() == pytest.approx(81.0, abs=0.01)

@@ -178,109 +178,6 @@ def test_token_logprobs_match_matrix(tiny, pool):
     assert abs(tv.total_delta - lm.delta[0, 0]) <= 2 * TOL
 
 
-# ----------------------------------------------------------------- command line
-def test_cli_end_to_end_matches_library(tmp_path, tiny, pool, capsys):
-    out = tmp_path / "run"
-    args = ["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:9", "--probes", "synthetic:5:1",
-            "--out", str(out), "--method", "per_token", "--chunk-size", "4", "--batch-size", "2", "--quiet",
-            "--projection-dim", "64"]
-    assert main(args) == 0
-    sm = ScoreMatrix.load(out / "scores")
-    model, tok = tiny("tiny-gpt2")
-    ref = score_icp(model, tok, make_synthetic_pool(9, seed=0), make_synthetic_pool(5, seed=1), method="per_token",
-                    batch_size=2, progress=False)
-    np.testing.assert_array_equal(sm.values, ref.values)
-    assert sm.candidate_ids == ref.candidate_ids and sm.probe_ids == ref.probe_ids
-    assert sm.meta["default_aggregate"] == "mean" and sm.meta["score"] == "per_token"
-    assert len(list((out / "chunks").glob("chunk-*.safetensors"))) == 3
-    # merge re-assembles the same matrix, keeping the ICP metadata
-    assert main(["merge", "--out", str(out)]) == 0
-    merged = ScoreMatrix.load(out / "scores")
-    np.testing.assert_array_equal(merged.values, sm.values)
-    assert merged.meta["n_answer_tokens"] == sm.meta["n_answer_tokens"]
-    # the same arguments again: nothing to recompute, same result
-    assert main(args) == 0
-    np.testing.assert_array_equal(ScoreMatrix.load(out / "scores").values, sm.values)
-    # different arguments on the same run directory are refused (exit 2, clear message)
-    capsys.readouterr()
-    assert main([*args[:-2], "--template", "plain"]) == 2
-    assert "different arguments" in capsys.readouterr().err
-    assert main([*args, "--params", "{not json"]) == 2
-    assert main(["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:3", "--probes", "synthetic:2",
-                 "--out", str(tmp_path / "x"), "--params", '{"damping": 1}']) == 2
-    assert main(["merge", "--out", str(tmp_path / "nothing")]) == 2
-
-
-def test_cli_limit_and_win_rate(tmp_path):
-    out = tmp_path / "run"
-    assert main(["score-icp", "--model", "tiny-llama", "--pool", "synthetic:20", "--probes", "synthetic:4:3",
-                 "--out", str(out), "--limit", "5", "--chunk-size", "2", "--quiet"]) == 0
-    sm = ScoreMatrix.load(out / "scores")
-    assert sm.shape == (5, 4) and sm.meta["default_aggregate"] == "win_rate"
-    np.testing.assert_array_equal(sm.aggregate(), (sm.values > 0).mean(1))
-
-
-def _wait_chunks(folder: Path, n: int, proc, timeout: float) -> int:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        k = len(list(folder.glob("chunk-*.safetensors"))) if folder.exists() else 0
-        if k >= n or proc.poll() is not None:
-            return k
-        time.sleep(0.02)
-    return -1
-
-
-def test_kill_and_resume_identical(tmp_path):
-    n_cand = 60
-    base = ["--model", "tiny-gpt-neox", "--pool", f"synthetic:{n_cand}", "--probes", "synthetic:6:2",
-            "--chunk-size", "2", "--batch-size", "2", "--quiet"]
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "icp_influence", "score-icp", *base, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    k = _wait_chunks(killed / "chunks", 3, proc, timeout=120)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list((killed / "chunks").glob("chunk-*.safetensors")))
-    assert 3 <= done < n_cand // 2, f"kill came too late or too early ({k}, {done} chunks)"
-    assert not (killed / "scores.json").exists()
-    assert main(["score-icp", *base, "--out", str(killed)]) == 0          # resume
-    plain = tmp_path / "plain"
-    assert main(["score-icp", *base, "--out", str(plain)]) == 0           # uninterrupted
-    a, b = ScoreMatrix.load(killed / "scores"), ScoreMatrix.load(plain / "scores")
-    np.testing.assert_array_equal(a.values, b.values)
-    assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
-
-
-@pytest.mark.slow
-def test_accelerate_two_processes_equal_single(tmp_path):
-    """`accelerate launch --num_processes 2 -m icp_influence score-icp` + merge == one process.
-
-    accelerate 1.15 runs ``--cpu --num_processes 2`` as ONE process unless mpirun is set up
-    (its multi-CPU path goes through mpirun), so the test launches through the torchrun path
-    (``--multi_gpu``), which spawns two CPU processes with RANK / WORLD_SIZE set — the CLI
-    never initialises a process group, so no GPU is needed.
-    """
-    common = ["score-icp", "--model", "tiny-gpt2", "--pool", "synthetic:11", "--probes", "synthetic:5:1",
-              "--chunk-size", "2", "--batch-size", "3", "--quiet"]
-    sharded = tmp_path / "sharded"
-    accelerate = Path(sys.executable).with_name("accelerate")
-    launcher = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
-    cmd = [*launcher, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", str(29500 + os.getpid() % 400),
-           "-m", "icp_influence", *common, "--out", str(sharded)]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=110)
-    assert res.returncode == 0, res.stderr[-2000:]
-    log = res.stdout + res.stderr  # the launcher may merge the children's streams
-    assert "shard 1/2" in log and "shard 2/2" in log, log[-2000:]
-    assert main(["merge", "--out", str(sharded)]) == 0
-    single = tmp_path / "single"
-    assert main([*common, "--out", str(single)]) == 0
-    a, b = ScoreMatrix.load(sharded / "scores"), ScoreMatrix.load(single / "scores")
-    np.testing.assert_array_equal(a.values, b.values)
-    assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
-    assert a.meta["default_aggregate"] == "win_rate"
-
-
 # ----------------------------------------------------------------- notebook 04 helpers
 def test_plots_have_labelled_axes(tiny, pool):
     import matplotlib
@@ -288,7 +185,7 @@ def test_plots_have_labelled_axes(tiny, pool):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from icp_influence.plots.icp import (plot_cache_timing, plot_loglik_heatmap, plot_score_distributions,
+    from icp_course.plots.icp import (plot_cache_timing, plot_loglik_heatmap, plot_score_distributions,
                                          plot_token_view, plot_winrate_vs_delta)
 
     model, tok = tiny("tiny-gpt2")
@@ -314,7 +211,7 @@ def test_plots_have_labelled_axes(tiny, pool):
 
 
 def test_token_explorer_recomputes(tiny, pool):
-    from icp_influence.widgets.icp import token_explorer
+    from icp_course.widgets.icp import token_explorer
 
     model, tok = tiny("tiny-llama")
     cands, probes = pool[:3], pool[14:16]
@@ -329,7 +226,7 @@ def test_token_explorer_recomputes(tiny, pool):
 
 
 def test_nb04_exercise_solutions(tiny, pool):
-    from icp_influence.exercises import check, solution
+    from icp_course.exercises import check, solution
 
     model, tok = tiny("tiny-gpt-neox")
     lm = loglik_matrix(model, tok, pool[:4], pool[14:19])

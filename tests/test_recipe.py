@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from icp_influence.commands.recipe import (apply_overrides, config_path, launch_prefix, load_config, prepare,
+from icp_influence.recipe import (apply_overrides, config_path, launch_prefix, load_config, prepare,
                                            stage_commands)
 from icp_influence.errors import ConfigError
 
@@ -38,10 +38,11 @@ def test_packaged_paper_config():
     cmds = stage_commands(cfg)
     icp = cmds["icp"]
     assert icp[:6] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "8", "-m"]
-    assert "score-icp" in icp and "score-influence" in cmds["influence"]
+    assert icp[icp.index("score") + 1] == "icp" and cmds["influence"][cmds["influence"].index("score") + 1] == "inner_product"
     inf = cmds["influence"]
-    assert json.loads(inf[inf.index("--params") + 1]) == {"params": "paper", "reduction": "sum"}
-    assert inf[inf.index("--projection-dim") + 1] == "8192"
+    assert json.loads(inf[inf.index("--settings") + 1]) == {"params": "paper", "reduction": "sum", "projection_dim": 8192,
+                                                            "projection": "countsketch"}
+    assert json.loads(icp[icp.index("--settings") + 1]) == {"score": "win_rate", "batch_size": 32}
 
 
 def test_overrides():
@@ -89,8 +90,7 @@ def _has_command(name: str) -> bool:
 @pytest.mark.slow
 def test_recipe_end_to_end_sharded(tmp_path):
     """The paper config, overridden to a tiny model, the 50-record fixture and 5 probes, with 2 processes."""
-    if not (_has_command("score-icp") and _has_command("score-influence")):
-        pytest.skip("score-icp / score-influence subcommands not available")
+    assert _has_command("score") and _has_command("merge") and _has_command("recipe")
     launcher = "torchrun" if shutil.which("torchrun") or (Path(sys.executable).parent / "torchrun").exists() else "none"
     run = tmp_path / "run"
     args = [sys.executable, "-m", "icp_influence", "recipe", "paper_alpaca_pythia1b",
@@ -110,7 +110,7 @@ def test_recipe_end_to_end_sharded(tmp_path):
     # the sharded, chunked matrices equal a direct in-process computation
     from icp_influence.data import load_alpaca
     from icp_influence.icp import loglik_matrix
-    from icp_influence.influence import GradientInfluence, InfluenceConfig
+    from icp_influence.valuators import InnerProduct
     from icp_influence.models import load_model
     from icp_influence.scores import ScoreMatrix
 
@@ -120,8 +120,8 @@ def test_recipe_end_to_end_sharded(tmp_path):
     ref = loglik_matrix(model, tok, list(pool), list(probes), template="paper")
     np.testing.assert_allclose(icp.values, ref.delta, atol=1e-4)
     inf = ScoreMatrix.load(run / "influence" / "scores")
-    gi = GradientInfluence(model, tok, InfluenceConfig(method="inner_product", params="paper"), cache_dir=tmp_path / "g")
-    np.testing.assert_allclose(inf.values, gi.score(list(pool), list(probes)).values, rtol=1e-4,
+    ip = InnerProduct(model, tok, params="paper")
+    np.testing.assert_allclose(inf.values, ip.score(list(pool), list(probes)).values, rtol=1e-4,
                                atol=1e-6 * np.abs(inf.values).max())
     assert len(list((run / "icp" / "chunks").glob("chunk-*.safetensors"))) == 7  # ceil(50 / 8)
 

@@ -20,13 +20,11 @@ from icp_influence.store import read_chunk
 POOL, PROBES = "synthetic:24:1", "synthetic:4:7"
 
 
-def _cmd(kind: str, out: Path, method: str, params: str | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "icp_influence", kind, "--model", "tiny-gpt-neox", "--pool", POOL,
-           "--probes", PROBES, "--out", str(out), "--method", method, "--chunk-size", "2", "--seed", "0"]
-    if kind == "score-influence":
-        cmd += ["--grad-cache", str(out.parent / (out.name + "-gradcache"))]
-    if params:
-        cmd += ["--params", params]
+def _cmd(valuator: str, out: Path, settings: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "icp_influence", "score", valuator, "--model", "tiny-gpt-neox", "--pool", POOL,
+           "--probes", PROBES, "--out", str(out), "--chunk-size", "2", "--seed", "0"]
+    if settings:
+        cmd += ["--settings", settings]
     return cmd
 
 
@@ -60,16 +58,16 @@ def _kill_part_way(cmd: list[str], out: Path, n_chunks: int) -> int:
     return seen
 
 
-@pytest.mark.parametrize("kind,method,params", [
-    ("score-influence", "inner_product", None),
-    ("score-influence", "ekfac", '{"damping": 0.1, "hessian_examples": 8}'),
-    ("score-icp", "win_rate", None),
+@pytest.mark.parametrize("valuator,settings", [
+    ("inner_product", None),
+    ("ekfac", '{"damping": 0.1, "hessian_examples": 8}'),
+    ("icp", '{"score": "win_rate"}'),
 ])
-def test_sigkill_then_resume_gives_the_uninterrupted_matrix(tmp_path, kind, method, params):
-    ref = subprocess.run(_cmd(kind, tmp_path / "ref", method, params), capture_output=True, text=True, timeout=300)
+def test_sigkill_then_resume_gives_the_uninterrupted_matrix(tmp_path, valuator, settings):
+    ref = subprocess.run(_cmd(valuator, tmp_path / "ref", settings), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    _kill_part_way(_cmd(kind, tmp_path / "run", method, params), tmp_path / "run", n_chunks=12)
-    again = subprocess.run(_cmd(kind, tmp_path / "run", method, params), capture_output=True, text=True, timeout=300)
+    _kill_part_way(_cmd(valuator, tmp_path / "run", settings), tmp_path / "run", n_chunks=12)
+    again = subprocess.run(_cmd(valuator, tmp_path / "run", settings), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = ScoreMatrix.load(tmp_path / "ref" / "scores"), ScoreMatrix.load(tmp_path / "run" / "scores")
     assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
@@ -88,19 +86,21 @@ def _pools():
 
 
 def _icp(model, tok, cache):
-    from icp_influence.icp import score_icp
+    from icp_influence.valuators import Icp
 
     pool, probes = _pools()
-    return score_icp(model, tok, pool, probes, method="delta", progress=False)
+    return Icp(model, tok, score="delta").score(pool, probes)
 
 
-def _influence(method, **params):
+def _influence(method, **settings):
     def run(model, tok, cache):
-        from icp_influence.influence import GradientInfluence, InfluenceConfig
+        from icp_influence.valuators import make
 
         pool, probes = _pools()
-        cfg = InfluenceConfig.from_params(method, params, seed=0)
-        return GradientInfluence(model, tok, cfg, cache_dir=cache).score(pool, probes)
+        v = make(method, model, tok, seed=0, cache_dir=cache, **settings)
+        if v.needs_fit:
+            v.fit(pool)
+        return v.score(pool, probes)
     return run
 
 
@@ -111,6 +111,7 @@ def _influence(method, **params):
     ("cosine", _influence("cosine")),
     ("paper_signed_log", _influence("paper_signed_log")),
     ("ekfac", _influence("ekfac", damping=0.1, hessian_examples=6)),
+    ("cg", _influence("cg", damping=1.0, hessian_examples=4, params="last:1")),
 ])
 def test_same_seed_gives_bit_identical_scores(tmp_path, tiny, name, valuator):
     model, tok = tiny

@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from icp_influence.labcheck import LabServer, check_notebook, find_chromium, have_playwright, launch_browser
-from icp_influence.nbrun import list_notebooks
+from icp_course.labcheck import LabServer, check_notebook, find_chromium, have_playwright, launch_browser
+from icp_course.nbrun import list_notebooks
 
 pytestmark = pytest.mark.browser
 

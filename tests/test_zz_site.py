@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from icp_influence.nbrun import list_notebooks
-from icp_influence.site import build_site, inline_markdown, notebook_info
+from icp_course.nbrun import list_notebooks
+from icp_course.site import build_site, inline_markdown, notebook_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

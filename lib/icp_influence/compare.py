@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 from scipy import stats
@@ -96,43 +96,7 @@ def _check_finite(*arrays: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- correlations
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (average ranks for ties). NaN when either input is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    _check_finite(x, y)
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b (tie-corrected). NaN when either input is constant."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    _check_finite(x, y)
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(stats.kendalltau(x, y).statistic)
-
-
-def bootstrap_ci(x: Sequence[float], y: Sequence[float], statistic: Callable[[np.ndarray, np.ndarray], float] = spearman,
-                 *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(x, y)``, resampling candidates (pairs)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    n = len(x)
-    if n < 3:
-        raise ConfigError(f"Need at least 3 candidates for a bootstrap interval, got {n}.")
-    if not 0 < level < 1:
-        raise ConfigError(f"level must be in (0, 1), got {level}.")
-    rng = np.random.default_rng(seed)
-    vals = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, size=n)
-        vals[b] = statistic(x[idx], y[idx])
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0:
-        return (float("nan"), float("nan"))
-    alpha = (1 - level) / 2
-    return float(np.quantile(vals, alpha)), float(np.quantile(vals, 1 - alpha))
+from .stats import bootstrap_ci, kendall, spearman  # noqa: E402  (one statistics home)
 
 
 @dataclass

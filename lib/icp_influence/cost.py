@@ -204,15 +204,3 @@ def mean_tokens(tokenizer, examples, *, template: str = "paper") -> dict[str, fl
         alone.append(len(encode_example(tokenizer, z, template=template).input_ids))
     n = len(ex)
     return {"t_prefix": sum(pre) / n, "t_suffix": sum(suf) / n, "t_answer": sum(ans) / n, "t_example": sum(alone) / n}
-
-
-def repo_file(*parts: str) -> "Path | None":
-    """``<repository root>/parts`` found by walking up from the working directory (notebooks
-    run in ``notebooks/``), or ``None`` outside a checkout."""
-    from pathlib import Path
-
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").exists() and (d / "lib" / "icp_influence").exists():
-            return d.joinpath(*parts)
-    return None

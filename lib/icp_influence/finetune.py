@@ -27,7 +27,7 @@ import torch
 from .data import Example, Pool
 from .encoding import Encoded, encode_example
 from .errors import ConfigError
-from .lm import answer_logprobs, generate_answer, logprobs_of_labels, model_device, pad_batch
+from .lm import answer_logprobs, answer_nll, generate_answer, model_device, pad_batch
 from .utils import atomic_write_json
 
 #: LoRA target modules per ``config.model_type``.
@@ -177,9 +177,8 @@ def finetune(model, tokenizer, train: Sequence[Example] | Pool, config: Finetune
                 batch = [encs[i] for i in order[start:start + cfg.batch_size]]
                 ids, mask, labels = pad_batch(batch, tokenizer.pad_token_id, device)
                 logits = work(input_ids=ids, attention_mask=mask).logits
-                lp = logprobs_of_labels(logits, labels)
                 n_tok = (labels[:, 1:] != -100).sum().clamp_min(1)
-                loss = -lp.sum() / n_tok
+                loss = answer_nll(logits, labels).sum() / n_tok
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:

@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from .errors import ConfigError
+from .lm import answer_nll
 
 SELECTIONS = ("all", "paper", "lora", "last:k", "regex:PATTERN")
 
@@ -211,13 +212,16 @@ class Objective:
         collate: list of items -> tuple of batched tensors (default: stack each field).
         sort_key: optional item -> length; chunks are formed from length-sorted items so
             padding stays small (results are returned in the original order).
+        token_view: optional ``(model, batch) -> (logits [N, C], labels [N])``: the summed
+            loss of a batch as a cross-entropy (what EK-FAC through kronfluence needs).
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], loss_fn: LossFn, *,
                  collate: Callable[[Sequence[Any]], tuple[torch.Tensor, ...]] = stack_collate,
-                 sort_key: Callable[[Any], int] | None = None):
+                 sort_key: Callable[[Any], int] | None = None,
+                 token_view: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]] | None = None):
         self.model, self.names, self.loss_fn = model, list(names), loss_fn
-        self.collate, self.sort_key = collate, sort_key
+        self.collate, self.sort_key, self.token_view = collate, sort_key, token_view
         named = dict(model.named_parameters())
         missing = [n for n in self.names if n not in named]
         if missing:
@@ -367,20 +371,6 @@ class Objective:
 
 # ------------------------------------------------------------------ LM objective
 
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """Answer-only NLL of one sequence: ``logits [T, V]``, ``labels [T]`` (−100 = not scored)."""
-    logp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    lab = labels[1:]
-    mask = (lab != -100).to(logp.dtype)
-    tok = logp.gather(-1, lab.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    nll = -(tok * mask).sum()
-    if reduction == "mean":
-        return nll / mask.sum().clamp_min(1.0)
-    if reduction != "sum":
-        raise ConfigError(f"Unknown loss reduction {reduction!r}; use 'sum' or 'mean'.")
-    return nll
-
-
 def lm_loss_fn(reduction: str = "sum") -> LossFn:
     """Per-example answer-only loss of a causal LM: ``(forward, ids [T], labels [T]) -> scalar``."""
     if reduction not in ("sum", "mean"):
@@ -409,9 +399,11 @@ def encoded_collate(pad_id: int):
 
 def lm_objective(model, tokenizer, *, params: str | Sequence[str] = "paper", reduction: str = "sum") -> Objective:
     """The :class:`Objective` of a causal LM whose items are :class:`~icp_influence.encoding.Encoded`."""
+    from .lm import answer_token_view
+
     names = select_parameters(model, params)
     return Objective(model, names, lm_loss_fn(reduction), collate=encoded_collate(tokenizer.pad_token_id),
-                     sort_key=len)
+                     sort_key=len, token_view=answer_token_view)
 
 
 def encode_examples(tokenizer, examples: Sequence[Any], *, template: str = "paper", max_length: int | None = None):

@@ -1,6 +1,7 @@
-"""Gradient-based influence on the answer-only loss (DESIGN.md §2): inner product, cosine,
-TracIn, influence functions (exact / LiSSA / CG / EK-FAC via ``kronfluence``) and the
-authors' ``paper_signed_log`` transform.
+"""The kernels of gradient influence on the answer-only loss: inner products, cosine, the
+authors' ``paper_signed_log`` transform, inverse-Hessian-vector products (exact, CG,
+LiSSA) and the EK-FAC adapter to ``kronfluence``. The valuators built on them live in
+:mod:`icp_influence.valuators`.
 
 Sign convention (every method): **positive = the candidate helps the probe**, i.e.
 training on ``z`` lowers the probe's loss.
@@ -19,34 +20,23 @@ training on ``z`` lowers the probe's loss.
   rounded to fp16. Not an inner product; offered only for reproduction.
 
 The iHVP is applied to the probe gradients (there are few probes), so candidate
-gradients are computed once (and cached on disk, see
+gradients are computed once per chunk (optionally cached on disk, see
 :class:`~icp_influence.gradients.GradientCache`) and scored with one matrix product.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
+import logging
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ConfigError, MethodError, NonFiniteScoreError
-from .gradients import GradientCache, Objective, Projector, encode_examples, lm_objective
-
-METHODS = ("inner_product", "cosine", "tracin", "exact", "lissa", "cg", "ekfac", "paper_signed_log")
-IF_METHODS = ("exact", "lissa", "cg", "ekfac")
-
-
-def check_method(method: str) -> str:
-    if method not in METHODS:
-        raise MethodError(f"Unknown influence method {method!r}; choose one of {', '.join(METHODS)}.")
-    return method
-
+from .errors import ConfigError, NonFiniteScoreError
+from .gradients import Objective
 
 def check_damping(damping: float | None) -> float:
     if damping is None or not math.isfinite(float(damping)) or float(damping) <= 0:
@@ -191,125 +181,40 @@ def ihvp_lissa(hvp: HVP, V: torch.Tensor, damping: float, *, depth: int = 1000, 
     return out
 
 
-# ------------------------------------------------------------------ influence on any Objective
-
-def influence_scores(obj: Objective, train_items: Sequence[Any], candidate_items: Sequence[Any],
-                     probe_items: Sequence[Any], *, method: str = "exact", damping: float = 1e-3,
-                     chunk_size: int = 16, hessian_batch_size: int | None = None, max_exact_dim: int = 4096,
-                     lissa_depth: int = 1000, lissa_scale: float | None = None, lissa_tol: float = 1e-10,
-                     cg_max_iter: int = 200, cg_tol: float = 1e-10, seed: int = 0,
-                     ekfac_kwargs: dict[str, Any] | None = None,
-                     candidate_grads: torch.Tensor | None = None, probe_grads: torch.Tensor | None = None) -> np.ndarray:
-    """Scores ``[len(candidate_items), len(probe_items)]`` for any :class:`Objective`.
-
-    ``train_items`` define ``H`` (Hessian of their mean loss) for the influence-function
-    methods. ``inner_product`` / ``cosine`` / ``paper_signed_log`` ignore them.
-    """
-    check_method(method)
-    if method == "tracin":
-        raise MethodError("tracin needs several checkpoints: use tracin_scores(objectives, learning_rates, ...).")
-    if method == "ekfac":
-        return ekfac_scores(obj, train_items, candidate_items, probe_items, damping=damping,
-                            **(ekfac_kwargs or {}))
-    Gc = candidate_grads if candidate_grads is not None else obj.per_example_grads(candidate_items, chunk_size=chunk_size, out_dtype=obj.dtype)
-    Gp = probe_grads if probe_grads is not None else obj.per_example_grads(probe_items, chunk_size=chunk_size, out_dtype=obj.dtype)
-    if method == "inner_product":
-        return inner_product_scores(Gc, Gp)
-    if method == "cosine":
-        return cosine_scores(Gc, Gp)
-    if method == "paper_signed_log":
-        return paper_signed_log_scores(Gc, Gp, obj.offsets)
-    S = inverse_hvp(obj, train_items, Gp, method=method, damping=damping, hessian_batch_size=hessian_batch_size,
-                    max_exact_dim=max_exact_dim, lissa_depth=lissa_depth, lissa_scale=lissa_scale, lissa_tol=lissa_tol,
-                    cg_max_iter=cg_max_iter, cg_tol=cg_tol, seed=seed)
-    return inner_product_scores(Gc, S)
-
-
-def inverse_hvp(obj: Objective, train_items: Sequence[Any], V: torch.Tensor, *, method: str, damping: float,
-                hessian_batch_size: int | None = None, max_exact_dim: int = 4096, lissa_depth: int = 1000,
-                lissa_scale: float | None = None, lissa_tol: float = 1e-10, cg_max_iter: int = 200,
-                cg_tol: float = 1e-10, seed: int = 0) -> torch.Tensor:
-    """``(H + λI)⁻¹ v`` for each row of ``V`` ``[m, D]`` by ``method`` ∈ exact / cg / lissa."""
-    damping = check_damping(damping)
-    if V.shape[1] != obj.dim:
-        raise ConfigError(
-            f"Influence functions need unprojected gradients ({obj.dim} dims) but got {V.shape[1]}; "
-            "drop --projection-dim for exact/lissa/cg."
-        )
-    if not len(train_items):
-        raise ConfigError("Influence functions need training examples to form the Hessian; none were given.")
-    if method == "exact":
-        H = obj.hessian(train_items, batch_size=hessian_batch_size, max_dim=max_exact_dim)
-        return ihvp_exact(H, V, damping)
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return obj.hvp(train_items, v.to(obj.dtype), batch_size=hessian_batch_size).to(v.dtype).cpu()
-
-    Vd = V.to(torch.float64)
-    if method == "cg":
-        return ihvp_cg(hvp, Vd, damping, max_iter=cg_max_iter, tol=cg_tol).to(V.dtype)
-    if method == "lissa":
-        return ihvp_lissa(hvp, Vd, damping, depth=lissa_depth, scale=lissa_scale, tol=lissa_tol, seed=seed).to(V.dtype)
-    raise MethodError(f"inverse_hvp supports exact, cg and lissa, not {method!r}.")
-
-
-def tracin_scores(grads: Sequence[tuple[torch.Tensor, torch.Tensor]], learning_rates: Sequence[float]) -> np.ndarray:
-    """TracIn-CP: ``Σ_k η_k ⟨∇ℓ_k(p), ∇ℓ_k(z)⟩`` from per-checkpoint ``(G_candidates, G_probes)``."""
-    if len(grads) != len(learning_rates) or not grads:
-        raise ConfigError(
-            f"TracIn needs one learning rate per checkpoint: got {len(grads)} checkpoint(s) and {len(learning_rates)} rate(s)."
-        )
-    total = None
-    for (Gc, Gp), lr in zip(grads, learning_rates):
-        s = float(lr) * inner_product_scores(Gc, Gp)
-        total = s if total is None else total + s
-    return total
-
 
 # ------------------------------------------------------------------ EK-FAC through kronfluence
 
-def ce_view_lm(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits ``[N, V]``, labels ``[N]``) of a padded LM batch ``(ids, labels)``: answer tokens only."""
-    ids, labels = batch
-    mask = torch.ones_like(ids)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1)
-
-
-def ce_view_classifier(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) of a classifier batch ``(X, y)``."""
-    X, y = batch
-    return model(X), y
-
-
-def _make_task(ce_view, tracked: list[str] | None):
+def _make_task(token_view, tracked: list[str] | None):
     from kronfluence.task import Task
 
-    class CrossEntropyTask(Task):
-        """Summed cross-entropy (the training loss) and the same summed loss as the measurement."""
+    def summed_ce(logits, labels):
+        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+    class SummedLossTask(Task):
+        """The summed loss as training loss (labels sampled from the model for the true Fisher)
+        and as the measurement."""
 
         def compute_train_loss(self, batch, model, sample: bool = False):
-            logits, labels = ce_view(model, batch)
+            logits, labels = token_view(model, batch)
             if sample:
                 with torch.no_grad():
                     probs = torch.softmax(logits.detach().float(), dim=-1)
                     sampled = torch.multinomial(probs, 1).flatten()
                     labels = torch.where(labels == -100, labels, sampled)
-            return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            return summed_ce(logits, labels)
 
         def compute_measurement(self, batch, model):
-            logits, labels = ce_view(model, batch)
-            return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+            return summed_ce(*token_view(model, batch))
 
         def get_influence_tracked_modules(self):
             return tracked
 
-    return CrossEntropyTask()
+    return SummedLossTask()
 
 
 class _ItemDataset(torch.utils.data.Dataset):
     def __init__(self, items):
-        self.items = items
+        self.items = list(items)
 
     def __len__(self):
         return len(self.items)
@@ -334,274 +239,58 @@ def tracked_linear_modules(model: torch.nn.Module, names: Sequence[str]) -> list
         raise ConfigError(
             "EK-FAC (kronfluence) handles nn.Linear layers only, and none of the selected parameters belong to one "
             f"(found {unsupported[:3]}; GPT-2's Conv1D is not supported). Use params='paper' on gpt_neox/llama, or "
-            "method='cg'/'lissa'."
+            "the 'cg' / 'lissa' valuators."
         )
     return out
 
 
-def ekfac_scores(obj: Objective, train_items: Sequence[Any], candidate_items: Sequence[Any], probe_items: Sequence[Any],
-                 *, damping: float, ce_view: Callable | None = None, empirical_fisher: bool = False,
-                 batch_size: int = 16, output_dir: str | Path | None = None, seed: int = 0,
-                 reuse_factors: bool = False) -> np.ndarray:
-    """EK-FAC influence ``[n_c, n_p]`` through ``kronfluence`` (an adapter, not a re-implementation).
+class EkfacFactors:
+    """EK-FAC influence through ``kronfluence`` (an adapter, not a re-implementation).
 
-    ``kronfluence`` fits the EK-FAC factors of the (true, or with ``empirical_fisher`` the
-    empirical) Fisher of the mean training loss on ``train_items`` and returns
-    ``∇f(p)ᵀ (F + λI)⁻¹ ∇ℓ(z)`` with ``f`` = the probe loss: that is already our
-    "positive = helps" sign (checked against the exact influence in the tests).
-    Only the ``nn.Linear`` layers among the selected parameters are tracked.
-    With ``reuse_factors`` and a persistent ``output_dir``, factors fitted by an earlier call
-    (same model, training items and seed) are loaded instead of refitted — the valuator
-    fits them once and scores every candidate chunk against them.
-    ``ce_view(model, batch) -> (logits [N, C], labels [N])`` expresses the loss as a summed
-    cross-entropy (default: :func:`ce_view_lm` for LM objectives, else the classifier view).
+    The factors of the (true, or with ``empirical_fisher`` the empirical) Fisher of the
+    mean training loss on ``train_items`` are fitted **once**, at construction;
+    :meth:`scores` then returns ``∇f(p)ᵀ (F + λI)⁻¹ ∇ℓ(z)`` ``[n_candidates, n_probes]``
+    for any chunk of candidates, ``f`` the probe loss — already our "positive = helps"
+    sign (checked against the exact influence in the tests). Only the ``nn.Linear``
+    layers among ``obj.names`` are tracked.
     """
-    import logging
 
-    from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments, ScoreArguments
-    from kronfluence.utils.dataset import DataLoaderKwargs
+    def __init__(self, obj: Objective, train_items: Sequence[Any], *, damping: float, batch_size: int = 16,
+                 seed: int = 0, empirical_fisher: bool = False, output_dir: str | Path | None = None):
+        from kronfluence.analyzer import Analyzer, prepare_model
+        from kronfluence.arguments import FactorArguments
+        from kronfluence.utils.dataset import DataLoaderKwargs
 
-    damping = check_damping(damping)
-    if ce_view is None:
-        ce_view = getattr(obj, "ce_view", None) or ce_view_classifier
-    model = copy.deepcopy(obj.model).eval()
-    tracked = tracked_linear_modules(model, obj.names)
-    task = _make_task(ce_view, tracked)
-    model = prepare_model(model, task)
-    collate = obj.collate
-    tmp = tempfile.TemporaryDirectory(prefix="icp-ekfac-") if output_dir is None else None
-    out_dir = Path(output_dir) if output_dir is not None else Path(tmp.name)
-    try:
+        self.damping = check_damping(damping)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        view = obj.token_view
+        if view is None:
+            raise ConfigError("EK-FAC needs the objective's token_view (logits and labels of a batch); build the "
+                              "objective with token_view=... (lm_objective does).")
+        model = copy.deepcopy(obj.model).eval()
+        task = _make_task(view, tracked_linear_modules(model, obj.names))
+        model = prepare_model(model, task)
+        self._tmp = tempfile.TemporaryDirectory(prefix="icp-ekfac-") if output_dir is None else None
+        out = Path(output_dir) if output_dir is not None else Path(self._tmp.name)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            analyzer = Analyzer(analysis_name="icp", model=model, task=task, cpu=obj.device.type == "cpu",
-                                disable_tqdm=True, output_dir=str(out_dir), log_level=logging.WARNING)
-            analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=collate))
-            fargs = FactorArguments(strategy="ekfac", use_empirical_fisher=empirical_fisher)
-            analyzer.fit_all_factors("ekfac", dataset=_ItemDataset(list(train_items)), per_device_batch_size=batch_size,
-                                     factor_args=fargs, overwrite_output_dir=not reuse_factors)
-            sargs = ScoreArguments(damping_factor=damping)
-            analyzer.compute_pairwise_scores("pairwise", factors_name="ekfac", query_dataset=_ItemDataset(list(probe_items)),
-                                             train_dataset=_ItemDataset(list(candidate_items)),
-                                             per_device_query_batch_size=batch_size, per_device_train_batch_size=batch_size,
-                                             score_args=sargs, overwrite_output_dir=True)
-            scores = analyzer.load_pairwise_scores("pairwise")["all_modules"]  # [n_probes, n_candidates]
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    return scores.double().T.cpu().numpy()
+            torch.manual_seed(self.seed)
+            self.analyzer = Analyzer(analysis_name="icp", model=model, task=task, cpu=obj.device.type == "cpu",
+                                     disable_tqdm=True, output_dir=str(out), log_level=logging.WARNING)
+            self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=obj.collate))
+            self.analyzer.fit_all_factors("ekfac", dataset=_ItemDataset(train_items), per_device_batch_size=self.batch_size,
+                                          factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=empirical_fisher),
+                                          overwrite_output_dir=True)
 
+    def scores(self, candidate_items: Sequence[Any], probe_items: Sequence[Any]) -> np.ndarray:
+        """``[len(candidate_items), len(probe_items)]`` float64."""
+        from kronfluence.arguments import ScoreArguments
 
-# ------------------------------------------------------------------ the LM valuator
-
-@dataclass
-class InfluenceConfig:
-    """Everything that determines an influence ScoreMatrix (hashed into run and cache keys)."""
-
-    method: str = "inner_product"
-    params: str = "paper"
-    template: str = "paper"
-    reduction: str = "sum"
-    projection_dim: int | None = None
-    projection: str = "gaussian"
-    damping: float | None = None
-    seed: int = 0
-    chunk_size: int = 8
-    max_length: int | None = None
-    hessian_examples: int | None = 64
-    hessian_batch_size: int | None = 8
-    max_exact_dim: int = 4096
-    lissa_depth: int = 200
-    lissa_scale: float | None = None
-    cg_max_iter: int = 100
-    cg_tol: float = 1e-6
-    checkpoints: list[str] = field(default_factory=list)
-    learning_rates: list[float] = field(default_factory=list)
-    ekfac_empirical_fisher: bool = False
-
-    KNOWN = ("damping", "params", "reduction", "projection", "max_length", "hessian_examples", "hessian_batch_size",
-             "max_exact_dim", "lissa_depth", "lissa_scale", "cg_max_iter", "cg_tol", "checkpoints", "learning_rates",
-             "ekfac_empirical_fisher", "projection_dim", "chunk_size", "template", "seed", "method")
-
-    def validate(self) -> "InfluenceConfig":
-        check_method(self.method)
-        if self.reduction not in ("sum", "mean"):
-            raise ConfigError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}.")
-        if self.projection_dim is not None:
-            if int(self.projection_dim) < 1:
-                raise ConfigError(f"projection dimension must be ≥ 1, got {self.projection_dim}.")
-            if self.method in ("exact", "lissa", "cg", "ekfac", "paper_signed_log"):
-                raise ConfigError(
-                    f"method {self.method!r} needs the unprojected gradients (per-parameter structure / Hessian); "
-                    "drop the projection dimension or use inner_product / cosine / tracin."
-                )
-        if self.method in IF_METHODS:
-            check_damping(self.damping)
-        if self.method == "tracin":
-            if not self.checkpoints:
-                raise ConfigError("method 'tracin' needs params {\"checkpoints\": [model paths...], \"learning_rates\": [...]}.")
-            if len(self.learning_rates) != len(self.checkpoints):
-                raise ConfigError(
-                    f"tracin: {len(self.checkpoints)} checkpoint(s) but {len(self.learning_rates)} learning rate(s); give one per checkpoint."
-                )
-        if self.chunk_size < 1:
-            raise ConfigError(f"chunk_size must be ≥ 1, got {self.chunk_size}.")
-        return self
-
-    @classmethod
-    def from_params(cls, method: str, params: dict[str, Any] | None = None, **kw: Any) -> "InfluenceConfig":
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.KNOWN))
-        if unknown:
-            raise ConfigError(f"Unknown influence parameter(s) {unknown}; known: {', '.join(sorted(cls.KNOWN))}.")
-        merged = {**params, **{k: v for k, v in kw.items() if v is not None}}
-        merged["method"] = method
-        return cls(**merged).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _example_key(ex) -> str:
-    blob = "\x1f".join([ex.instruction, ex.input, ex.output])
-    return f"{ex.id}#{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
-
-
-class GradientInfluence:
-    """Gradient-influence valuator of a causal LM on Examples (returns a ScoreMatrix).
-
-    Usage::
-
-        gi = GradientInfluence(model, tokenizer, InfluenceConfig(method="inner_product"))
-        sm = gi.score(pool, probes)              # or, chunked: gi.prepare(probes, pool); gi.score_rows(examples)
-
-    Candidate gradients go through a :class:`GradientCache` (``cache_dir``; default
-    ``utils.cache_dir()/gradients``): each is computed once per (model weights, parameter
-    selection, template, loss reduction, projection) and reused by every probe set.
-    """
-
-    def __init__(self, model, tokenizer, config: InfluenceConfig | None = None, *, cache_dir: str | Path | None = None,
-                 model_name: str | None = None, progress: bool = False):
-        from .utils import cache_dir as default_cache
-
-        self.config = (config or InfluenceConfig()).validate()
-        self.model, self.tokenizer = model, tokenizer
-        self.model_name = model_name or getattr(model.config, "_name_or_path", type(model).__name__)
-        self.cache_root = Path(cache_dir) if cache_dir is not None else default_cache() / "gradients"
-        self.progress = progress
-        self._states: list[dict[str, Any]] = []  # one per checkpoint: objective, cache, probe vectors
-        self._probes = None
-
-    # -- per-checkpoint state
-    def _models(self) -> list[tuple[Any, float]]:
-        c = self.config
-        if c.method != "tracin":
-            return [(self.model, 1.0)]
-        from .models import load_model
-
-        out = []
-        for ckpt, lr in zip(c.checkpoints, c.learning_rates):
-            m, _ = load_model(ckpt, device=str(next(self.model.parameters()).device)) if isinstance(ckpt, str) else (ckpt, None)
-            out.append((m, float(lr)))
-        return out
-
-    def _objective(self, model) -> Objective:
-        obj = lm_objective(model, self.tokenizer, params=self.config.params, reduction=self.config.reduction)
-        obj.ce_view = ce_view_lm  # type: ignore[attr-defined]
-        return obj
-
-    def _projector(self, obj: Objective) -> Projector | None:
-        c = self.config
-        return Projector(obj.sizes, int(c.projection_dim), seed=c.seed, kind=c.projection) if c.projection_dim else None
-
-    def _encode(self, examples):
-        return encode_examples(self.tokenizer, list(examples), template=self.config.template, max_length=self.config.max_length)
-
-    def _grads(self, state, examples) -> torch.Tensor:
-        encs = self._encode(examples)
-        keys = [_example_key(ex) for ex in examples]
-        obj, proj = state["obj"], state["proj"]
-        return state["cache"].get(keys, lambda idx: obj.per_example_grads(
-            [encs[i] for i in idx], chunk_size=self.config.chunk_size, projector=proj, progress=self.progress))
-
-    def prepare(self, probes, train=None) -> "GradientInfluence":
-        """Compute the probe side once: probe gradients, and for IF methods ``(H + λI)⁻¹∇ℓ(p)``
-        with ``H`` from ``train`` (the pool; the first ``hessian_examples`` of a seeded shuffle)."""
-        c = self.config
-        self._probes = list(probes)
-        self._states = []
-        for model, lr in self._models():
-            obj = self._objective(model)
-            proj = self._projector(obj)
-            key = {"model": obj.fingerprint(), "names": hashlib.sha256("|".join(obj.names).encode()).hexdigest()[:16],
-                   "template": c.template, "reduction": c.reduction, "max_length": c.max_length,
-                   "projection": [c.projection_dim, c.projection, c.seed] if c.projection_dim else None}
-            state = {"obj": obj, "proj": proj, "lr": lr, "cache": GradientCache(self.cache_root, key)}
-            Gp = self._grads(state, self._probes)
-            state["probe_grads"] = Gp
-            if c.method in ("exact", "lissa", "cg"):
-                if train is None:
-                    raise ConfigError(f"method {c.method!r} needs training examples for the Hessian: pass train=pool.")
-                hess_items = self._encode(self._hessian_subset(train))
-                state["probe_vecs"] = inverse_hvp(
-                    obj, hess_items, Gp.to(obj.dtype), method=c.method, damping=c.damping,
-                    hessian_batch_size=c.hessian_batch_size, max_exact_dim=c.max_exact_dim, lissa_depth=c.lissa_depth,
-                    lissa_scale=c.lissa_scale, cg_max_iter=c.cg_max_iter, cg_tol=c.cg_tol, seed=c.seed)
-            elif c.method == "ekfac":
-                if train is None:
-                    raise ConfigError("method 'ekfac' needs training examples for the factors: pass train=pool.")
-                state["hess_items"] = self._encode(self._hessian_subset(train))
-                # EK-FAC factors are fitted once (first chunk) and reused for every chunk.
-                state["ekfac_dir"] = tempfile.TemporaryDirectory(prefix="icp-ekfac-factors-")
-            self._states.append(state)
-        return self
-
-    def _hessian_subset(self, train):
-        train = list(train)
-        n = self.config.hessian_examples
-        if n is None or n >= len(train):
-            return train
-        rng = np.random.default_rng(self.config.seed)
-        return [train[i] for i in sorted(rng.choice(len(train), size=n, replace=False).tolist())]
-
-    def score_rows(self, examples) -> np.ndarray:
-        """Scores ``[len(examples), n_probes]`` of candidate ``examples`` (after :meth:`prepare`)."""
-        if self._probes is None:
-            raise ConfigError("Call prepare(probes, train) before score_rows().")
-        c = self.config
-        examples = list(examples)
-        total = None
-        for state in self._states:
-            if c.method == "ekfac":
-                vals = ekfac_scores(state["obj"], state["hess_items"], self._encode(examples), self._encode(self._probes),
-                                    damping=c.damping, ce_view=ce_view_lm, empirical_fisher=c.ekfac_empirical_fisher,
-                                    batch_size=c.chunk_size, seed=c.seed, output_dir=state["ekfac_dir"].name,
-                                    reuse_factors=True)
-            else:
-                Gc = self._grads(state, examples)
-                if c.method in ("exact", "lissa", "cg"):
-                    vals = inner_product_scores(Gc, state["probe_vecs"])
-                elif c.method == "cosine":
-                    vals = cosine_scores(Gc, state["probe_grads"], [e.id for e in examples], [p.id for p in self._probes])
-                elif c.method == "paper_signed_log":
-                    vals = paper_signed_log_scores(Gc, state["probe_grads"], state["obj"].offsets)
-                else:  # inner_product, tracin
-                    vals = inner_product_scores(Gc, state["probe_grads"])
-            vals = state["lr"] * vals
-            total = vals if total is None else total + vals
-        return total
-
-    def meta(self) -> dict[str, Any]:
-        return {"method": self.config.method, "model": self.model_name, "template": self.config.template,
-                "params": self.config.to_dict(), "seed": self.config.seed,
-                "sign": "positive = the candidate helps the probe (lowers its answer loss)"}
-
-    def score(self, candidates, probes, *, train=None) -> "ScoreMatrix":
-        """The full ScoreMatrix ``[candidates × probes]``; ``train`` defaults to ``candidates``."""
-        from .scores import ScoreMatrix
-
-        candidates = list(candidates)
-        self.prepare(probes, train if train is not None else candidates)
-        vals = self.score_rows(candidates)
-        return ScoreMatrix(vals, [e.id for e in candidates], [p.id for p in self._probes], self.meta()).check_finite()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.analyzer.compute_pairwise_scores(
+                "pairwise", factors_name="ekfac", query_dataset=_ItemDataset(probe_items),
+                train_dataset=_ItemDataset(candidate_items), per_device_query_batch_size=self.batch_size,
+                per_device_train_batch_size=self.batch_size, score_args=ScoreArguments(damping_factor=self.damping),
+                overwrite_output_dir=True)
+            scores = self.analyzer.load_pairwise_scores("pairwise")["all_modules"]  # [n_probes, n_candidates]
+        return scores.double().T.cpu().numpy()

@@ -42,12 +42,14 @@ def ce_example_loss(forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(logits, dim=-1).gather(0, y.reshape(1)).squeeze(0)
 
 
-def classifier_objective(model: nn.Module, params: str = "all") -> Objective:
-    obj = Objective(model, select_parameters(model, params), ce_example_loss)
-    from .influence import ce_view_classifier
+def classifier_token_view(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a classifier batch ``(X, y)`` (the summed loss as a cross-entropy)."""
+    X, y = batch
+    return model(X), y
 
-    obj.ce_view = ce_view_classifier  # type: ignore[attr-defined]
-    return obj
+
+def classifier_objective(model: nn.Module, params: str = "all") -> Objective:
+    return Objective(model, select_parameters(model, params), ce_example_loss, token_view=classifier_token_view)
 
 
 # ------------------------------------------------------------------ logistic regression
@@ -219,28 +221,38 @@ def mlp_lab(n: int = 200, d: int = 4, classes: int = 3, *, hidden: int = 8, n_pr
                   TensorItems(torch.tensor(Xp), torch.tensor(yp)))
 
 
-# ------------------------------------------------------------------ comparisons
+# ------------------------------------------------------------------ scores of any method
 
-def pearson(a, b) -> float:
-    a, b = np.ravel(a).astype(float), np.ravel(b).astype(float)
-    return float(np.corrcoef(a, b)[0, 1])
+#: Solver settings for these small, well-conditioned labs (tighter than the LLM defaults).
+LAB_SETTINGS: dict[str, dict[str, Any]] = {
+    "cg": {"max_iter": 500, "tol": 1e-10},
+    "lissa": {"depth": 5000, "tol": 1e-9},
+    "ekfac": {"batch_size": 32},
+}
 
 
-def spearman(a, b) -> float:
-    from scipy.stats import spearmanr
+def lab_scores(obj: Objective, train: Any, candidates: Any, probes: Any, method: str, *, damping: float | None = None,
+               seed: int = 0, **settings: Any) -> np.ndarray:
+    """``[len(candidates), len(probes)]`` scores of the valuator ``method`` on a lab objective.
 
-    return float(spearmanr(np.ravel(a), np.ravel(b)).correlation)
+    Influence functions use the Hessian of the mean loss over all of ``train`` (one batch)
+    and damping ``damping``; the other valuators ignore both.
+    """
+    from .valuators import InfluenceFunction, get
+
+    cls = get(method)
+    kw: dict[str, Any] = {"objective": obj, "seed": seed, "chunk_size": max(1, len(candidates)),
+                          **LAB_SETTINGS.get(method, {}), **settings}
+    if issubclass(cls, InfluenceFunction):
+        kw.update(damping=damping, hessian_examples=None, hessian_batch_size=None)
+    v = cls(**kw)
+    if cls.needs_fit:
+        v.fit(list(train))
+    return v.score(list(candidates), list(probes)).values
 
 
 def compare_methods(lab: LogRegLab, methods=("exact", "lissa", "cg", "ekfac", "inner_product"), *, damping: float | None = None,
                     seed: int = 0) -> dict[str, np.ndarray]:
     """Scores ``[n, m]`` of each method on a logistic-regression lab (damping defaults to its λ)."""
-    from .influence import influence_scores
-
     damping = lab.l2 if damping is None else damping
-    out = {}
-    for m in methods:
-        out[m] = influence_scores(lab.obj, lab.train, lab.train, lab.probes, method=m, damping=damping,
-                                  lissa_depth=5000, lissa_tol=1e-9, cg_max_iter=500, seed=seed,
-                                  ekfac_kwargs={"batch_size": 32, "seed": seed})
-    return out
+    return {m: lab_scores(lab.obj, lab.train, lab.train, lab.probes, m, damping=damping, seed=seed) for m in methods}

@@ -13,6 +13,7 @@ import torch
 
 from .data import Example
 from .encoding import Encoded, encode_pair
+from .errors import ConfigError
 
 
 def model_device(model) -> torch.device:
@@ -35,18 +36,54 @@ def pad_batch(encs: Sequence[Encoded], pad_id: int, device=None) -> tuple[torch.
     return ids, mask, labels
 
 
-def logprobs_of_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log p(labels[t] | < t)`` for every position; 0 where ``labels == -100``.
+def shift_answer(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align predictions with targets: position t predicts token t+1.
 
-    ``logits``: ``[B, T, V]`` (position t predicts t+1); ``labels``: ``[B, T]``.
-    Returns ``[B, T-1]`` aligned with ``labels[:, 1:]``.
+    ``logits`` ``[..., T, V]``, ``labels`` ``[..., T]`` → ``([..., T-1, V], [..., T-1])``.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
+    return logits[..., :-1, :], labels[..., 1:]
+
+
+def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log p(labels[t+1] | ≤ t)`` at every position; 0 where the label is ``-100`` (not scored).
+
+    ``logits``: ``[..., T, V]`` (position t predicts token t+1); ``labels``: ``[..., T]``.
+    Returns ``[..., T-1]`` aligned with ``labels[..., 1:]``, in float32 or wider.
+    """
+    shift_logits, shift_labels = shift_answer(logits, labels)
+    if shift_logits.dtype in (torch.float16, torch.bfloat16):
+        shift_logits = shift_logits.float()
     logp = torch.log_softmax(shift_logits, dim=-1)
-    safe = shift_labels.clamp_min(0)
-    out = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    out = logp.gather(-1, shift_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
     return out.masked_fill(shift_labels == -100, 0.0)
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """The answer-only negative log-likelihood ``ℓ = −Σ_t log p(y_t | …)`` of each sequence.
+
+    The one loss of the project: gradient influence differentiates it, fine-tuning
+    minimises it, the one-step ground truth and EK-FAC use it, and ICP's summed answer
+    log-likelihood is ``−ℓ``. ``logits`` ``[..., T, V]``, ``labels`` ``[..., T]`` (−100 =
+    not scored); returns one value per sequence (a scalar for one sequence).
+    ``reduction="mean"`` divides by the number of answer tokens.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ConfigError(f"Unknown loss reduction {reduction!r}; use 'sum' or 'mean'.")
+    tok = answer_token_logprobs(logits, labels)
+    nll = -tok.sum(dim=-1)
+    if reduction == "mean":
+        n = (labels[..., 1:] != -100).sum(dim=-1).clamp_min(1).to(nll.dtype)
+        return nll / n
+    return nll
+
+
+def answer_token_view(model, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits ``[N, V]``, labels ``[N]``) of a right-padded batch ``(ids, labels)``: the
+    answer loss as a token-level cross-entropy (−100 = not scored), for kronfluence."""
+    ids, labels = batch
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    logits, labels = shift_answer(logits, labels)
+    return logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
 
 
 @torch.no_grad()

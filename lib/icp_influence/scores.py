@@ -7,7 +7,6 @@ likelihood). Saved as safetensors (values) + JSON (ids and metadata); never pick
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

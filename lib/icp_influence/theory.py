@@ -27,7 +27,6 @@ that must be exact runs in ``float64``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -438,65 +437,15 @@ def second_order_term(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, step: flo
 
 # ------------------------------------------------------------------ statistics
 
-def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Pearson correlation of two flattened arrays (NaN if one is constant)."""
-    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
-    if x.shape != y.shape:
-        raise ConfigError(f"pearson: shapes differ {x.shape} vs {y.shape}.")
-    xc, yc = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(xc @ xc) * float(yc @ yc))
-    return float(xc @ yc / den) if den > 0 else float("nan")
-
-
-def spearman(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties) of two flattened arrays."""
-    from scipy.stats import rankdata
-
-    x, y = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
-    return pearson(rankdata(x), rankdata(y))
-
-
-STATS: dict[str, Callable[[Any, Any], float]] = {"pearson": pearson, "spearman": spearman}
-
-
-def _stat(stat: str | Callable[[Any, Any], float]) -> Callable[[Any, Any], float]:
-    if callable(stat):
-        return stat
-    if stat not in STATS:
-        raise ConfigError(f"Unknown statistic {stat!r}; use one of {sorted(STATS)} or a callable.")
-    return STATS[stat]
-
-
-def bootstrap_ci(x: Any, y: Any, stat: str | Callable[[Any, Any], float] = "spearman", n_boot: int = 1000,
-                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(x, y)``.
-
-    1-D inputs: pairs are resampled. 2-D inputs ``[M, K]`` (candidates × probes): whole
-    candidate *rows* are resampled (a cluster bootstrap — the ``K`` pairs of one candidate
-    are not independent), and ``stat`` is computed on the flattened resampled rows.
-    """
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if x.shape != y.shape:
-        raise ConfigError(f"bootstrap_ci: shapes differ {x.shape} vs {y.shape}.")
-    if x.shape[0] < 3:
-        raise ConfigError(f"Need at least 3 rows for a bootstrap interval, got {x.shape[0]}.")
-    if not 0 < level < 1 or n_boot < 1:
-        raise ConfigError(f"level must be in (0, 1) and n_boot >= 1, got {level}, {n_boot}.")
-    f = _stat(stat)
-    rng = np.random.default_rng(seed)
-    vals = np.array([f(x[idx], y[idx]) for idx in (rng.integers(0, x.shape[0], x.shape[0]) for _ in range(n_boot))])
-    vals = vals[np.isfinite(vals)]
-    if len(vals) == 0:
-        return (float("nan"), float("nan"))
-    a = (1 - level) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
-
-
 def correlation_report(icp: np.ndarray, other: np.ndarray, *, n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Pearson and Spearman of two ``[M, K]`` score matrices with candidate-bootstrap CIs."""
+    """Pair-level Pearson and Spearman of two ``[M, K]`` score matrices, with cluster-bootstrap
+    CIs (whole candidate rows resampled)."""
+    from .stats import bootstrap_ci, pearson, spearman
+
     return {
-        "pearson": pearson(icp, other), "pearson_ci": list(bootstrap_ci(icp, other, "pearson", n_boot, seed)),
-        "spearman": spearman(icp, other), "spearman_ci": list(bootstrap_ci(icp, other, "spearman", n_boot, seed)),
+        "pearson": pearson(icp, other), "pearson_ci": list(bootstrap_ci(icp, other, "pearson", n_boot=n_boot, seed=seed)),
+        "spearman": spearman(icp, other),
+        "spearman_ci": list(bootstrap_ci(icp, other, "spearman", n_boot=n_boot, seed=seed)),
     }
 
 

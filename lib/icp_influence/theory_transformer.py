@@ -186,10 +186,10 @@ def least_squares_by_position(d: int, n_points: int, n_prompts: int = 2000, seed
 # ------------------------------------------------------------------ files
 
 def default_transformer_dir() -> Path:
-    """``$ICP_DATA_DIR/regression_transformer`` or ``<repo>/data/regression_transformer``."""
-    root = os.environ.get("ICP_DATA_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[2] / "data"
-    return base / "regression_transformer"
+    """``<data_dir>/regression_transformer`` (see :func:`icp_influence.paths.data_dir`)."""
+    from .paths import data_dir
+
+    return data_dir() / "regression_transformer"
 
 
 def save_regression_transformer(model: RegressionTransformer, directory: str | os.PathLike | None = None) -> Path:

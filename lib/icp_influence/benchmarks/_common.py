@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR_ENV = "ICP_BENCH_RESULTS"
 
 
 def bench_lm(hidden: int = 128, layers: int = 4, heads: int = 4, *, seed: int = 0, max_positions: int = 1024):
@@ -46,13 +45,11 @@ def load_smollm2():
     return load_model("smollm2-135m-instruct", device="cpu")
 
 
-def results_dir() -> Path:
-    return Path(os.environ.get(RESULTS_DIR_ENV, "benchmarks/results"))
-
-
 def load_results(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """``{name: result}`` from ``folder/*.json`` (the files ``benchmarks/run_all.sh`` writes)."""
-    folder = Path(folder) if folder is not None else results_dir()
+    from ..paths import bench_results_dir
+
+    folder = Path(folder) if folder is not None else bench_results_dir()
     out: dict[str, dict[str, Any]] = {}
     if folder.is_dir():
         for f in sorted(folder.glob("*.json")):

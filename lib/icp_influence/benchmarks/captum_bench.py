@@ -3,7 +3,7 @@
 Both compute ``⟨∇ℓ(p), ∇ℓ(z)⟩`` for every (candidate, probe) pair over the same
 parameters (the "paper" set: every linear layer of every block, weights and biases) of
 the same model on the same examples, with one checkpoint (learning rate 1), so the
-scores must be equal. Ours = :class:`~icp_influence.influence.GradientInfluence`
+scores must be equal. Ours = :class:`~icp_influence.valuators.InnerProduct`
 (``vmap`` gradients, probe gradients computed once, one matrix product; a fresh gradient
 cache each repetition, so nothing is reused across repetitions). captum = ``TracInCP``
 with a per-example loss (its default per-example ``autograd.grad`` loop over a batched
@@ -72,7 +72,7 @@ def captum_tracin_scores(model, tokenizer, names, cand_encs, probe_encs, batch_s
 def run(*, smoke: bool = False, seed: int = 0) -> dict:
     from ..encoding import encode_example
     from ..gradients import select_parameters
-    from ..influence import GradientInfluence, InfluenceConfig
+    from ..valuators import InnerProduct
 
     env = configure_threads()
     hidden, layers, n_c, n_p, chunk, repeats = (64, 2, 8, 4, 8, 2) if smoke else (128, 4, 32, 8, 16, 3)
@@ -83,10 +83,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     p_enc = [encode_example(tok, e, template="paper") for e in probes]
 
     def ours():
-        with tempfile.TemporaryDirectory(prefix="icp-bench-") as d:
-            gi = GradientInfluence(model, tok, InfluenceConfig(method="inner_product", params="paper",
-                                                               chunk_size=chunk), cache_dir=d)
-            return gi.score(cands, probes).values
+        return InnerProduct(model, tok, params="paper", grad_chunk=chunk, chunk_size=len(cands)).score(cands, probes).values
 
     def theirs():
         return captum_tracin_scores(model, tok, names, c_enc, p_enc, batch_size=chunk)

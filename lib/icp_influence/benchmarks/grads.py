@@ -17,7 +17,7 @@ from ._timing import median_time
 
 def autograd_loop_grads(model, names, encs) -> torch.Tensor:
     """``[n, D]`` per-example gradients of the summed answer NLL, one ``backward()`` each."""
-    from ..gradients import answer_nll
+    from ..lm import answer_nll
 
     params = dict(model.named_parameters())
     sel = [params[n] for n in names]

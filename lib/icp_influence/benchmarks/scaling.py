@@ -19,21 +19,19 @@ from ._timing import PeakRSS, loglog_slope, median_time
 @benchmark("scaling", "wall time and peak memory vs pool size (x16) for ICP and projected inner product")
 def run(*, smoke: bool = False, seed: int = 0) -> dict:
     from ..icp import loglik_matrix
-    from ..influence import GradientInfluence, InfluenceConfig
+    from ..valuators import InnerProduct
 
     env = configure_threads()
     hidden, layers, n0, n_p, k, repeats = (64, 2, 2, 4, 64, 1) if smoke else (64, 2, 8, 8, 128, 2)
     sizes = [n0 * 2**i for i in range(5)]
     model, tok = bench_lm(hidden, layers, seed=seed)
     pool, probes = synthetic_split(sizes[-1], n_p, seed=seed)
-    cfg = InfluenceConfig(method="inner_product", params="paper", projection_dim=k, chunk_size=8)
 
     def icp(n):
         return loglik_matrix(model, tok, pool[:n], probes, batch_size=16)
 
     def ip(n):
-        with tempfile.TemporaryDirectory(prefix="icp-bench-") as d:
-            return GradientInfluence(model, tok, cfg, cache_dir=d).score(pool[:n], probes)
+        return InnerProduct(model, tok, params="paper", projection_dim=k, grad_chunk=8, chunk_size=8).score(pool[:n], probes)
 
     icp(sizes[0]), ip(sizes[0])  # warm-up
     rows = []

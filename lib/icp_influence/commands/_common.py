@@ -1,4 +1,4 @@
-"""Helpers shared by the scoring subcommands."""
+"""Helpers shared by the subcommands."""
 from __future__ import annotations
 
 import json
@@ -6,18 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-
-
-def add_run_arguments(sp, *, method_choices: Sequence[str], default_method: str, method_help: str | None = None) -> None:
-    """The arguments every scoring command shares: model, pool, probes, run folder, template, method."""
-    from ..encoding import TEMPLATES
-
-    sp.add_argument("--model", default="smollm2-135m-instruct", help="model spec (embedded, tiny-*, hub id or folder)")
-    sp.add_argument("--pool", required=True, help="candidates: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--probes", required=True, help="probes: .json/.jsonl/.txt file or synthetic:N[:SEED]")
-    sp.add_argument("--out", required=True, help="run directory (chunks, run.json, scores.*)")
-    sp.add_argument("--template", default="paper", choices=TEMPLATES)
-    sp.add_argument("--method", default=default_method, choices=method_choices, help=method_help)
 
 
 def parse_params(text: str | None, allowed: Sequence[str] | None = None, *, command: str = "this command") -> dict:

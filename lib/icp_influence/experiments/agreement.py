@@ -16,7 +16,6 @@ overrides) so the notebooks can load them.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..paths import results_dir
 from ..registry import experiment
 
 #: Gradient parameters for SmolLM2 on CPU: the q/v projections (LoRA's targets) of the
@@ -63,20 +63,6 @@ class AgreementConfig:
         return cls(seed=seed)
 
 
-def results_dir() -> Path:
-    root = os.environ.get("ICP_RESULTS_DIR")
-    if root:
-        return Path(root)
-    # the repository's data/results when run from a checkout, else the cache
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").exists() and (parent / "data").is_dir():
-            return parent / "data" / "results"
-    from ..utils import cache_dir
-
-    return cache_dir() / "results"
-
-
 def tag(smoke: bool | str) -> str:
     if isinstance(smoke, str):
         if smoke not in ("full", "smoke", "tiny"):
@@ -110,39 +96,44 @@ def build_data(cfg: AgreementConfig, model=None, tok=None) -> dict[str, Any]:
 
 
 def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tok, out: Path, progress: bool = False) -> dict[str, Any]:
-    """ICP, inner product, cosine and EK-FAC ScoreMatrices (cached under ``out``)."""
-    from ..icp import score_icp
-    from ..influence import GradientInfluence, InfluenceConfig
+    """ICP, inner product, cosine and EK-FAC ScoreMatrices (cached under ``out``; a cached
+    matrix is reused only when its configuration hash equals the valuator's)."""
     from ..scores import ScoreMatrix
+    from ..valuators import Cosine, EkfacInfluence, Icp, InnerProduct
 
     pool, probes = list(data["pool"]), list(data["probes"])
+    common = dict(template=cfg.template, seed=cfg.seed, progress=progress, model_name=cfg.model)
+    grad = dict(params=cfg.params, **common)
+    valuators = {
+        "icp": Icp(model, tok, score="win_rate", **common),
+        "ip": InnerProduct(model, tok, **grad),
+        "cosine": Cosine(model, tok, **grad),
+        "ekfac": EkfacInfluence(model, tok, damping=cfg.ekfac_damping, hessian_examples=cfg.hessian_examples, **grad),
+    }
     mats: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    specs = {
-        "icp": None,
-        "ip": InfluenceConfig(method="inner_product", params=cfg.params, template=cfg.template, seed=cfg.seed),
-        "cosine": InfluenceConfig(method="cosine", params=cfg.params, template=cfg.template, seed=cfg.seed),
-        "ekfac": InfluenceConfig(method="ekfac", params=cfg.params, template=cfg.template, seed=cfg.seed,
-                                 damping=cfg.ekfac_damping, hessian_examples=cfg.hessian_examples),
-    }
-    for name, icfg in specs.items():
+    for name, v in valuators.items():
+        if v.needs_fit:
+            v.fit(pool)
         path = out / name
-        if (path.with_suffix(".json")).exists():
+        if path.with_suffix(".json").exists():
             sm = ScoreMatrix.load(path)
-            if sm.candidate_ids == [e.id for e in pool] and sm.probe_ids == [p.id for p in probes]:
+            if sm.meta.get("config_hash") == _config_hash(v) and sm.candidate_ids == [e.id for e in pool] \
+                    and sm.probe_ids == [p.id for p in probes]:
                 mats[name] = sm
                 timings[name] = float(sm.meta.get("seconds", float("nan")))
                 continue
-        t0 = time.perf_counter()
-        if icfg is None:
-            sm = score_icp(model, tok, pool, probes, template=cfg.template, method="win_rate", progress=progress)
-        else:
-            sm = GradientInfluence(model, tok, icfg, progress=progress).score(pool, probes, train=pool)
-        timings[name] = time.perf_counter() - t0
-        sm.meta["seconds"] = timings[name]
+        sm = v.score(pool, probes)
+        timings[name] = float(sm.meta["seconds"])
         sm.save(path)
         mats[name] = sm
     return {"mats": mats, "seconds": timings}
+
+
+def _config_hash(v) -> str:
+    from ..utils import config_hash
+
+    return config_hash(v.config())
 
 
 def _write_data_info(data: dict[str, Any], out: Path) -> None:
@@ -260,7 +251,7 @@ ARMS = ("icp-top", "ip-top", "ekfac-top", "random", "icp-bottom")
 
 def arm_selections(mats: dict[str, Any], budget: int) -> dict[str, Any]:
     """The five arms at one budget (random: a fresh seeded subset per seed)."""
-    from .. import select as S
+    from .. import selection as S
 
     icp = mats["icp"]
     ids = icp.candidate_ids

@@ -10,8 +10,8 @@ from ..registry import experiment
 
 @experiment("influence-vs-loo", "exact IF, LiSSA, CG, EK-FAC and inner product vs leave-one-out retraining (L2 logistic regression)")
 def influence_vs_loo(*, smoke: bool = False, seed: int = 0) -> dict:
-    from ..influence_lab import compare_methods, logreg_lab, mlp_lab, pearson, spearman
-    from ..influence import influence_scores
+    from ..influence_lab import compare_methods, lab_scores, logreg_lab, mlp_lab
+    from ..stats import pearson, spearman
 
     n = 40 if smoke else 150
     t0 = time.perf_counter()
@@ -34,9 +34,8 @@ def influence_vs_loo(*, smoke: bool = False, seed: int = 0) -> dict:
     }
     if not smoke:
         ml = mlp_lab(seed=seed)
-        ex = influence_scores(ml.obj, ml.train, ml.train, ml.probes, method="exact", damping=0.1)
-        ek = influence_scores(ml.obj, ml.train, ml.train, ml.probes, method="ekfac", damping=0.1,
-                              ekfac_kwargs={"batch_size": 64, "seed": seed})
+        ex = lab_scores(ml.obj, ml.train, ml.train, ml.probes, "exact", damping=0.1)
+        ek = lab_scores(ml.obj, ml.train, ml.train, ml.probes, "ekfac", damping=0.1, batch_size=64, seed=seed)
         out["mlp_ekfac_vs_exact_spearman"] = spearman(ek, ex)
         out["mlp_ekfac_vs_exact_pearson"] = pearson(ek, ex)
     return out

@@ -75,7 +75,8 @@ def linear_icp_scores(predict: Any, *, n_tasks: int, n_candidates: int, n_probes
 @experiment("icp-vs-influence-linear",
             "ICP vs gradient inner product in the constructed LSA, a trained LSA and a small softmax transformer")
 def icp_vs_influence_linear(*, smoke: bool = False, seed: int = 0) -> dict[str, Any]:
-    from ..theory import bootstrap_ci, construct_gd_lsa, optimal_gd_lr, pearson, sample_tasks, spearman, train_lsa
+    from ..stats import bootstrap_ci, pearson, spearman
+    from ..theory import construct_gd_lsa, optimal_gd_lr, sample_tasks, train_lsa
     from ..theory_transformer import DOMAIN_KINDS, domain_agreement, get_regression_transformer
 
     sz = icp_sizes(smoke)
@@ -89,7 +90,7 @@ def icp_vs_influence_linear(*, smoke: bool = False, seed: int = 0) -> dict[str, 
         lin = dict(n_tasks=sz["lin_tasks"], n_candidates=sz["lin_candidates"], n_probes=sz["lin_probes"], d=d, seed=seed)
         c = linear_icp_scores(lsa.predict, step=eta / n_points, **lin)
         out["constructed_pearson"] = pearson(c["icp"], c["inner_product"])
-        out["constructed_pearson_ci"] = list(bootstrap_ci(c["icp"], c["inner_product"], "pearson", nb, seed))
+        out["constructed_pearson_ci"] = list(bootstrap_ci(c["icp"], c["inner_product"], "pearson", n_boot=nb, seed=seed))
         out["constructed_spearman"] = spearman(c["icp"], c["inner_product"])
         out["constructed_influence_pearson"] = pearson(c["icp"], c["influence"])
         out["constructed_influence_spearman"] = spearman(c["icp"], c["influence"])
@@ -101,7 +102,7 @@ def icp_vs_influence_linear(*, smoke: bool = False, seed: int = 0) -> dict[str, 
         model, _ = train_lsa(d, n_points, steps=sz["lsa_steps"], batch_size=sz["lsa_batch"], seed=seed)
         t = linear_icp_scores(model.predict, **lin)
         out["trained_lsa_spearman"] = spearman(t["icp"], t["inner_product"])
-        out["trained_lsa_spearman_ci"] = list(bootstrap_ci(t["icp"], t["inner_product"], "spearman", nb, seed))
+        out["trained_lsa_spearman_ci"] = list(bootstrap_ci(t["icp"], t["inner_product"], "spearman", n_boot=nb, seed=seed))
         out["trained_lsa_pearson"] = pearson(t["icp"], t["inner_product"])
         # 3. the softmax transformer, in-domain vs out-of-domain demonstrations
         tf, source = get_regression_transformer(smoke=smoke, seed=seed)
@@ -111,9 +112,9 @@ def icp_vs_influence_linear(*, smoke: bool = False, seed: int = 0) -> dict[str, 
         ood_keys = [k for k in res if k[0] != "in_domain"]
         ood = {m: np.concatenate([res[k][m] for k in ood_keys]) for m in ("icp", "inner_product")}
         out["transformer_in_domain_spearman"] = spearman(ind["icp"], ind["inner_product"])
-        out["transformer_in_domain_spearman_ci"] = list(bootstrap_ci(ind["icp"], ind["inner_product"], "spearman", nb, seed))
+        out["transformer_in_domain_spearman_ci"] = list(bootstrap_ci(ind["icp"], ind["inner_product"], "spearman", n_boot=nb, seed=seed))
         out["transformer_out_of_domain_spearman"] = spearman(ood["icp"], ood["inner_product"])
-        out["transformer_out_of_domain_spearman_ci"] = list(bootstrap_ci(ood["icp"], ood["inner_product"], "spearman", nb, seed))
+        out["transformer_out_of_domain_spearman_ci"] = list(bootstrap_ci(ood["icp"], ood["inner_product"], "spearman", n_boot=nb, seed=seed))
         out["transformer_in_minus_out_spearman"] = out["transformer_in_domain_spearman"] - out["transformer_out_of_domain_spearman"]
         out["transformer_by_kind_spearman"] = {k[0]: spearman(res[k]["icp"], res[k]["inner_product"]) for k in res}
         out["transformer_ood_distance"] = OOD_DISTANCE

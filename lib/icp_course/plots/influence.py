@@ -13,7 +13,7 @@ def scatter_vs_loo(loo: np.ndarray, scores: Mapping[str, np.ndarray], *, ncols: 
     """
     import matplotlib.pyplot as plt
 
-    from ..influence_lab import pearson
+    from icp_influence.stats import pearson
 
     names = list(scores)
     nrows = (len(names) + ncols - 1) // ncols

@@ -7,7 +7,7 @@ from . import exercise
 @exercise("02.second_order_term",
           hint="ICP − s·IP = −½ s² (∇ℓ(z)·x_p)² with s = η/N and ∇ℓ(z) = (W₀x_z − y_z) x_z = −y_z x_z at W₀ = 0.")
 def _second_order(*, pool, step):
-    from ..theory import second_order_term
+    from icp_influence.theory import second_order_term
 
     return -second_order_term(pool.cand_x, pool.cand_y, pool.probe_x, step)
 
@@ -16,7 +16,8 @@ def _second_order(*, pool, step):
           hint="Build construct_gd_lsa(d, lr / 100, N), recompute icp_matrix on the same pool and take "
                "pearson(icp, inner_product): the second-order term shrinks 100× faster than the first.")
 def _small_step(*, pool, lr, n_points=10):
-    from ..theory import construct_gd_lsa, grad_inner_products, icp_matrix, pearson
+    from icp_influence.stats import pearson
+    from icp_influence.theory import construct_gd_lsa, grad_inner_products, icp_matrix
 
     d = pool.cand_x.shape[1]
     lsa = construct_gd_lsa(d, lr / 100, n_points)
@@ -28,6 +29,6 @@ def _small_step(*, pool, lr, n_points=10):
           hint="G_z = (W₀x − y)x per candidate (rows), H = XᵀX / M over the candidates; "
                "influence[m, k] = G_z[m] · solve(H, G_p[k]).")
 def _influence(*, pool):
-    from ..theory import influence_linear
+    from icp_influence.theory import influence_linear
 
     return influence_linear(pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y, damping=0.0)

@@ -11,7 +11,7 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from ..data import Example
+from icp_influence.data import Example
 
 
 def token_explorer(model, tokenizer, candidates: Sequence[Example], probes: Sequence[Example], *,
@@ -23,9 +23,9 @@ def token_explorer(model, tokenizer, candidates: Sequence[Example], probes: Sequ
     Returns ``(widget, update)``; ``update(candidate=id, probe=id)`` →
     ``{"candidate", "probe", "tokens", "with_demo", "without_demo", "delta", "n_improved"}``.
     """
-    from ..errors import ConfigError
-    from ..icp import token_logprobs
-    from ..plots.icp import plot_token_view
+    from icp_influence.errors import ConfigError
+    from icp_influence.icp import token_logprobs
+    from icp_course.plots.icp import plot_token_view
     from .theory import _driver
 
     cands = {c.id: c for c in candidates}

@@ -5,7 +5,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..compare import Scores, align, percentile_rank
+from icp_influence.compare import Scores, align, percentile_rank
 
 
 def _fig(figsize=(5.0, 4.0), ax=None):
@@ -24,7 +24,7 @@ def rank_scatter(a: Scores, b: Scores, *, name_a: str = "valuator A", name_b: st
 
     ``highlight``: candidate ids drawn in another colour (e.g. the noisy ones).
     """
-    from ..compare import spearman
+    from icp_influence.stats import spearman
 
     ids, x, y = align(a, b, how_a, how_b)
     rx, ry = percentile_rank(x) * 100, percentile_rank(y) * 100

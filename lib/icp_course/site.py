@@ -1,10 +1,10 @@
 """A static HTML site of the executed notebooks (smoke mode), with navigation.
 
-``python -m icp_influence.site --out build/site [--executed build/notebooks-smoke]``
+``python -m icp_course.site --out build/site [--executed build/notebooks-smoke]``
 
 Each notebook is rendered with nbconvert (lab template) from its executed copy in
 ``--executed`` when that copy is newer than the source; otherwise it is executed first
-(``icp_influence.nbrun.execute_notebook``, smoke mode). ``index.html`` lists every
+(``icp_course.nbrun.execute_notebook``, smoke mode). ``index.html`` lists every
 notebook with its title, learning goals and time estimate; every page has
 previous / index / next links. Used by ``make site``.
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .nbrun import execute_notebook, list_notebooks
+from icp_course.nbrun import execute_notebook, list_notebooks
 
 STYLE = """
 body.icp-index { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 60rem;
@@ -120,7 +120,7 @@ def build_site(out: str | Path = "build/site", *, notebooks: str | Path = "noteb
     out.mkdir(parents=True, exist_ok=True)
     sources = list_notebooks(notebooks)
     if not sources:
-        from .errors import ConfigError
+        from icp_influence.errors import ConfigError
 
         raise ConfigError(f"No notebooks (NN_*.ipynb) in {notebooks}: nothing to put on the site.")
     infos = [notebook_info(p) for p in sources]

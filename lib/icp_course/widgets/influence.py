@@ -16,10 +16,10 @@ def damping_projection_explorer(lab, *, seed: int = 0):
     import matplotlib.pyplot as plt
     import torch
 
-    from ..gradients import Projector
-    from ..influence import inner_product_scores
-    from ..influence_lab import pearson, spearman
-    from ..plots.influence import scatter_vs_loo
+    from icp_influence.gradients import Projector
+    from icp_influence.influence import inner_product_scores
+    from icp_influence.stats import pearson, spearman
+    from icp_course.plots.influence import scatter_vs_loo
 
     G = lab.obj.per_example_grads(lab.train, out_dtype=torch.float64)
     Gp = lab.obj.per_example_grads(lab.probes, out_dtype=torch.float64)
@@ -33,7 +33,7 @@ def damping_projection_explorer(lab, *, seed: int = 0):
     state: dict = {}
 
     def _recompute(*_) -> dict:
-        from ..influence import ihvp_exact
+        from icp_influence.influence import ihvp_exact
 
         lam = 10 ** damp.value
         S = ihvp_exact(H, Gp, lam)

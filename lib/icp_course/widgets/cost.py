@@ -5,8 +5,8 @@ import ipywidgets as W
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from ..cost import GPU_PEAK_TFLOPS, CostModel, extrapolate
-from ..plots.cost import plot_extrapolation
+from icp_influence.cost import GPU_PEAK_TFLOPS, CostModel, extrapolate
+from icp_course.plots.cost import plot_extrapolation
 
 
 def cost_explorer(model: CostModel | None = None, *, efficiency: float = 0.5, n_candidates: int = 52_002,

@@ -1,10 +1,10 @@
-"""icp_influence.select: top-k, bottom-k, random, rank bins at equal budgets."""
+"""icp_influence.selection: top-k, bottom-k, random, rank bins at equal budgets."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from icp_influence import select as S
+from icp_influence import selection as S
 from icp_influence.errors import ConfigError
 from icp_influence.scores import ScoreMatrix
 from icp_influence.synthetic import make_synthetic_pool

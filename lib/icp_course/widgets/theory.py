@@ -24,7 +24,7 @@ def _driver(controls: Mapping[str, Any], recompute: Callable[[], dict]) -> tuple
     def update(**values: Any) -> dict:
         unknown = set(values) - set(controls)
         if unknown:
-            from ..errors import ConfigError
+            from icp_influence.errors import ConfigError
 
             raise ConfigError(f"Unknown control(s) {sorted(unknown)}; known: {sorted(controls)}.")
         state["hold"] = True
@@ -46,7 +46,7 @@ def gd_vs_lsa_explorer(trained: Any = None, *, n_tasks: int = 400, seed: int = 0
     the ``trained`` LSA (fixed weights; only when ``d`` matches) against one GD step with η.
     Returns ``(widget, update)``; ``update(lr=..., n_points=..., d=..., noise=...)`` → numbers.
     """
-    from ..theory import construct_gd_lsa, gd_predict, half_mse, sample_tasks
+    from icp_influence.theory import construct_gd_lsa, gd_predict, half_mse, sample_tasks
 
     controls = {
         "lr": W.FloatSlider(value=lr, min=0.5, max=20.0, step=0.5, description="η", continuous_update=False),
@@ -99,9 +99,9 @@ def icp_scatter_explorer(models: Mapping[str, tuple[Any, int, str]], *, n_tasks:
     ``models[name] = (predict, d, x_dist)``. Returns ``(widget, update)``;
     ``update(model=..., kind=..., distance=...)`` → ``{"pearson", "spearman", ...}``.
     """
-    from ..plots.theory import plot_icp_scatter
-    from ..theory import pearson, spearman
-    from ..theory_transformer import DOMAIN_KINDS, domain_agreement
+    from icp_course.plots.theory import plot_icp_scatter
+    from icp_influence.stats import pearson, spearman
+    from icp_influence.theory_transformer import DOMAIN_KINDS, domain_agreement
 
     names = list(models)
     controls = {

@@ -56,7 +56,7 @@ def plot_loglik_heatmap(values: np.ndarray, *, row_labels: Sequence[str] | None 
         im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
         label, title = "ll(p|z) (nats)", "Answer log-likelihood of each probe after each demonstration"
     else:
-        from ..errors import ConfigError
+        from icp_influence.errors import ConfigError
 
         raise ConfigError(f"kind must be 'delta' or 'll', got {kind!r}.")
     fig.colorbar(im, ax=ax, label=label)

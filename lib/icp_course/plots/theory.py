@@ -87,7 +87,7 @@ def plot_matrix_comparison(learned: Mapping[str, np.ndarray], constructed: Mappi
 def plot_icp_scatter(inner_product: Any, icp: Any, *, title: str = "", xlabel: str = "⟨∇ℓ(p), ∇ℓ(z)⟩ at W₀ = 0 (units of y²·x²)",
                      ax: Any = None, max_points: int = 5000, seed: int = 0):
     """ICP (``ℓ(p) − ℓ(p|z)``) against a gradient score, with Pearson and Spearman in the title."""
-    from ..theory import pearson, spearman
+    from icp_influence.stats import pearson, spearman
 
     x, y = np.asarray(inner_product, float).ravel(), np.asarray(icp, float).ravel()
     fig, ax = _fig(ax=ax)

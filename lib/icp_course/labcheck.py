@@ -2,7 +2,7 @@
 
 Used by ``tests/test_zz_browser.py``; also runnable by hand::
 
-    python -m icp_influence.labcheck notebooks/00_start_here.ipynb [...] --screenshots build/screenshots
+    python -m icp_course.labcheck notebooks/00_start_here.ipynb [...] --screenshots build/screenshots
 
 For each notebook: open it in JupyterLab, wait for the kernel, *Run All Cells*, wait until
 every cell ran, fail on error outputs or "Error displaying widget", move the first control
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--screenshots", default="build/screenshots")
     ap.add_argument("--timeout", type=float, default=360.0, help="seconds for Run All per notebook")
     args = ap.parse_args(argv)
-    from .nbrun import list_notebooks
+    from icp_course.nbrun import list_notebooks
 
     paths = args.notebooks or list_notebooks(Path(args.root) / "notebooks")
     t0 = time.perf_counter()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import ipywidgets as W
 import matplotlib.pyplot as plt
 
-from ..lm import token_logprob_comparison
-from ..plots.start import plot_token_logprobs
+from icp_influence.lm import token_logprob_comparison
+from icp_course.plots.start import plot_token_logprobs
 
 
 def token_explorer(model, tokenizer, pool, *, template: str = "paper"):

@@ -17,8 +17,8 @@ def agreement_explorer(valuators: Mapping[str, Any], *, noisy_ids=None, default_
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from .. import compare as C
-    from ..plots.compare import rank_scatter
+    from icp_influence import compare as C
+    from icp_course.plots.compare import rank_scatter
 
     names = list(valuators)
     n = len(C.as_series(valuators[names[0]])[0])
@@ -73,7 +73,7 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
-    from ..plots.compare import arms_plot
+    from icp_course.plots.compare import arms_plot
 
     budgets = sorted(int(b) for b in outcomes)
     all_arms = list(next(iter(outcomes.values()))["arms"])

@@ -66,7 +66,7 @@ def names() -> list[str]:
 def get(name: str) -> Exercise:
     _load()
     if name not in _REGISTRY:
-        from ..errors import UnknownNameError
+        from icp_influence.errors import UnknownNameError
 
         raise UnknownNameError(f"Unknown exercise {name!r}; known: {', '.join(sorted(_REGISTRY))}.")
     return _REGISTRY[name]

@@ -22,7 +22,7 @@ def _t():
 
 @exercise("06.exact_match", hint="Normalise both strings (lower case, strip spaces and a final period) before comparing.")
 def _em():
-    from ..finetune import exact_match
+    from icp_influence.finetune import exact_match
 
     preds = ["Closed.", "the opposite is low", " COLD", "mice"]
     refs = ["closed", "low", "cold", "mouses"]

@@ -1,6 +1,6 @@
 """Execute notebooks headless under a real kernel, writing executed copies and HTML.
 
-``python -m icp_influence.nbrun notebooks --out build/notebooks [--smoke]`` runs every
+``python -m icp_course.nbrun notebooks --out build/notebooks [--smoke]`` runs every
 ``NN_*.ipynb`` in order and prints one progress line per notebook. ``ICP_SMOKE=1`` (or
 ``--smoke``) shrinks sizes. Used by ``make notebooks`` and by the test suite.
 """

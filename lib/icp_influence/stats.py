@@ -1,0 +1,548 @@
+"""Statistics, in one place: rank correlations, confidence intervals, reliability and
+equivalence tests.
+
+Every claim the course makes about valuators goes through these functions:
+
+* :func:`spearman`, :func:`kendall`, :func:`pearson` — one implementation each. Ties get
+  average ranks (Spearman) or the tau-b correction (Kendall); a constant input gives NaN;
+  a non-finite input raises :class:`~icp_influence.errors.ConfigError`. 2-D inputs are
+  flattened (pair-level correlation of two matrices).
+* :func:`bootstrap_ci` — a percentile interval by :func:`scipy.stats.bootstrap`, resampling
+  paired observations (candidates) with replacement; :func:`t_interval` — a Student-t
+  interval of a mean through :mod:`scipy.stats`.
+* :func:`split_half` — the **reliability** of a candidate score computed from a
+  ``[candidates × probes]`` matrix: split the probes at random into halves A and B,
+  ``r = Spearman(a(V[:, A]), a(V[:, B]))`` averaged over splits, reported with the
+  Spearman–Brown correction ``2r / (1 + r)`` (the reliability of a score over all the
+  probes) and a two-way bootstrap interval.
+
+Two-way bootstrap intervals. Resampling probes with replacement adds the probe noise a
+second time, so replicate correlations sit *below* the point estimate (checked on
+simulated matrices of known reliability). The interval therefore takes only the
+**spread** from the replicates: a normal interval on Fisher's ``z = atanh(ρ)`` with the
+replicates' standard error, centred on the point estimate. The attenuation-corrected
+value is a ratio in which the extra noise cancels, so its interval is the replicates'
+percentile interval.
+* :func:`reliability_curve` — reliability against the number of probes, and
+  :func:`probes_needed` — how many probes a score needs for a target reliability
+  (Spearman–Brown prophecy).
+* :func:`agreement` — Spearman of two valuators' candidate scores with a **two-way
+  bootstrap** interval (candidates and probes resampled together: with few probes the
+  probe sample dominates the uncertainty) and the **attenuation-corrected** value
+  ``ρ / √(rel_A · rel_B)`` beside the raw one.
+* :func:`tost_paired` — two one-sided t-tests for equivalence of paired outcomes within a
+  margin fixed in advance, with a verdict: ``"equivalent"``, ``"different"`` or
+  ``"inconclusive"``.
+
+Aggregates (how a ``[C, P]`` matrix becomes one value per candidate) are named:
+``"mean"`` (mean over probes) and ``"win_rate"`` (fraction of probes with a value > 0,
+strict). Probe resampling is expressed as integer weights per probe, so every bootstrap
+replicate is one matrix product (fast enough for widgets).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+from .errors import ConfigError
+
+AGGREGATES = ("mean", "win_rate")
+
+__all__ = [
+    "AGGREGATES", "Interval", "Reliability", "Agreement", "Equivalence",
+    "pearson", "spearman", "kendall", "rank_columns", "columnwise_spearman",
+    "bootstrap_ci", "t_interval", "aggregate", "split_half", "reliability_curve",
+    "probes_needed", "spearman_brown", "disattenuate", "agreement", "tost_paired",
+]
+
+
+# ---------------------------------------------------------------- correlations
+
+def _finite_pair(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ConfigError(f"{name}: the two inputs have {x.size} and {y.size} values; give one value per item in each.")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ConfigError(f"{name}: the inputs contain NaN or inf; call ScoreMatrix.check_finite() to find them.")
+    return x, y
+
+
+def pearson(x: Any, y: Any) -> float:
+    """Pearson correlation of two arrays (flattened). NaN when either is constant."""
+    x, y = _finite_pair(x, y, "pearson")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    xc, yc = x - x.mean(), y - y.mean()
+    return float(np.clip(xc @ yc / math.sqrt(float(xc @ xc) * float(yc @ yc)), -1.0, 1.0))
+
+
+def spearman(x: Any, y: Any) -> float:
+    """Spearman's rank correlation (average ranks for ties), flattened. NaN when either is constant."""
+    x, y = _finite_pair(x, y, "spearman")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return pearson(_st.rankdata(x), _st.rankdata(y))
+
+
+def kendall(x: Any, y: Any) -> float:
+    """Kendall's tau-b (tie-corrected), flattened. NaN when either is constant."""
+    x, y = _finite_pair(x, y, "kendall")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(_st.kendalltau(x, y).statistic)
+
+
+CORRELATIONS: dict[str, Callable[[Any, Any], float]] = {"spearman": spearman, "kendall": kendall, "pearson": pearson}
+
+
+def correlation(name: str) -> Callable[[Any, Any], float]:
+    """The correlation function called ``name`` (``spearman``, ``kendall`` or ``pearson``)."""
+    if callable(name):
+        return name  # type: ignore[return-value]
+    if name not in CORRELATIONS:
+        raise ConfigError(f"Unknown statistic {name!r}; choose one of {', '.join(CORRELATIONS)}.")
+    return CORRELATIONS[name]
+
+
+def rank_columns(a: np.ndarray) -> np.ndarray:
+    """Average ranks of every column of ``a`` ``[n, m]`` (ties share their mean rank)."""
+    return _st.rankdata(a, axis=0)
+
+
+def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman of ``a[:, j]`` with ``b[:, j]`` for every column ``j`` (NaN for a constant column)."""
+    ra, rb = rank_columns(a), rank_columns(b)
+    ra = ra - ra.mean(axis=0)
+    rb = rb - rb.mean(axis=0)
+    den = np.sqrt((ra * ra).sum(axis=0) * (rb * rb).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (ra * rb).sum(axis=0) / den
+    r[den == 0] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------- intervals
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval ``[lo, hi]`` at ``level``."""
+
+    value: float
+    lo: float
+    hi: float
+    level: float = 0.95
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.lo, self.hi]
+
+    def excludes(self, x: float = 0.0) -> bool:
+        return bool(self.lo > x or self.hi < x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "ci": self.ci, "level": self.level}
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or "+.3f"
+        return f"{self.value:{spec}} [{self.lo:{spec}}, {self.hi:{spec}}]"
+
+
+def _z_interval(point: float, replicates: Sequence[float], level: float) -> tuple[float, float]:
+    """Normal interval on Fisher's z around ``point`` with the replicates' standard error."""
+    r = np.asarray(replicates, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if r.size < 2 or not np.isfinite(point):
+        return (float("nan"), float("nan"))
+    clip = 1 - 1e-9
+    se = float(np.arctanh(np.clip(r, -clip, clip)).std(ddof=1))
+    z = float(np.arctanh(np.clip(point, -clip, clip)))
+    h = float(_st.norm.ppf(0.5 + level / 2)) * se
+    return (float(np.tanh(z - h)), float(np.tanh(z + h)))
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level}.")
+
+
+def bootstrap_ci(x: Any, y: Any, statistic: str | Callable[[Any, Any], float] = "spearman", *,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(x, y)`` (``scipy.stats.bootstrap``, paired).
+
+    1-D inputs: the pairs ``(x_i, y_i)`` are resampled. 2-D inputs ``[n, k]``: whole rows
+    are resampled (a cluster bootstrap: the ``k`` values of one candidate are not
+    independent) and ``statistic`` sees the flattened resampled rows. Resamples on which
+    the statistic is undefined (NaN, e.g. a constant resample) are dropped.
+    """
+    _check_level(level)
+    f = correlation(statistic) if isinstance(statistic, str) else statistic
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ConfigError(f"bootstrap_ci: shapes differ {x.shape} vs {y.shape}.")
+    if x.shape[0] < 3:
+        raise ConfigError(f"Need at least 3 candidates for a bootstrap interval, got {x.shape[0]}.")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be ≥ 1, got {n_boot}.")
+    idx = np.arange(x.shape[0])
+
+    def stat(i: np.ndarray) -> float:
+        i = i.astype(int)
+        return f(x[i], y[i])
+
+    res = _st.bootstrap((idx,), stat, vectorized=False, n_resamples=n_boot, confidence_level=level,
+                        method="percentile", random_state=np.random.default_rng(seed))
+    dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+    dist = dist[np.isfinite(dist)]
+    if dist.size == 0:
+        return (float("nan"), float("nan"))
+    a = (1 - level) / 2
+    return float(np.quantile(dist, a)), float(np.quantile(dist, 1 - a))
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """Student-t interval of the mean of ``values`` (``(None, None)`` with fewer than 2)."""
+    _check_level(level)
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return (None, None)
+    se = float(v.std(ddof=1) / math.sqrt(v.size))
+    if se == 0:
+        m = float(v.mean())
+        return (m, m)
+    lo, hi = _st.t.interval(level, v.size - 1, loc=float(v.mean()), scale=se)
+    return (float(lo), float(hi))
+
+
+# ---------------------------------------------------------------- aggregates of a [C, P] matrix
+
+def _check_aggregate(how: str) -> str:
+    if how not in AGGREGATES:
+        raise ConfigError(f"Unknown aggregate {how!r}; choose one of {', '.join(AGGREGATES)}.")
+    return how
+
+
+def aggregate(V: np.ndarray, how: str = "mean", weights: np.ndarray | None = None) -> np.ndarray:
+    """One value per candidate from ``V`` ``[C, P]``: ``mean`` or ``win_rate`` (value > 0).
+
+    ``weights`` ``[P]`` or ``[P, B]`` (non-negative, e.g. bootstrap counts or a 0/1 mask of
+    a probe subset) give a weighted aggregate; ``[P, B]`` returns ``[C, B]``.
+    """
+    _check_aggregate(how)
+    X = (np.asarray(V) > 0).astype(np.float64) if how == "win_rate" else np.asarray(V, dtype=np.float64)
+    if weights is None:
+        return X.mean(axis=1)
+    w = np.asarray(weights, dtype=np.float64)
+    return (X @ w) / w.sum(axis=0)
+
+
+# ---------------------------------------------------------------- reliability
+
+def spearman_brown(r: float | np.ndarray, factor: float = 2.0) -> Any:
+    """Reliability of a score ``factor`` times longer: ``f·r / (1 + (f − 1)·r)``."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = factor * r / (1.0 + (factor - 1.0) * r)
+    return float(out) if out.ndim == 0 else out
+
+
+def _half_masks(n_probes: int, n_splits: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``[P, S]`` 0/1 masks of random halves A and B (disjoint, sizes ⌊P/2⌋ each)."""
+    h = n_probes // 2
+    A = np.zeros((n_probes, n_splits))
+    B = np.zeros((n_probes, n_splits))
+    for s in range(n_splits):
+        perm = rng.permutation(n_probes)
+        A[perm[:h], s] = 1.0
+        B[perm[h:2 * h], s] = 1.0
+    return A, B
+
+
+def _split_half_r(X: np.ndarray, n_splits: int, rng: np.random.Generator, counts: np.ndarray | None = None) -> float:
+    """Mean split-half Spearman of the per-probe matrix ``X`` ``[C, P]`` (already 0/1 for win-rates).
+
+    ``counts`` ``[P]``: bootstrap multiplicities; the distinct probes are split, so a
+    probe drawn twice never lands in both halves.
+    """
+    if counts is None:
+        A, B = _half_masks(X.shape[1], n_splits, rng)
+    else:
+        present = np.flatnonzero(counts > 0)
+        a, b = _half_masks(len(present), n_splits, rng)
+        A = np.zeros((X.shape[1], n_splits))
+        B = np.zeros((X.shape[1], n_splits))
+        A[present] = a * counts[present, None]
+        B[present] = b * counts[present, None]
+    sa, sb = A.sum(axis=0), B.sum(axis=0)
+    ok = (sa > 0) & (sb > 0)
+    if not ok.any():
+        return float("nan")
+    ha = (X @ A[:, ok]) / sa[ok]
+    hb = (X @ B[:, ok]) / sb[ok]
+    r = columnwise_spearman(ha, hb)
+    r = r[np.isfinite(r)]
+    return float(r.mean()) if r.size else float("nan")
+
+
+def _per_probe(V: np.ndarray, how: str) -> np.ndarray:
+    _check_aggregate(how)
+    V = np.asarray(V, dtype=np.float64)
+    if V.ndim != 2:
+        raise ConfigError(f"Expected a [candidates × probes] matrix, got shape {V.shape}.")
+    if not np.all(np.isfinite(V)):
+        raise ConfigError("The score matrix contains NaN or inf; call ScoreMatrix.check_finite() to find them.")
+    return (V > 0).astype(np.float64) if how == "win_rate" else V
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Split-half reliability of a candidate score (Spearman–Brown corrected) with its interval.
+
+    ``value``: reliability of the score over all ``n_probes`` probes; ``half``: the mean
+    raw split-half Spearman (the reliability of a score over half the probes).
+    """
+
+    value: float
+    lo: float
+    hi: float
+    half: float
+    n_probes: int
+    n_candidates: int
+    aggregate: str
+    level: float = 0.95
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.lo, self.hi]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = self.ci
+        return d
+
+
+def split_half(V: np.ndarray, how: str = "mean", *, n_splits: int = 200, n_boot: int = 500, boot_splits: int = 10,
+               level: float = 0.95, seed: int = 0) -> Reliability:
+    """Split-half reliability of ``aggregate(V, how)`` across probes, with a two-way bootstrap CI.
+
+    ``r`` = mean over ``n_splits`` random probe halves of Spearman(a(V[:, A]), a(V[:, B]));
+    the value is ``2r / (1 + r)``. The interval resamples candidates and probes together
+    (``n_boot`` replicates, ``boot_splits`` splits each; a probe drawn twice stays in one
+    half): a Fisher-z normal interval with the replicates' spread (module docstring).
+    Needs at least 4 probes and 3 candidates.
+    """
+    _check_level(level)
+    X = _per_probe(V, how)
+    C, P = X.shape
+    if P < 4 or C < 3:
+        raise ConfigError(f"Split-half reliability needs ≥ 3 candidates and ≥ 4 probes, got {C} × {P}.")
+    rng = np.random.default_rng(seed)
+    r = _split_half_r(X, n_splits, rng)
+    reps = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, C, size=C)
+        counts = np.bincount(rng.integers(0, P, size=P), minlength=P).astype(np.float64)
+        if np.count_nonzero(counts) < 4:
+            continue
+        rb = _split_half_r(X[rows], boot_splits, rng, counts)
+        if np.isfinite(rb):
+            reps.append(spearman_brown(rb))
+    lo, hi = _z_interval(spearman_brown(r), reps, level)
+    return Reliability(value=spearman_brown(r), lo=lo, hi=hi, half=r, n_probes=P, n_candidates=C, aggregate=how,
+                       level=level)
+
+
+def reliability_curve(V: np.ndarray, how: str = "mean", counts: Sequence[int] | None = None, *,
+                      n_splits: int = 200, seed: int = 0) -> dict[str, list[float]]:
+    """Reliability of a score over ``k`` probes, measured for each ``k`` in ``counts``.
+
+    For each ``k ≤ P/2``: two disjoint random sets of ``k`` probes, Spearman of the two
+    candidate scores, averaged over ``n_splits`` draws — the reliability of a ``k``-probe
+    score, measured directly (no extrapolation). Returns ``{"k": [...], "reliability": [...]}``.
+    """
+    X = _per_probe(V, how)
+    C, P = X.shape
+    if counts is None:
+        counts = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= P // 2} | {P // 2})
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {"k": [], "reliability": []}
+    for k in counts:
+        k = int(k)
+        if not 1 <= k <= P // 2:
+            raise ConfigError(f"k = {k} probes per half needs 1 ≤ k ≤ {P // 2} (half of {P} probes).")
+        A = np.zeros((P, n_splits))
+        B = np.zeros((P, n_splits))
+        for s in range(n_splits):
+            perm = rng.permutation(P)
+            A[perm[:k], s] = 1.0
+            B[perm[k:2 * k], s] = 1.0
+        r = columnwise_spearman((X @ A) / k, (X @ B) / k)
+        r = r[np.isfinite(r)]
+        out["k"].append(k)
+        out["reliability"].append(float(r.mean()) if r.size else float("nan"))
+    return out
+
+
+def probes_needed(reliability: float, n_probes: int, target: float = 0.8) -> float:
+    """Probes a score needs to reach ``target`` reliability, from its reliability over
+    ``n_probes`` probes (Spearman–Brown prophecy). ``inf`` when the reliability is ≤ 0."""
+    if not 0 < target < 1:
+        raise ConfigError(f"target reliability must be in (0, 1), got {target}.")
+    if not np.isfinite(reliability) or reliability <= 0:
+        return float("inf")
+    if reliability >= 1:
+        return 1.0
+    factor = target * (1 - reliability) / (reliability * (1 - target))
+    return float(n_probes * factor)
+
+
+def disattenuate(rho: float, rel_a: float, rel_b: float) -> float:
+    """Correlation corrected for attenuation, ``ρ / √(rel_A · rel_B)`` (NaN if a reliability ≤ 0).
+
+    Not clipped: a value above 1 says the reliabilities are underestimated or the sample
+    is too small, which is itself worth seeing.
+    """
+    if not (np.isfinite(rho) and np.isfinite(rel_a) and np.isfinite(rel_b)) or rel_a <= 0 or rel_b <= 0:
+        return float("nan")
+    return float(rho / math.sqrt(rel_a * rel_b))
+
+
+# ---------------------------------------------------------------- agreement of two valuators
+
+@dataclass(frozen=True)
+class Agreement:
+    """Rank agreement of two candidate scores: raw Spearman with a two-way bootstrap CI,
+    Kendall, the reliabilities and the attenuation-corrected value (with its own CI)."""
+
+    spearman: float
+    ci: tuple[float, float]
+    kendall: float
+    disattenuated: float
+    disattenuated_ci: tuple[float, float]
+    rel_a: float
+    rel_b: float
+    n_candidates: int
+    n_probes: int
+    level: float = 0.95
+    two_way: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"], d["disattenuated_ci"] = list(self.ci), list(self.disattenuated_ci)
+        return d
+
+
+def agreement(Va: np.ndarray, Vb: np.ndarray, how_a: str = "mean", how_b: str = "mean", *, n_boot: int = 1000,
+              n_splits: int = 100, boot_splits: int = 6, level: float = 0.95, seed: int = 0,
+              resample_probes: bool = True) -> Agreement:
+    """Spearman of ``aggregate(Va, how_a)`` and ``aggregate(Vb, how_b)`` with a two-way bootstrap.
+
+    ``Va`` and ``Vb`` are ``[C, P]`` matrices on the same candidates and probes (rows and
+    columns aligned). Each replicate resamples candidates and probes with replacement (the
+    same draw for both valuators) and recomputes Spearman and, from ``boot_splits`` random
+    halves, both reliabilities, hence the disattenuated value. With
+    ``resample_probes=False`` only candidates are resampled (a one-way interval).
+    """
+    _check_level(level)
+    Xa, Xb = _per_probe(Va, how_a), _per_probe(Vb, how_b)
+    if Xa.shape != Xb.shape:
+        raise ConfigError(f"agreement: the matrices have shapes {Xa.shape} and {Xb.shape}; align them first "
+                          "(ScoreMatrix.aligned).")
+    C, P = Xa.shape
+    if C < 3:
+        raise ConfigError(f"Need at least 3 candidates, got {C}.")
+    rng = np.random.default_rng(seed)
+    a, b = Xa.mean(axis=1), Xb.mean(axis=1)
+    rho = spearman(a, b)
+    tau = kendall(a, b)
+    rel_a = spearman_brown(_split_half_r(Xa, n_splits, rng)) if P >= 4 else float("nan")
+    rel_b = spearman_brown(_split_half_r(Xb, n_splits, rng)) if P >= 4 else float("nan")
+    rhos, dis = [], []
+    for _ in range(n_boot):
+        rows = rng.integers(0, C, size=C)
+        counts = (np.bincount(rng.integers(0, P, size=P), minlength=P).astype(np.float64) if resample_probes
+                  else np.ones(P))
+        ya, yb = Xa[rows], Xb[rows]
+        sa, sb = (ya @ counts) / counts.sum(), (yb @ counts) / counts.sum()
+        if np.ptp(sa) == 0 or np.ptp(sb) == 0:
+            continue
+        r = pearson(_st.rankdata(sa), _st.rankdata(sb))
+        rhos.append(r)
+        if P >= 4 and np.count_nonzero(counts) >= 4:
+            ra = spearman_brown(_split_half_r(ya, boot_splits, rng, counts))
+            rb = spearman_brown(_split_half_r(yb, boot_splits, rng, counts))
+            dis.append(disattenuate(r, ra, rb))
+    q = (1 - level) / 2
+
+    def ci(v: list[float]) -> tuple[float, float]:
+        v = np.asarray(v, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        return (float(np.quantile(v, q)), float(np.quantile(v, 1 - q))) if v.size else (float("nan"), float("nan"))
+
+    return Agreement(spearman=rho, ci=_z_interval(rho, rhos, level), kendall=tau, disattenuated=disattenuate(rho, rel_a, rel_b),
+                     disattenuated_ci=ci(dis), rel_a=rel_a, rel_b=rel_b, n_candidates=C, n_probes=P, level=level,
+                     two_way=resample_probes)
+
+
+# ---------------------------------------------------------------- equivalence
+
+@dataclass(frozen=True)
+class Equivalence:
+    """Paired comparison of two arms: mean difference, its CI, TOST p-value and the verdict.
+
+    ``verdict``: ``"equivalent"`` when the two one-sided tests reject a difference of
+    ±``margin`` or more (``p_tost < alpha``: the 1−2α interval lies inside the margin);
+    else ``"different"`` when the ``level`` interval excludes 0; else ``"inconclusive"``.
+    """
+
+    diff: float
+    ci: tuple[float, float]
+    p_tost: float
+    margin: float
+    n: int
+    verdict: str
+    alpha: float = 0.05
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci)
+        return d
+
+
+def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha: float = 0.05,
+                level: float = 0.95) -> Equivalence:
+    """Two one-sided t-tests on the paired differences ``a − b`` against ``±margin``.
+
+    ``margin`` must be fixed before the data are seen (write it in the run's config).
+    """
+    if not (np.isfinite(margin) and margin > 0):
+        raise ConfigError(f"The equivalence margin must be a number > 0, got {margin!r}.")
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ConfigError(f"tost_paired needs two paired 1-D samples of equal length, got {a.shape} and {b.shape}.")
+    d = a - b
+    n = d.size
+    if n < 2:
+        raise ConfigError(f"An equivalence test needs ≥ 2 paired seeds, got {n}.")
+    m = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    df = n - 1
+    if se == 0:
+        p = 0.0 if abs(m) < margin else 1.0
+        lo = hi = m
+    else:
+        p_low = float(_st.t.sf((m + margin) / se, df))   # H0: μ ≤ −margin
+        p_high = float(_st.t.cdf((m - margin) / se, df))  # H0: μ ≥ +margin
+        p = max(p_low, p_high)
+        lo, hi = t_interval(d, level)  # type: ignore[assignment]
+    if p < alpha:
+        verdict = "equivalent"
+    elif lo > 0 or hi < 0:
+        verdict = "different"
+    else:
+        verdict = "inconclusive"
+    return Equivalence(diff=m, ci=(float(lo), float(hi)), p_tost=p, margin=float(margin), n=n, verdict=verdict,
+                       alpha=alpha)

@@ -1,0 +1,31 @@
+"""Every valuator behind one interface: ``fit(train) → self``, ``score(candidates, probes) → ScoreMatrix``.
+
+=====================  ==========================================  =============================
+name                   class                                        what a positive value means
+=====================  ==========================================  =============================
+``icp``                :class:`Icp`                                 the demonstration raises the
+                                                                    probe's answer likelihood
+``inner_product``      :class:`InnerProduct`                        a gradient step on z lowers
+``cosine``             :class:`Cosine`                              the probe's loss (first order)
+``tracin``             :class:`TracIn`
+``paper_signed_log``   :class:`PaperSignedLog`                      (the authors' transform)
+``exact``              :class:`ExactInfluence`                      upweighting z lowers the
+``cg``                 :class:`CgInfluence`                         probe's loss (influence
+``lissa``              :class:`LissaInfluence`                      function, damped)
+``ekfac``              :class:`EkfacInfluence`
+``one_step``           :class:`OneStep`                             one optimiser step on z
+                                                                    lowers the probe's loss
+=====================  ==========================================  =============================
+
+``make(name, model, tokenizer, **settings)`` builds any of them; ``names()`` lists them.
+"""
+from .base import SIGN, Valuator, get, make, model_fingerprint, names, register
+from .gradient import Cosine, GradientValuator, InnerProduct, PaperSignedLog, TracIn
+from .icp import Icp
+from .influence_functions import CgInfluence, EkfacInfluence, ExactInfluence, InfluenceFunction, LissaInfluence
+
+__all__ = [
+    "SIGN", "Valuator", "get", "make", "model_fingerprint", "names", "register",
+    "Icp", "InnerProduct", "Cosine", "TracIn", "PaperSignedLog", "GradientValuator",
+    "InfluenceFunction", "ExactInfluence", "CgInfluence", "LissaInfluence", "EkfacInfluence",
+]

@@ -1,0 +1,177 @@
+"""icp_influence.stats: correlations against scipy, intervals against known answers, reliability
+and two-way agreement on simulated matrices of known reliability, the equivalence test."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from icp_influence import stats as S
+from icp_influence.errors import ConfigError
+
+
+def _spearman_of(rho):
+    """Spearman's ρ of a bivariate normal with Pearson correlation ``rho``."""
+    return 6 / math.pi * math.asin(rho / 2)
+
+
+def _spearman_reliability(rel):
+    """What split-half (Spearman, Spearman–Brown corrected) estimates for normal scores of reliability ``rel``."""
+    half = _spearman_of(rel / (2 - rel))
+    return 2 * half / (1 + half)
+
+
+def _matrix(rng, C, P, rel, signal=None):
+    """V[c, p] = s_c + ε: the mean over P probes has (Pearson) reliability ``rel``."""
+    s = rng.normal(size=C) if signal is None else signal
+    sigma = math.sqrt(P * (1 / rel - 1))
+    return s, s[:, None] + rng.normal(scale=sigma, size=(C, P))
+
+
+def test_correlations_equal_scipy_with_ties_and_constants():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=300), rng.normal(size=300)
+    y = y + x
+    y[:10] = y[0]  # ties
+    assert S.pearson(x, y) == pytest.approx(st.pearsonr(x, y).statistic, abs=1e-12)
+    assert S.spearman(x, y) == pytest.approx(st.spearmanr(x, y).statistic, abs=1e-12)
+    assert S.kendall(x, y) == pytest.approx(st.kendalltau(x, y).statistic, abs=1e-12)
+    for f in (S.pearson, S.spearman, S.kendall):
+        assert math.isnan(f(np.ones(5), np.arange(5)))
+        with pytest.raises(ConfigError, match="NaN or inf"):
+            f([1.0, np.nan, 2.0], [1.0, 2.0, 3.0])
+        with pytest.raises(ConfigError):
+            f([1.0, 2.0], [1.0, 2.0, 3.0])
+    # 2-D inputs are flattened (pair-level correlation of two matrices)
+    A, B = rng.normal(size=(20, 5)), rng.normal(size=(20, 5))
+    assert S.spearman(A, B) == pytest.approx(st.spearmanr(A.ravel(), B.ravel()).statistic, abs=1e-12)
+    # columnwise Spearman = scipy on every column
+    cols = S.columnwise_spearman(A, B)
+    assert cols == pytest.approx([st.spearmanr(A[:, j], B[:, j]).statistic for j in range(5)], abs=1e-12)
+
+
+def test_bootstrap_ci_covers_a_known_correlation_and_clusters_rows():
+    rng = np.random.default_rng(1)
+    rho = 0.6
+    cover = 0
+    for rep in range(40):  # coverage of a 90% interval of Pearson's r for bivariate normals with ρ = 0.6
+        z = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], size=150)
+        lo, hi = S.bootstrap_ci(z[:, 0], z[:, 1], "pearson", n_boot=300, level=0.9, seed=rep)
+        cover += lo <= rho <= hi
+    assert 30 <= cover <= 40  # ≈ 36 expected; a broken interval (e.g. a width of 0) lands far outside
+    x = rng.normal(size=200)
+    assert S.bootstrap_ci(x, 2 * x + 1, "pearson", n_boot=50) == pytest.approx((1.0, 1.0))
+    # 2-D input: rows (candidates) resampled; a CI for clustered data is wider than the naive one
+    base = rng.normal(size=(60, 1))
+    A = base + 0.1 * rng.normal(size=(60, 20))
+    B = base + 0.1 * rng.normal(size=(60, 20)) + rng.normal(size=(60, 1))
+    lo2, hi2 = S.bootstrap_ci(A, B, "pearson", n_boot=300, seed=0)
+    lo1, hi1 = S.bootstrap_ci(A.ravel(), B.ravel(), "pearson", n_boot=300, seed=0)
+    assert hi2 - lo2 > 2 * (hi1 - lo1)
+    assert S.bootstrap_ci(A, B, "pearson", n_boot=30, seed=7) == S.bootstrap_ci(A, B, "pearson", n_boot=30, seed=7)
+    with pytest.raises(ConfigError):
+        S.bootstrap_ci(x[:2], x[:2])
+    with pytest.raises(ConfigError):
+        S.bootstrap_ci(x, x, "kendalls")
+
+
+def test_t_interval_is_the_textbook_interval():
+    v = [2.0, 4.0, 4.0, 5.0, 7.0]
+    m, s, n = np.mean(v), np.std(v, ddof=1), len(v)
+    h = st.t.ppf(0.975, n - 1) * s / math.sqrt(n)
+    assert S.t_interval(v) == pytest.approx((m - h, m + h), abs=1e-12)
+    assert S.t_interval([1.0]) == (None, None)
+    assert S.t_interval([3.0, 3.0, 3.0]) == (3.0, 3.0)
+
+
+@pytest.mark.parametrize("rel", [0.5, 0.8, 0.95])
+def test_split_half_recovers_a_known_reliability(rel):
+    rng = np.random.default_rng(int(rel * 100))
+    hits, values = 0, []
+    for rep in range(6):
+        _, V = _matrix(rng, 300, 64, rel)
+        r = S.split_half(V, "mean", n_boot=150, seed=rep)
+        values.append(r.value)
+        hits += r.lo <= rel <= r.hi
+        assert r.lo < r.value < r.hi and r.n_probes == 64 and r.n_candidates == 300
+    assert np.mean(values) == pytest.approx(_spearman_reliability(rel), abs=0.03)
+    assert hits >= 4  # 95% intervals: ≈ 5.7 of 6 expected
+
+
+def test_split_half_of_pure_noise_is_near_zero_and_win_rate_counts_signs():
+    rng = np.random.default_rng(3)
+    V = rng.normal(size=(200, 32))
+    r = S.split_half(V, "mean", n_boot=100)
+    assert abs(r.value) < 0.15 and r.lo < 0 < r.hi
+    # win-rate sees only signs: a matrix whose signs carry the signal is reliable for it
+    s = rng.normal(size=200)
+    W = np.sign(s[:, None] + rng.normal(scale=0.5, size=(200, 32))) * rng.uniform(0.1, 100, size=(200, 32))
+    assert S.split_half(W, "win_rate", n_boot=50).value > 0.8
+    with pytest.raises(ConfigError):
+        S.split_half(V[:, :3])
+    with pytest.raises(ConfigError):
+        S.split_half(V, "median")
+
+
+def test_reliability_curve_and_spearman_brown_prophecy():
+    rng = np.random.default_rng(4)
+    _, V = _matrix(rng, 400, 128, 0.9)  # per-probe reliability r1 = 0.9 / (128 - 127·0.9)
+    r1 = 0.9 / (128 - 127 * 0.9)
+    curve = S.reliability_curve(V, "mean", [1, 4, 16, 64])
+    assert curve["k"] == [1, 4, 16, 64]
+    expected = [S.spearman_brown(r1, k) for k in curve["k"]]
+    assert curve["reliability"] == pytest.approx(expected, abs=0.06)
+    assert all(a < b for a, b in zip(curve["reliability"], curve["reliability"][1:]))
+    # prophecy: the probes needed for 0.8 from a reliability measured on n probes
+    assert S.probes_needed(0.5, 16, 0.8) == pytest.approx(64.0)
+    assert S.probes_needed(S.spearman_brown(0.5, 3), 48, 0.8) == pytest.approx(64.0)
+    assert math.isinf(S.probes_needed(-0.1, 16))
+    with pytest.raises(ConfigError):
+        S.reliability_curve(V, "mean", [65])
+
+
+def test_two_way_agreement_and_attenuation_on_known_matrices():
+    rng = np.random.default_rng(5)
+    s = rng.normal(size=1000)
+    _, Va = _matrix(rng, 1000, 64, 0.8, signal=s)
+    _, Vb = _matrix(rng, 1000, 64, 0.6, signal=s)
+    ag = S.agreement(Va, Vb, n_boot=200)
+    # the two scores measure the same thing: raw ρ ≈ √(0.8·0.6), corrected ≈ 1
+    assert ag.spearman == pytest.approx(_spearman_of(math.sqrt(0.8 * 0.6)), abs=0.05)
+    assert ag.rel_a == pytest.approx(_spearman_reliability(0.8), abs=0.05)
+    assert ag.rel_b == pytest.approx(_spearman_reliability(0.6), abs=0.06)
+    assert ag.disattenuated == pytest.approx(1.0, abs=0.08)
+    assert ag.ci[0] < ag.spearman < ag.ci[1]
+    assert ag.disattenuated_ci[0] < 1.0 < ag.disattenuated_ci[1]
+    # probes resampled too: wider than the candidates-only interval
+    one = S.agreement(Va, Vb, n_boot=200, resample_probes=False)
+    assert (ag.ci[1] - ag.ci[0]) > (one.ci[1] - one.ci[0])
+    # unrelated valuators: the interval contains 0
+    _, Vc = _matrix(rng, 1000, 64, 0.8)
+    assert S.agreement(Va, Vc, n_boot=200).ci[0] < 0 < S.agreement(Va, Vc, n_boot=200).ci[1]
+    assert S.disattenuate(0.5, 0.25, 1.0) == pytest.approx(1.0)
+    assert math.isnan(S.disattenuate(0.5, 0.0, 1.0))
+    with pytest.raises(ConfigError, match="align"):
+        S.agreement(Va, Vb[:, :10])
+
+
+def test_tost_verdicts():
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=8)
+    same = S.tost_paired(base + rng.normal(scale=0.01, size=8), base, margin=0.1)
+    assert same.verdict == "equivalent" and same.p_tost < 0.05 and abs(same.diff) < 0.02
+    apart = S.tost_paired(base + 1.0 + rng.normal(scale=0.01, size=8), base, margin=0.1)
+    assert apart.verdict == "different" and apart.ci[0] > 0.9
+    noisy = S.tost_paired(base + rng.normal(scale=1.0, size=8), base, margin=0.1)
+    assert noisy.verdict == "inconclusive"
+    # TOST p-value = the larger of the two one-sided t-test p-values
+    d = np.array([0.03, -0.01, 0.02, 0.00, 0.04])
+    m, se = d.mean(), d.std(ddof=1) / math.sqrt(5)
+    expected = max(st.t.sf((m + 0.05) / se, 4), st.t.cdf((m - 0.05) / se, 4))
+    assert S.tost_paired(d, np.zeros(5), 0.05).p_tost == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ConfigError):
+        S.tost_paired([1.0, 2.0], [1.0, 2.0], margin=0)
+    with pytest.raises(ConfigError):
+        S.tost_paired([1.0], [1.0], margin=0.1)
