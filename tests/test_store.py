@@ -95,3 +95,18 @@ def test_score_matrix_nonfinite_names_ids():
     ok = ScoreMatrix(np.array([[1.0, -2.0], [0.5, 0.0]]), ["a", "b"], ["p", "q"])
     assert ok.aggregate("win_rate").tolist() == [0.5, 0.5]
     assert ok.aggregate("mean").tolist() == [-0.5, 0.25]
+
+
+def test_subset_and_aligned_of_52002_candidates():
+    """Alpaca-sized id lookups go through dicts (with ``list.index`` this is ~1.4e9 compares)."""
+    n = 52_002
+    ids = [f"alpaca-{i}" for i in range(n)]
+    values = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
+    sm = ScoreMatrix(values, ids, ["p0", "p1"], {"method": "x"})
+    rev = sm.subset(ids[::-1], ["p1", "p0"])
+    assert rev.candidate_ids == ids[::-1] and rev.probe_ids == ["p1", "p0"]
+    assert np.array_equal(rev.values, values[::-1, ::-1])
+    back = rev.aligned(sm)
+    assert back.candidate_ids == ids and np.array_equal(back.values, values)
+    with pytest.raises(ConfigError, match=r"1 candidate id\(s\) are not in this ScoreMatrix.*'nope'"):
+        sm.subset(["alpaca-3", "nope"])
