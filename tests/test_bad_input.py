@@ -136,6 +136,29 @@ def case_truncated_chunk(tmp_path):
     merge_run(tmp_path)
 
 
+def case_run_locked(tmp_path):
+    from icp_influence.store import run_lock
+
+    f = lambda idx: np.ones((len(idx), 1))  # noqa: E731
+    with run_lock(tmp_path, 0, 1):  # as if another live process were computing this run
+        run_chunked(tmp_path, {"m": 1}, ["a", "b"], ["p"], f, chunk_size=1, progress=False)
+
+
+def case_disk_full(tmp_path):
+    import errno
+
+    import safetensors.numpy
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real, safetensors.numpy.save_file = safetensors.numpy.save_file, full
+    try:
+        run_chunked(tmp_path, {"m": 1}, ["a", "b"], ["p"], lambda idx: np.ones((len(idx), 1)), chunk_size=1, progress=False)
+    finally:
+        safetensors.numpy.save_file = real
+
+
 def case_unknown_model(tmp_path):
     load_model("llama-9000")
 
@@ -168,6 +191,8 @@ CASES = [
     (case_nonfinite_scores, E.NonFiniteScoreError, r"NaN or inf.*\(cand-7, p1\)"),
     (case_resume_with_other_arguments, E.ResumeMismatchError, r"template: 'paper' -> 'chat'.*new --out"),
     (case_truncated_chunk, E.CorruptFileError, r"chunk-000001.*corrupted or truncated.*run the same command again"),
+    (case_run_locked, E.RunLockedError, r"Another process is already computing this run.*Wait for it to finish or stop it"),
+    (case_disk_full, E.DiskFullError, r"no space left on the device holding .*chunks.*Free space there.*run the same command again"),
     (case_unknown_model, E.ModelSpecError, r"Unknown model spec 'llama-9000'"),
     (case_negative_noise, E.ConfigError, r"fraction must be in \[0, 1\]"),
 ]

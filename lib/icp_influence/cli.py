@@ -115,8 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IcpError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: completed chunks are kept; run the same command again to resume.", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGINT; chunked runs stop at a chunk boundary
+        print(f"interrupted: {e}" if str(e) else
+              "interrupted: completed chunks are kept; run the same command again to resume.", file=sys.stderr)
         return 130
     return 0
 

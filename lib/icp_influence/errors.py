@@ -62,6 +62,14 @@ class CorruptFileError(IcpError, ValueError):
     """A stored chunk or score file is corrupted or truncated."""
 
 
+class RunLockedError(IcpError, RuntimeError):
+    """Another live process is already scoring the same run directory (or the same shard)."""
+
+
+class DiskFullError(IcpError, OSError):
+    """A write failed because the disk (or quota) is full; finished files are kept."""
+
+
 class NonFiniteScoreError(IcpError, FloatingPointError):
     """Scores contain NaN or inf; the message lists the offending ids."""
 

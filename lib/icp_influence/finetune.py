@@ -247,7 +247,8 @@ class EvalResult:
         return {f: self.summary([str(x) == f for x in self.families]) for f in fams}
 
     def metric(self, name: str, families: Sequence[str] | None = None) -> float:
-        mask = None if families is None else [f in set(families) for f in self.families]
+        wanted = None if families is None else set(families)
+        mask = None if wanted is None else [f in wanted for f in self.families]
         s = self.summary(mask)
         if name not in s:
             raise ConfigError(f"Metric {name!r} not available; choose from {', '.join(METRICS)} "
@@ -395,7 +396,8 @@ def run_arms(model, tokenizer, pool: Pool, selections: Mapping[str, Selection], 
         }
     base_summary = {"overall": base_eval.summary(), "per_family": base_eval.by_family()}
     if eval_families is not None:
-        base_summary["eval_families"] = base_eval.summary([f in set(eval_families) for f in base_eval.families])
+        wanted = set(eval_families)
+        base_summary["eval_families"] = base_eval.summary([f in wanted for f in base_eval.families])
     return Outcome(metric=metric, base=base_val, arms=arms,
                    eval_families=list(eval_families) if eval_families is not None else None,
                    base_summary=base_summary if include_base else {},

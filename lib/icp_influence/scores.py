@@ -97,8 +97,14 @@ class ScoreMatrix:
         return dict(zip(self.candidate_ids, self.aggregate(how).tolist()))
 
     def subset(self, candidate_ids: Sequence[str] | None = None, probe_ids: Sequence[str] | None = None) -> "ScoreMatrix":
-        rows = [self.candidate_ids.index(c) for c in candidate_ids] if candidate_ids is not None else list(range(self.shape[0]))
-        cols = [self.probe_ids.index(p) for p in probe_ids] if probe_ids is not None else list(range(self.shape[1]))
+        """The rows and columns with these ids, in the order given (``None``: all).
+
+        Lookups go through id -> position dicts, so subsetting a 52k-candidate matrix is
+        linear, not quadratic. A missing id raises :class:`ConfigError` naming it.
+        """
+        rows = _positions(self.candidate_ids, candidate_ids, "candidate") if candidate_ids is not None \
+            else list(range(self.shape[0]))
+        cols = _positions(self.probe_ids, probe_ids, "probe") if probe_ids is not None else list(range(self.shape[1]))
         return ScoreMatrix(self.values[np.ix_(rows, cols)], [self.candidate_ids[r] for r in rows],
                            [self.probe_ids[c] for c in cols], dict(self.meta))
 
@@ -156,6 +162,23 @@ class ScoreMatrix:
         if list(values.shape) != info.get("shape"):
             raise CorruptFileError(f"{tpath} holds shape {values.shape} but {jpath.name} says {info.get('shape')}; re-run the scorer.")
         return cls(values, info["candidate_ids"], info["probe_ids"], info.get("meta", {}))
+
+
+def _positions(ids: Sequence[str], wanted: Sequence[str], what: str) -> list[int]:
+    """Positions of ``wanted`` in ``ids`` (first occurrence, like ``list.index``), in O(n)."""
+    pos: dict[str, int] = {}
+    for i, x in enumerate(ids):
+        pos.setdefault(x, i)
+    out, missing = [], []
+    for x in wanted:
+        i = pos.get(str(x))
+        if i is None:
+            missing.append(str(x))
+        else:
+            out.append(i)
+    if missing:
+        raise ConfigError(f"{len(missing)} {what} id(s) are not in this ScoreMatrix, e.g. {missing[:3]}.")
+    return out
 
 
 def _base(path: str | Path) -> Path:

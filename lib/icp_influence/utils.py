@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -53,25 +54,65 @@ def cache_dir() -> Path:
     return path
 
 
+# errno values (and the texts Rust/C libraries put in their messages) that mean "no space".
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "os error 28)", "os error 122)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an OSError with ENOSPC/EDQUOT, or a library error wrapping one.
+
+    ``safetensors`` reports a full disk as ``SafetensorError('... No space left on device
+    (os error 28)')`` with no errno, hence the message check.
+    """
+    from .errors import DiskFullError
+
+    if isinstance(exc, DiskFullError):
+        return False  # already typed (and worded): do not wrap twice
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    return any(t in str(exc) for t in _DISK_FULL_TEXTS)
+
+
+def disk_full_error(directory: str | os.PathLike, name: str, cause: BaseException) -> Exception:
+    """The :class:`~icp_influence.errors.DiskFullError` to raise for ``cause``."""
+    from .errors import DiskFullError
+
+    err = DiskFullError(
+        f"Disk full: no space left on the device holding {directory} (while writing {name}: {cause}). "
+        "Free space there (or point the output/cache directory at a larger disk) and run the same "
+        "command again: finished files and chunks are kept, and nothing half-written was left behind."
+    )
+    err.errno = errno.ENOSPC
+    return err
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     Nothing half-written is ever visible under the final name: on error the temporary
-    file is removed and ``path`` keeps its old content (or stays absent).
+    file is removed and ``path`` keeps its old content (or stays absent). A full disk
+    (ENOSPC / EDQUOT, from the writer, ``fsync`` or the rename) is re-raised as
+    :class:`~icp_influence.errors.DiskFullError` naming the directory.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)
+    except Exception as e:  # noqa: BLE001 - only re-typed when it is a full disk
+        if is_disk_full(e):
+            raise disk_full_error(final.parent, final.name, e) from e
+        raise
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

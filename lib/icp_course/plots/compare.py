@@ -29,7 +29,8 @@ def rank_scatter(a: Scores, b: Scores, *, name_a: str = "valuator A", name_b: st
     ids, x, y = align(a, b, how_a, how_b)
     rx, ry = percentile_rank(x) * 100, percentile_rank(y) * 100
     fig, ax = _fig(ax=ax)
-    hl = np.array([c in set(highlight or ()) for c in ids])
+    marked = set(highlight or ())
+    hl = np.array([c in marked for c in ids], dtype=bool)
     ax.scatter(rx[~hl], ry[~hl], s=10, alpha=0.6, label="candidates" if hl.any() else None)
     if hl.any():
         ax.scatter(rx[hl], ry[hl], s=14, alpha=0.9, color="tab:red", label=highlight_label)

@@ -88,7 +88,8 @@ def build_data(cfg: AgreementConfig, model=None, tok=None) -> dict[str, Any]:
     pool = add_label_noise(Pool(list(train), name="pool"), cfg.noise, seed=cfg.seed)
     probe_cands = held.filter(tasks=probe_fams, name="probe-candidates")
     probes = select_probes_kmeans(model, tok, probe_cands, cfg.n_probes, seed=cfg.seed)
-    rest = [ex for ex in held if ex.id not in set(probes.ids)]
+    probe_ids = set(probes.ids)  # built once: a set() inside the comprehension is rebuilt per example
+    rest = [ex for ex in held if ex.id not in probe_ids]
     eval_in = Pool([ex for ex in rest if ex.task in probe_fams], name="eval-in-domain")
     eval_out = Pool([ex for ex in rest if ex.task not in probe_fams], name="eval-out-of-domain", allow_empty=True)
     return {"families": fams, "probe_families": probe_fams, "pool": pool, "probes": probes,
@@ -287,8 +288,9 @@ def run_selection(smoke: bool | str, seed: int = 0, progress: bool = False) -> d
     noisy = set(data["pool"].noisy_ids())
     d["selected_noisy_fraction"] = {a: (float(np.mean([i in noisy for i in s])) if not callable(s) else None)
                                     for a, s in sels.items()}
+    probe_fams = set(data["probe_families"])
     d["selected_in_domain_fraction"] = {
-        a: (float(np.mean([data["pool"].by_id(i).task in set(data["probe_families"]) for i in s]))
+        a: (float(np.mean([data["pool"].by_id(i).task in probe_fams for i in s]))
             if not callable(s) else None) for a, s in sels.items()}
     d["metric_label"] = "held-out in-domain answer log-likelihood (nats / token)"
     d["selection_config"] = asdict(scfg)
