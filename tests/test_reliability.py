@@ -79,15 +79,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_matrix(tmp_path, valuator, 
 
 
 def test_sigint_stops_the_cli_at_a_chunk_boundary_and_the_same_command_resumes(tmp_path):
-    """Ctrl-C / SIGINT to ``score-icp``: the chunk in flight is finished, the command exits
+    """Ctrl-C / SIGINT to ``score icp``: the chunk in flight is finished, the command exits
     130 saying what is kept, only complete chunks are on disk, and running the same command
     again gives exactly the uninterrupted matrix."""
-    kind, method = "score-icp", "win_rate"
-    ref = subprocess.run(_cmd(kind, tmp_path / "ref", method), capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(_cmd("icp", tmp_path / "ref"), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "run"
     env = {**os.environ, "ICP_STORE_CHUNK_DELAY_S": "0.4"}
-    proc = subprocess.Popen(_cmd(kind, out, method) + ["--quiet"], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd("icp", out) + ["--quiet"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     try:
@@ -114,7 +113,7 @@ def test_sigint_stops_the_cli_at_a_chunk_boundary_and_the_same_command_resumes(t
     assert not (out / "scores.json").exists()
     assert not list(out.rglob("*.tmp"))
 
-    again = subprocess.run(_cmd(kind, out, method), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_cmd("icp", out), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = ScoreMatrix.load(tmp_path / "ref" / "scores"), ScoreMatrix.load(out / "scores")
     assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
