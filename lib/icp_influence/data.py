@@ -338,6 +338,9 @@ def parse_pool_spec(spec: str, *, name: str | None = None) -> Pool:
     """A pool from a command-line spec.
 
     * ``synthetic:N`` or ``synthetic:N:SEED`` — :func:`~icp_influence.synthetic.make_synthetic_pool`;
+    * ``instructions``, ``instructions:N`` or ``instructions:N:SEED`` — the project's
+      instruction set (:func:`~icp_influence.instructions.load_instructions`), all of it or a
+      seeded sample of ``N`` examples;
     * a ``.json`` / ``.jsonl`` path — Alpaca records (:func:`load_alpaca`);
     * a ``.txt`` path — the authors' text format (:func:`load_paper_text`).
     """
@@ -354,11 +357,35 @@ def parse_pool_spec(spec: str, *, name: str | None = None) -> Pool:
         if len(parts) > 3:
             raise DataFormatError(f"Bad pool spec {spec!r}: write 'synthetic:N' or 'synthetic:N:SEED'.")
         return make_synthetic_pool(n, seed=seed, name=name or f"synthetic-{n}-{seed}")
+    if spec == "instructions" or spec.startswith("instructions:"):
+        from .instructions import load_instructions
+
+        full = load_instructions()
+        parts = spec.split(":")[1:]
+        try:
+            n = int(parts[0]) if parts and parts[0] != "" else len(full)
+            seed = int(parts[1]) if len(parts) > 1 else 0
+        except ValueError:
+            raise DataFormatError(f"Bad pool spec {spec!r}: write 'instructions', 'instructions:N' or 'instructions:N:SEED'.") from None
+        if not 1 <= n <= len(full) or len(parts) > 2:
+            raise DataFormatError(f"Bad pool spec {spec!r}: N must be in [1, {len(full)}].")
+        if n == len(full):
+            return Pool(list(full), name=name or "instructions")
+        idx = np.sort(np.random.default_rng(seed).choice(len(full), size=n, replace=False))
+        return full.take(idx, name=name or f"instructions-{n}-{seed}")
     path = Path(spec)
     if path.suffix in (".txt",):
         return load_paper_text(path, name=name)
     if path.suffix in (".json", ".jsonl") or path.exists():
         return load_alpaca(path, name=name)
     raise DataFormatError(
-        f"Cannot read pool spec {spec!r}: give a .json/.jsonl/.txt file that exists, or 'synthetic:N[:SEED]'."
+        f"Cannot read pool spec {spec!r}: give a .json/.jsonl/.txt file that exists, 'instructions[:N[:SEED]]' "
+        "or 'synthetic:N[:SEED]'."
     )
+
+
+def load_instructions(categories=None) -> Pool:
+    """The project's open instruction set; see :mod:`icp_influence.instructions`."""
+    from .instructions import load_instructions as _load
+
+    return _load(categories)

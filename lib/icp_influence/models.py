@@ -271,6 +271,17 @@ def load_model(
     return _finish(model, tokenizer, device, None)
 
 
+def load_tokenizer(spec: str = EMBEDDED):
+    """Only the tokenizer of ``spec`` (the embedded model's comes from its cache folder)."""
+    from transformers import AutoTokenizer
+
+    if spec == EMBEDDED:
+        return AutoTokenizer.from_pretrained(_materialise_embedded())
+    if spec in TINY_SPECS:
+        return byte_tokenizer()
+    return load_model(spec, device="cpu")[1]
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
