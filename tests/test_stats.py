@@ -175,3 +175,18 @@ def test_tost_verdicts():
         S.tost_paired([1.0, 2.0], [1.0, 2.0], margin=0)
     with pytest.raises(ConfigError):
         S.tost_paired([1.0], [1.0], margin=0.1)
+
+
+def test_pair_agreement_two_way():
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(40, 20))
+    B = A + 0.5 * rng.normal(size=(40, 20))
+    iv = S.pair_agreement(A, B, n_boot=200)
+    assert iv.value == pytest.approx(st.spearmanr(A.ravel(), B.ravel()).statistic, abs=1e-12)
+    assert iv.lo < iv.value < iv.hi
+    same = S.pair_agreement(A, 3 * A + 1, n_boot=50)
+    assert same.value == pytest.approx(1.0) and same.lo == pytest.approx(1.0, abs=1e-6)
+    indep = S.pair_agreement(A, rng.normal(size=(40, 20)), n_boot=200)
+    assert indep.lo < 0 < indep.hi
+    with pytest.raises(ConfigError):
+        S.pair_agreement(A, B[:, :5])

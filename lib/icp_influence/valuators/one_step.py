@@ -42,6 +42,9 @@ class OneStep(Valuator):
         optimizer: ``"sgd"`` or ``"adam_sign"`` (Adam with β₁ = β₂ = 0).
         lr: the step size ``η``.
         eps: Adam's ε.
+        reduction: the loss the step descends: ``"sum"`` (``ℓ(z)`` summed over answer tokens,
+            as everywhere) or ``"mean"`` (per token, as fine-tuning does). The probes' Δ is
+            always on their summed loss, the scale of ICP's Δ.
         eval_batch_size: probes per forward pass.
     """
 
@@ -84,8 +87,7 @@ class OneStep(Valuator):
                               batch_size=self.eval_batch_size)
         out = np.empty(len(self._order))
         for i, lp in zip(self._order, lps):
-            n = len(lp)
-            out[i] = -lp.sum() / (n if self.reduction == "mean" else 1)
+            out[i] = -lp.sum()
         return out
 
     def _step_direction(self, enc) -> list[torch.Tensor]:
