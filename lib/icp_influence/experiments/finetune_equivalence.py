@@ -115,7 +115,6 @@ def train_and_evaluate(model, tok, pool, ids, heldout, *, ecfg: EquivalenceConfi
 
 
 def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) -> dict[str, Any]:
-    from .. import stats as S
     from ..finetune import evaluate
     from ..models import load_model
     from ..utils import atomic_write_json, code_version, config_hash, seed_everything
