@@ -103,8 +103,8 @@ def test_recipe_end_to_end_sharded(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["merge"]["icp"]["shape"] == [50, 5] and result["merge"]["influence"]["shape"] == [50, 5]
     cmp_ = json.loads((run / "compare.json").read_text())["summary"]
-    assert cmp_["n"] == 50 and -1 <= cmp_["spearman"] <= 1
-    lo, hi = cmp_["spearman_ci"]
+    assert cmp_["n"] == 50 and cmp_["n_probes"] == 5 and cmp_["two_way"] and -1 <= cmp_["spearman"] <= 1
+    lo, hi = cmp_["ci"]
     assert lo <= cmp_["spearman"] <= hi
 
     # the sharded, chunked matrices equal a direct in-process computation
