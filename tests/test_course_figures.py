@@ -82,3 +82,33 @@ def test_palette_tokens_and_tables():
     assert fmt_ci(0.7123, [0.65, 0.77]) == "0.712 [0.650, 0.770]"
     df = frame({"ip": {"value": 0.81234, "ci": [0.7, 0.9], "n": 3}}, index="valuator")
     assert df.loc["ip", "value"] == "0.812 [0.700, 0.900]" and df.loc["ip", "n"] == 3
+
+
+def test_measurement_explorer_recomputes_from_the_matrices():
+    from icp_influence import stats as S
+    from icp_influence.scores import ScoreMatrix
+    from icp_course.widgets.agreement import measure, measurement_explorer
+
+    rng = np.random.default_rng(3)
+    C, P = 60, 16
+    s = rng.normal(size=C)
+    ids, pids = [f"c{i}" for i in range(C)], [f"p{j}" for j in range(P)]
+    icp = ScoreMatrix(s[:, None] + rng.normal(size=(C, P)), ids, pids, {"method": "icp", "n_answer_tokens": [10] * P})
+    neutral = ScoreMatrix(rng.normal(size=(1, P)), ["neutral"], pids, {"method": "icp"})
+    ip = ScoreMatrix(s[:, None] + rng.normal(size=(C, P)), ids, pids, {"method": "inner_product"})
+    mats = {"icp": icp, "icp_neutral": neutral, "ip": ip}
+    r = measure(mats, n_probes=16, aggregation="mean Δ", n_boot=50)
+    ref = S.agreement(icp.values, ip.values, "mean", "mean", n_boot=50, boot_splits=4, n_splits=50)
+    assert r["spearman"] == pytest.approx(ref.spearman) and r["rel_icp"] == pytest.approx(ref.rel_a)
+    # a per-probe baseline shifts every candidate's mean equally: the mean's ranking cannot change ...
+    rn = measure(mats, n_probes=16, aggregation="mean Δ", baseline="neutral demonstration", n_boot=50)
+    assert rn["spearman"] == pytest.approx(r["spearman"])
+    # ... but the win-rate's can
+    w0 = measure(mats, n_probes=16, aggregation="win-rate", n_boot=50)
+    w1 = measure(mats, n_probes=16, aggregation="win-rate", baseline="neutral demonstration", n_boot=50)
+    assert w0["spearman"] != pytest.approx(w1["spearman"])
+    # fewer probes: a less reliable ICP score
+    assert measure(mats, n_probes=4, n_boot=50)["rel_icp"] < r["rel_icp"]
+    box = measurement_explorer(mats, n_boot=50)
+    out = box.update(n_probes=8, aggregation="win-rate")
+    assert out["n_probes"] == 8 and "8 probes" in box.children[2].value and "win-rate" in box.children[2].value
