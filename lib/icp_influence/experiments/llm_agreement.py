@@ -470,3 +470,82 @@ def instruction_agreement(*, smoke: bool = False, seed: int = 0) -> dict:
     res = with_synthetic(run(mode, "instructions", seed=seed), run(mode, "synthetic", seed=seed))
     atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
     return _result_keys(res)
+
+
+# ---------------------------------------------------------------- the verdict, in words computed from the numbers
+
+PAPER_SPEARMAN = 0.73  # the authors' released Alpaca scores: Spearman(ICP win-rate, mean IP) (Pythia-1b, 52,002 × 100)
+
+
+def strength(rho: float) -> str:
+    a = abs(rho)
+    return "weak" if a < 0.3 else ("moderate" if a < 0.6 else "strong")
+
+
+def direction(ci: list[float]) -> str:
+    """``agree`` (CI above 0), ``disagree`` (below 0) or ``no detectable agreement``."""
+    return "agree" if ci[0] > 0 else ("disagree" if ci[1] < 0 else "no detectable agreement")
+
+
+def claims(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The claims notebook 05 states, as values a test can check against the cached results."""
+    ag = summary["agreement"]
+    rel = summary["reliability"]
+    md, wr = ag["icp_mean_delta vs ip"], ag["icp_win_rate vs ip"]
+    out: dict[str, Any] = {
+        "mean_delta_vs_ip": direction(md["ci"]),
+        "win_rate_vs_ip": direction(wr["ci"]),
+        "mean_delta_more_reliable_than_win_rate": rel["icp_mean_delta"]["value"] > rel["icp_win_rate"]["value"],
+        "mean_delta_agrees_more_than_win_rate": md["spearman"] > wr["spearman"],
+        "paper_value_inside_win_rate_ci": wr["ci"][0] <= PAPER_SPEARMAN <= wr["ci"][1],
+        "biggest_mover": summary["biggest_mover"],
+    }
+    dom = {r["name"]: r for r in summary["ablations"] if r["group"] == "domain"}
+    if len(dom) == 2:
+        vals = list(dom.values())
+        out["in_domain_higher"] = vals[0]["spearman"] > vals[1]["spearman"]
+    if "synthetic" in summary:
+        out["synthetic_mean_delta_vs_ip"] = direction(summary["synthetic"]["agreement"]["icp_mean_delta vs ip"]["ci"])
+    if gt is not None:
+        out["first_order_holds"] = gt["first_order"]["pair_spearman_ip"] >= 0.99
+        cand = [r for r in gt["table"] if r["level"] == "candidate" and r["pool"] == "instructions"
+                and r["ground_truth"] != "gt_sgd_small"]
+        if cand:
+            best = max(cand, key=lambda r: r["spearman"])
+            out["best_tracker_of_training"] = (best["valuator"], best["ground_truth"])
+    return out
+
+
+def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
+    """A Markdown paragraph built from the numbers (nothing typed by hand)."""
+    def ci(v, d=2):
+        return f"{v['spearman']:.{d}f} [{v['ci'][0]:.{d}f}, {v['ci'][1]:.{d}f}]"
+
+    ag, rel = summary["agreement"], summary["reliability"]
+    md, wr = ag["icp_mean_delta vs ip"], ag["icp_win_rate vs ip"]
+    c = claims(summary, gt)
+    lines = [
+        f"- **ICP mean Δ vs the inner product** on {summary['n_candidates']} candidates × {summary['n_probes']} probes: "
+        f"{c['mean_delta_vs_ip']} — Spearman {ci(md)} (two-way 95% CI), a {strength(md['spearman'])} correlation; "
+        f"corrected for attenuation {md['disattenuated']:.2f} [{md['disattenuated_ci'][0]:.2f}, {md['disattenuated_ci'][1]:.2f}].",
+        f"- **ICP win-rate vs the inner product** (the paper's score): {c['win_rate_vs_ip']} — Spearman {ci(wr)}; the paper's "
+        f"{PAPER_SPEARMAN} on Alpaca with Pythia-1b is {'inside' if c['paper_value_inside_win_rate_ci'] else 'outside'} this interval.",
+        f"- Reliability across probes: ICP mean Δ {rel['icp_mean_delta']['value']:.2f}, win-rate "
+        f"{rel['icp_win_rate']['value']:.2f}, inner product {rel['ip']['value']:.2f}.",
+        f"- The ablation that moves agreement most: {summary['biggest_mover']}.",
+    ]
+    if "synthetic" in summary:
+        s = summary["synthetic"]["agreement"]["icp_mean_delta vs ip"]
+        lines.append(f"- On the synthetic task families the same design gives Spearman(ICP mean Δ, IP) {ci(s)}: "
+                     f"{c['synthetic_mean_delta_vs_ip']}.")
+    if gt is not None:
+        fo = gt["first_order"]
+        lines.append(f"- The referee: one small SGD step reproduces the inner product pair by pair (Spearman "
+                     f"{fo['pair_spearman_ip']:.4f}, η = {fo['eta']:.2g}).")
+        if "best_tracker_of_training" in c:
+            v, g = c["best_tracker_of_training"]
+            row = next(r for r in gt["table"] if r["valuator"] == v and r["ground_truth"] == g
+                       and r["level"] == "candidate" and r["pool"] == "instructions")
+            lines.append(f"- What tracks a real training step best at the candidate level: {v} against {g} "
+                         f"(Spearman {ci(row)}).")
+    return "\n".join(lines)
