@@ -1,6 +1,6 @@
 """icp-influence: in-context probing vs gradient influence for data valuation.
 
-The data flows in one shape (DESIGN.md §1)::
+The data flows in one shape (docs/design.md)::
 
     Example/Pool ─► valuator.score(candidates, probes) ─► ScoreMatrix ─► compare / select ─► finetune ─► Outcome
 """

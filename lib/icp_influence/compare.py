@@ -6,7 +6,7 @@ one you name), or on plain ``(ids, values)`` series.
 
 Conventions:
 
-* higher aggregate value = more valuable (DESIGN.md §1: positive = helps the probe);
+* higher aggregate value = more valuable (docs/design.md: positive = helps the probe);
 * "top-k" = the k highest values, ties broken by the candidate order (stable sort), so
   results are deterministic;
 * agreement intervals are **two-way**: when both valuators scored the same probes, the

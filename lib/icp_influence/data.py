@@ -1,4 +1,4 @@
-"""Examples, pools and their loaders (DESIGN.md §1).
+"""Examples, pools and their loaders (docs/design.md).
 
 An :class:`Example` is one instruction-following record; a :class:`Pool` is an ordered,
 id-unique collection of them. Loaders read Alpaca JSON/JSONL, the authors' text format

@@ -1,4 +1,4 @@
-"""Tokenising (demonstration, query, answer) with an answer-only mask (DESIGN.md §2).
+"""Tokenising (demonstration, query, answer) with an answer-only mask (docs/design.md).
 
 A sequence is three token segments concatenated::
 

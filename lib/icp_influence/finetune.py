@@ -1,4 +1,4 @@
-"""Fine-tune a causal LM on a selected subset and evaluate it on held-out probes (DESIGN.md §1).
+"""Fine-tune a causal LM on a selected subset and evaluate it on held-out probes (docs/design.md).
 
 * :func:`finetune` — LoRA (``peft``; target modules chosen per architecture) or full
   fine-tuning with AdamW on the answer-only loss of

@@ -1,5 +1,5 @@
 """Per-example gradients of the answer-only loss, parameter selection, random projection
-and an on-disk gradient cache (DESIGN.md §2).
+and an on-disk gradient cache (docs/design.md).
 
 The central object is :class:`Objective`: a model, a subset of its parameters (the ones
 influence is computed for; every other parameter is frozen) and a per-example loss, in

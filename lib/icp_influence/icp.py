@@ -1,6 +1,6 @@
 """In-context probing (ICP): value a candidate by how much it helps a model answer probes.
 
-For candidate ``z`` and probe ``p = (x_p, y_p)`` (DESIGN.md §2)::
+For candidate ``z`` and probe ``p = (x_p, y_p)``::
 
     ll(p | z) = Σ_t log P(y_p,t | context(z), x_p, y_p,<t)      (answer tokens only)
     ll(p)     = the same without a demonstration                 (zero-shot baseline)

@@ -1,4 +1,4 @@
-"""``ScoreMatrix``: the one result shape every valuator returns (DESIGN.md §1).
+"""``ScoreMatrix``: the one result shape every valuator returns (docs/design.md).
 
 ``values[i, j]`` is the value of candidate ``i`` for probe ``j``. Sign convention, used
 everywhere: **positive = the candidate helps the probe** (lowers its loss / raises its

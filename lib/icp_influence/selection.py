@@ -1,4 +1,4 @@
-"""Pick training subsets from a valuator's scores at equal budgets (DESIGN.md §1).
+"""Pick training subsets from a valuator's scores at equal budgets (docs/design.md).
 
 Strategies (``budget`` = number of examples, identical across arms):
 

@@ -1,4 +1,4 @@
-"""Chunked, resumable, shardable score computation (DESIGN.md §1, §4).
+"""Chunked, resumable, shardable score computation (docs/design.md).
 
 A run directory holds::
 

@@ -1,5 +1,5 @@
 """The theory behind the course: in-context learning as implicit gradient descent, and why
-that makes in-context probing (ICP) look like inner-product influence (DESIGN.md §3).
+that makes in-context probing (ICP) look like inner-product influence (docs/design.md).
 
 Setup (von Oswald et al., ICML 2023). A *task* is a weight vector ``w ~ N(0, I_d)``; a
 prompt holds ``N`` context pairs ``(x_i, y_i = wᵀx_i [+ noise])`` with
