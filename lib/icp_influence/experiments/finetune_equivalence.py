@@ -250,3 +250,46 @@ def finetune_equivalence(*, smoke: bool = False, seed: int = 0) -> dict:
     res = run("smoke" if smoke else "full", seed=seed)
     return {"margin": res["margin"], "n_seeds": res["n_seeds"], "budgets": res["budgets"],
             "verdicts": {f"{e['pool']} {e['a']} vs {e['b']} @{e['budget']}": e["verdict"] for e in res["equivalence"]}}
+
+
+def selection_report(mode: str = "full") -> list[dict[str, Any]]:
+    """What each arm selected at the largest budget: corrupted share (by kind) and categories."""
+    from ..scores import ScoreMatrix  # noqa: F401  (A.load returns ScoreMatrix objects)
+
+    res = load(mode)
+    ecfg = EquivalenceConfig(**{k: v for k, v in res["config"].items() if k in EquivalenceConfig.__dataclass_fields__})
+    budget = max(ecfg.budgets)
+    rows = []
+    for data_name in res["arms"]:
+        run = A.load(mode, data_name)
+        mats, info = run["mats"], run["info"]
+        gts = {k: v for k, v in mats.items() if k.startswith("gt_")}
+        for arm, sel in selections(ecfg, mats, gts, budget).items():
+            ids = sel(ecfg.seeds[0]) if callable(sel) else sel
+            kinds = [info["pool"][i]["corruption"] for i in ids]
+            cats = [info["pool"][i]["category"] for i in ids]
+            top = max(set(cats), key=cats.count)
+            rows.append({"pool": data_name, "arm": arm, "budget": budget,
+                         "corrupted": sum(k is not None for k in kinds) / len(ids),
+                         **{k.replace("_", " "): kinds.count(k) / len(ids) for k in ("swap_other_category",
+                                                                                       "swap_same_category", "truncate")},
+                         "categories": len(set(cats)), "largest category share": cats.count(top) / len(ids)})
+    return rows
+
+
+def verdict(res: dict[str, Any]) -> str:
+    """Markdown built from the equivalence results: per pool and budget, the verdict of each pair."""
+    lines = []
+    for pool in res["arms"]:
+        base = res["base"][pool]
+        for budget in res["budgets"]:
+            arms = res["arms"][pool][str(budget)]
+            best = max(arms, key=lambda a: arms[a]["mean"])
+            lines.append(f"- **{pool}, budget {budget}**: best arm {best} ({arms[best]['mean']:.3f} nats/token vs base "
+                         f"{base:.3f}); margin {res['margin'][pool]:.4f}.")
+            for e in res["equivalence"]:
+                if e["pool"] == pool and e["budget"] == budget and ("icp-top" in (e["a"], e["b"])):
+                    lines.append(f"  - {e['a']} vs {e['b']}: difference {e['diff']:+.4f} "
+                                 f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], TOST p = {e['p_tost']:.3f} → "
+                                 f"**{e['verdict']}**")
+    return "\n".join(lines)
