@@ -254,8 +254,6 @@ def finetune_equivalence(*, smoke: bool = False, seed: int = 0) -> dict:
 
 def selection_report(mode: str = "full") -> list[dict[str, Any]]:
     """What each arm selected at the largest budget: corrupted share (by kind) and categories."""
-    from ..scores import ScoreMatrix  # noqa: F401  (A.load returns ScoreMatrix objects)
-
     res = load(mode)
     ecfg = EquivalenceConfig(**{k: v for k, v in res["config"].items() if k in EquivalenceConfig.__dataclass_fields__})
     budget = max(ecfg.budgets)
