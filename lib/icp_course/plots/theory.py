@@ -196,7 +196,8 @@ def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
     import matplotlib.pyplot as plt
 
     levels = ["pair", "candidate"]
-    fig, axes = plt.subplots(1, 2, figsize=(13.5, 0.55 * max(4, len(rows) // 2) + 1.5), sharex=True)
+    n_labels = max(len({r["label"] for r in rows if r["level"] == lv}) for lv in levels)
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 1.4 + 0.6 * max(3, n_labels)), sharex=True)
     colors = {"in-domain": "tab:blue", "out-of-domain": "tab:orange"}
     for ax, level in zip(axes, levels):
         sub = [r for r in rows if r["level"] == level]
@@ -243,9 +244,9 @@ def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[flo
     for label, rho in curves.items():
         ax.plot(lrs, rho, marker="o", label=label)
     if lr_used is not None:
-        ax.axvline(lr_used, color="grey", ls=":", label=f"η used ({lr_used:.3g})")
+        ax.axvline(lr_used, color="grey", ls=":", label=f"η_θ used ({lr_used:.3g})")
     ax.set_xscale("log")
-    ax.set_xlabel("SGD step size η on θ (parameter² per unit of loss; log scale)")
+    ax.set_xlabel("SGD step size η_θ on θ (parameter² per unit of loss; log scale)")
     ax.set_ylabel("Spearman ρ with the referee Δ_θ (in-domain pairs)")
     ax.set_title("What one training step on z agrees with", fontsize=10)
     ax.legend(fontsize=8)
