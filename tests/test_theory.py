@@ -249,6 +249,152 @@ def test_domain_agreement_constructed_lsa_is_domain_independent_to_first_order()
         assert S.pearson(r["icp"], r["inner_product"]) > 0.95
 
 
+# ------------------------------------------------------------------ from pairs to candidates
+
+def test_tie_matched_and_sign_flips_against_hand_answers():
+    # sorted by value: items 1, 2 | 0, 3 (like has two groups of two)
+    assert T.tie_matched([0.3, 0.1, 0.2, 0.9], [5, 5, 7, 7]).tolist() == [1.0, 0.0, 0.0, 1.0]
+    # groups of sizes 1, 3 (ascending in `like`)
+    assert T.tie_matched([4.0, 1.0, 3.0, 2.0], [0.2, 0.5, 0.5, 0.5]).tolist() == [1.0, 0.0, 1.0, 1.0]
+    v = np.random.default_rng(0).normal(size=50)
+    assert S.spearman(T.tie_matched(v, v), v) == pytest.approx(1.0)  # no ties: nothing lost
+    assert S.spearman(T.tie_matched(v, np.repeat([0, 1], 25)), v) == pytest.approx(
+        S.pearson(np.repeat([0, 1], 25), np.arange(50)), abs=1e-12)  # a median split of the ranks
+    with pytest.raises(ConfigError):
+        T.tie_matched([1.0, 2.0], [1.0])
+    icp = np.array([[1.0, -1.0, 2.0], [-0.5, 0.0, 0.3]])
+    ip = np.array([[1.0, 0.1, -3.0], [-2.0, 4.0, 0.2]])
+    # |IP| sorted: 0.1 (flip), 0.2 (no), 1 (no), 2 (no), 3 (flip), 4 (flip: ICP = 0 is not > 0)
+    f = T.sign_flips_by_magnitude(icp, ip, n_bins=3)
+    assert f["rate"].tolist() == [0.5, 0.0, 1.0] and f["count"].tolist() == [2, 2, 2]
+    assert float(f["overall"]) == pytest.approx(0.5) and f["edges"].tolist() == [0.1, 0.2, 2.0, 4.0]
+
+
+def test_win_rate_is_blind_to_gradient_norms_the_mean_is_not(pool):
+    """IP(z, p) = y_z y_p x_zᵀx_p: scaling a candidate's label by c > 0 scales its row by c;
+    the win-rate (a sign count) cannot see it, the mean follows it exactly."""
+    ip = T.grad_inner_products(pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y)
+    c = torch.linspace(0.5, 3.0, len(pool.cand_y), dtype=torch.float64)
+    ip2 = T.grad_inner_products(pool.cand_x, c * pool.cand_y, pool.probe_x, pool.probe_y)
+    assert np.array_equal(S.aggregate(ip2, "win_rate"), S.aggregate(ip, "win_rate"))
+    assert np.allclose(S.aggregate(ip2, "mean"), c.numpy() * S.aggregate(ip, "mean"), rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------ network weights θ (the bridge)
+
+@pytest.fixture(scope="module")
+def tiny_tf():
+    cfg = TT.RegressionTransformerConfig(d=3, n_points=4, n_embd=16, n_layer=2, n_head=2, seed=1)
+    return TT.as_float64(TT.RegressionTransformer(cfg))
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return r(7, 3), r(7), r(5, 3), r(5)
+
+
+class _LinearPredictor(torch.nn.Module):
+    """ŷ = wᵀx_q whatever the context: its zero-shot loss gradient is the linear model's."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w.clone())
+
+    def predict(self, xs, ys, xq):
+        return xq @ self.w
+
+
+def test_network_gradients_match_autograd_and_the_linear_model(tiny_tf, tiny_pairs):
+    cx, cy, px, py = tiny_pairs
+    obj = TT.regression_objective(tiny_tf)
+    Gv, Ga = TT.network_grads(obj, cx, cy), TT.zero_context_grads(tiny_tf, cx, cy)
+    assert Gv.shape == (7, obj.dim) and obj.dim == sum(p.numel() for p in tiny_tf.parameters())
+    assert float(Ga.abs().max()) > 0.1 and torch.allclose(Gv, Ga, rtol=0, atol=1e-12)
+    ip = TT.network_inner_products(obj, cx, cy, px, py)
+    assert np.allclose(ip, (Ga @ TT.zero_context_grads(tiny_tf, px, py).T).numpy(), rtol=0, atol=1e-11)
+    # exact answer: for ŷ = wᵀx the zero-shot gradient is (wᵀx − y) x
+    w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    assert torch.allclose(TT.zero_context_grads(_LinearPredictor(w), cx, cy), T.linear_grads(cx, cy, w), atol=1e-14)
+
+
+def test_lsa_network_weights_cannot_see_a_zero_shot_pair():
+    x, y = T.sample_x(6, 5, generator=torch.Generator().manual_seed(3)), torch.linspace(-2, 2, 6, dtype=torch.float64)
+    for lsa in (T.construct_gd_lsa(5, 3.0, 10), T.LinearSelfAttention(5, 10, init_scale=0.3, seed=2)):
+        G = TT.zero_context_grads(lsa, x, y)
+        assert G.shape == (6, 4 * 36) and float(G.abs().max()) == 0.0
+
+
+def test_network_ip_factorises_into_residuals_and_the_output_kernel(tiny_tf, tiny_pairs):
+    cx, cy, px, py = tiny_pairs
+    K = TT.output_kernel(TT.regression_objective(tiny_tf, output=True), cx, px)
+    # independent: the Jacobian ∇_θ f by plain autograd, one input at a time
+    params = list(tiny_tf.parameters())
+
+    def jac(x):
+        rows = []
+        for i in range(len(x)):
+            f = tiny_tf.predict(x[i:i + 1, None][:, :0], torch.zeros(1, 0, dtype=torch.float64), x[i:i + 1]).sum()
+            gs = torch.autograd.grad(f, params, allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, params)]))
+        return torch.stack(rows)
+
+    with torch.enable_grad():
+        assert np.allclose(K, (jac(cx) @ jac(px).T).numpy(), rtol=0, atol=1e-11)
+    with torch.no_grad():
+        e = torch.zeros(len(cx), 0, 3, dtype=torch.float64)
+        rz = tiny_tf.predict(e, e[..., 0], cx) - cy
+        rp = tiny_tf.predict(e[:5], e[:5, :, 0], px) - py
+    ip = TT.network_inner_products(TT.regression_objective(tiny_tf), cx, cy, px, py)
+    assert np.allclose(ip, rz.numpy()[:, None] * rp.numpy()[None] * K, rtol=1e-10, atol=1e-12)
+
+
+def test_one_step_referee_is_one_sgd_step_and_first_order_the_inner_product(tiny_tf, tiny_pairs):
+    import copy
+
+    cx, cy, px, py = tiny_pairs
+    obj = TT.regression_objective(tiny_tf)
+    lr = 0.05
+    r = TT.one_step_referee(obj, cx, cy, px, py, lr, chunk=3)
+    # independent: a copy of the model stepped in place by autograd, probes by predict()
+    e = torch.zeros(len(px), 0, 3, dtype=torch.float64)
+    ref = np.zeros((len(cx), len(px)))
+    for i in range(len(cx)):
+        m = copy.deepcopy(tiny_tf)
+        ps = list(m.parameters())
+        with torch.enable_grad():
+            loss = 0.5 * ((m.predict(e[:1], e[:1, :, 0], cx[i:i + 1]) - cy[i]) ** 2).sum()
+            gs = torch.autograd.grad(loss, ps, allow_unused=True)
+        with torch.no_grad():
+            base = 0.5 * (m.predict(e, e[..., 0], px) - py) ** 2
+            for p, g in zip(ps, gs):
+                if g is not None:
+                    p.sub_(lr * g)
+            ref[i] = (base - 0.5 * (m.predict(e, e[..., 0], px) - py) ** 2).numpy()
+    assert np.abs(r).max() > 0.01 and np.allclose(r, ref, rtol=0, atol=1e-12)
+    # Δ(η)/η → ⟨∇ℓ(p), ∇ℓ(z)⟩ with an error linear in η
+    ip = TT.network_inner_products(obj, cx, cy, px, py)
+    errs = [np.abs(TT.one_step_referee(obj, cx, cy, px, py, h) / h - ip).max() / np.abs(ip).max() for h in (1e-3, 1e-4)]
+    assert errs[1] < 2e-3 and 8 < errs[0] / errs[1] < 12
+    with pytest.raises(ConfigError):
+        TT.one_step_referee(obj, cx, cy, px, py, 0.0)
+
+
+def test_weight_space_scores_share_the_domain_pools(tiny_tf):
+    kw = dict(n_tasks=2, n_candidates=5, n_probes=4, seed=1)
+    w = TT.weight_space_scores(tiny_tf, distance=1.0, lr_factors=(1.0, 0.5), **kw)
+    da = TT.domain_agreement(tiny_tf.predict, distances=(1.0,), d=3, **kw)
+    assert set(w.scores) == set(da) and w.n_parameters == sum(p.numel() for p in tiny_tf.parameters())
+    for key, s in w.scores.items():
+        assert all(s[m].shape == (10, 4) for m in ("icp", "implicit_ip", "network_ip", "one_step"))
+        assert np.array_equal(s["implicit_ip"], da[key]["inner_product"])
+        assert np.allclose(s["icp"], da[key]["icp"], rtol=0, atol=1e-12)  # same (float64) model, same pairs
+    ind = w.scores[("in_domain", 0.0)]
+    assert w.lr == pytest.approx(np.median(np.abs(ind["icp"])) / np.median(np.abs(ind["network_ip"])), rel=1e-12)
+    assert np.array_equal(w.sweep[1.0], ind["one_step"]) and set(w.sweep) == {1.0, 0.5}
+
+
 # ------------------------------------------------------------------ widgets, plots, exercises
 
 def test_widgets_recompute_real_numbers():
@@ -286,6 +432,12 @@ def test_figures_have_labelled_axes():
         P.plot_agreement_vs_distance({"shifted_inputs": ([0, 1], [0.9, 0.5], [[0.8, 1.0], [0.4, 0.6]])}, in_domain=0.9),
         P.plot_error_by_position([1, 0.5], [1, 0.4]),
         P.plot_correlation_vs_step([0.01, 0.1], [0.9999, 0.99]),
+        P.plot_candidate_aggregation(np.arange(20.0).reshape(5, 4) - 6, np.arange(20.0).reshape(5, 4) - 5,
+                                     np.arange(5.0), n_bins=4),
+        P.plot_bridge_agreement([{"label": "a vs b", "level": lv, "domain": dm, "value": 0.5, "lo": 0.4, "hi": 0.6}
+                                 for lv in ("pair", "candidate") for dm in ("in-domain", "out-of-domain")]),
+        P.plot_kernel_vs_linear([0.1, -0.2, 0.3], [1.0, 2.0, 0.5]),
+        P.plot_referee_vs_step([1e-3, 1e-2], {"network IP": [1.0, 0.9]}, lr_used=1e-2),
     ]
     import matplotlib.pyplot as plt
 

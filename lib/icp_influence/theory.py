@@ -411,11 +411,14 @@ def grad_inner_products(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y
 
 def influence_linear(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y: Tensor, W: Tensor | None = None, *,
                      damping: float = 0.0, hessian_x: Tensor | None = None) -> np.ndarray:
-    """Exact influence function of the linear model, sign "positive = helps": ``[M, K]``.
+    """``∇_W ℓ(p)ᵀ (H + λI)⁻¹ ∇_W ℓ(z)`` of the linear model at ``W``, sign "positive = helps": ``[M, K]``.
 
-    ``∇ℓ(p)ᵀ (H + λI)⁻¹ ∇ℓ(z)`` with ``H = (1/n) Σ x xᵀ`` over the candidate pool (or
-    ``hessian_x``) — the decrease of the probe loss per unit up-weighting of ``z`` (Koh & Liang
-    2017, evaluated at ``W``; for squared loss ``H`` does not depend on ``W``).
+    ``H = (1/n) Σ x xᵀ`` over the candidate pool (or ``hessian_x``); for squared loss ``H``
+    does not depend on ``W``. This is Koh & Liang's (2017) influence function — the decrease
+    of the probe loss per unit up-weighting of ``z`` — only when ``W`` is the optimum of the
+    (damped) training loss. At the default ``W₀ = 0`` it is a **Newton-preconditioned inner
+    product at initialisation**; at the optimum of a noiseless pool every gradient, hence
+    the influence, is 0 (notebook 02).
     """
     if damping < 0:
         raise ConfigError(f"damping must be >= 0, got {damping}.")
@@ -433,6 +436,48 @@ def second_order_term(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, step: flo
     """
     gz = linear_grads(cand_x, cand_y, W)
     return (0.5 * step**2 * (gz @ probe_x.to(DTYPE).T) ** 2).numpy()
+
+
+# ------------------------------------------------------------------ from pairs to candidates
+
+def tie_matched(values: Any, like: Any) -> np.ndarray:
+    """``values`` coarsened to the tie structure of ``like`` (both ``[n]``).
+
+    Sort the items by ``values`` and cut them into consecutive groups whose sizes are those of
+    ``like``'s groups of equal values, in ascending order of ``like``; every item gets its
+    group's index (0, 1, …). ``spearman(tie_matched(v, like), v)`` is the best rank agreement
+    with ``v`` that a score with ``like``'s ties can reach — what the ties alone cost (e.g.
+    a win-rate over ``P`` probes takes at most ``P + 1`` values).
+    """
+    v, lk = np.asarray(values, dtype=np.float64).ravel(), np.asarray(like).ravel()
+    if v.shape != lk.shape:
+        raise ConfigError(f"tie_matched: {v.size} values but {lk.size} in `like`; give one per item in each.")
+    _, counts = np.unique(lk, return_counts=True)
+    out = np.empty(v.size)
+    out[np.argsort(v, kind="stable")] = np.repeat(np.arange(counts.size, dtype=np.float64), counts)
+    return out
+
+
+def sign_flips_by_magnitude(icp: Any, ip: Any, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """How often ICP and the inner product disagree in sign, by the size of the inner product.
+
+    A pair *flips* when ``(ICP > 0) != (IP > 0)`` (strict, as the win-rate counts). Pairs are
+    cut into ``n_bins`` bins of equal count by ``|IP|`` (bin 0 = closest to 0). Returns
+    ``edges`` ``[n_bins + 1]`` (of |IP|), ``rate`` (fraction of flips per bin), ``count``
+    (pairs per bin) and ``overall`` (fraction of all pairs, a 0-d array).
+    """
+    a, b = np.asarray(icp, dtype=np.float64).ravel(), np.asarray(ip, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ConfigError(f"sign_flips_by_magnitude: shapes differ ({a.size} vs {b.size} values).")
+    if n_bins < 1 or a.size < n_bins:
+        raise ConfigError(f"Need 1 ≤ n_bins ≤ number of pairs, got n_bins={n_bins} for {a.size} pairs.")
+    flip = (a > 0) != (b > 0)
+    order = np.argsort(np.abs(b), kind="stable")
+    groups = np.array_split(order, n_bins)
+    mag = np.abs(b)
+    edges = np.array([mag[groups[0]].min()] + [mag[g].max() for g in groups])
+    return {"edges": edges, "rate": np.array([flip[g].mean() for g in groups]),
+            "count": np.array([len(g) for g in groups]), "overall": np.asarray(flip.mean())}
 
 
 # ------------------------------------------------------------------ statistics
@@ -476,8 +521,9 @@ def sample_pool(n_candidates: int, n_probes: int, d: int = 10, *, x_dist: str = 
 
 def icp_vs_gradients(predict: Predictor, pool: LinearPool, *, step: float | None = None, damping: float = 1e-3
                      ) -> dict[str, np.ndarray]:
-    """ICP, gradient inner product (W₀ = 0), influence function and — when ``step = η/N`` is
-    given — the exact second-order prediction ``step·IP − ½step²(∇ℓ(z)·x_p)²``; all ``[M, K]``."""
+    """ICP, gradient inner product (W₀ = 0), the Newton-preconditioned inner product at W₀ = 0
+    (key ``influence``: :func:`influence_linear`) and — when ``step = η/N`` is given — the exact
+    second-order prediction ``step·IP − ½step²(∇ℓ(z)·x_p)²``; all ``[M, K]``."""
     out = {
         "icp": icp_matrix(predict, pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y),
         "inner_product": grad_inner_products(pool.cand_x, pool.cand_y, pool.probe_x, pool.probe_y),

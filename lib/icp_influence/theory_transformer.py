@@ -294,20 +294,225 @@ def domain_agreement(predict: Any, *, kinds: tuple[str, ...] = DOMAIN_KINDS, dis
     (rows of all tasks stacked; each task's candidates only meet that task's probes).
     ``other_task`` skips distances above 2 (its maximum: ``w' = −w``).
     """
-    from .theory import grad_inner_products, icp_matrix, sample_x
+    from .theory import grad_inner_products, icp_matrix
 
-    out: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    acc: dict[tuple[str, float], dict[str, list]] = {}
+    for key, _t, cx, cy, px, py in _domain_pools(kinds, distances, n_tasks, n_candidates, n_probes, d, x_dist, seed):
+        a = acc.setdefault(key, {"icp": [], "inner_product": []})
+        a["icp"].append(icp_matrix(predict, cx, cy, px, py))
+        a["inner_product"].append(grad_inner_products(cx, cy, px, py))
+    return {k: {m: np.concatenate(v) for m, v in a.items()} for k, a in acc.items()}
+
+
+# ------------------------------------------------------------------ network weights θ: the bridge
+#
+# ICP moves the *implicit* regression weights W (a demonstration in the prompt acts like one
+# GD step on W); gradient influence in notebooks 03–06 is taken over the *network's* weights θ.
+# For the regression transformer both are computable: the network's loss on one pair
+# (x, y) is its squared error when it sees that pair as a prompt with no demonstrations,
+# ``ℓ(z; θ) = ½(f_θ(x_z) − y_z)²`` (Garg's training loss of a one-pair prompt, up to 1/d, and
+# the loss of ICP's zero-demonstration baseline). From it: the inner product over θ, and the
+# referee — one SGD step on θ on ℓ(z), then the change of every probe's loss.
+
+def pair_loss(forward: Any, x: Tensor, y: Tensor) -> Tensor:
+    """``½(f_θ(x) − y)²`` for one pair (``x [d]``, scalar ``y``); ``forward(xs, ys)`` is the
+    model's forward (a one-pair prompt: ``xs [1, 1, d]``, ``ys [1, 1]``; the label is not seen)."""
+    yhat = forward(x.reshape(1, 1, -1), torch.zeros(1, 1, dtype=x.dtype, device=x.device))[0, 0]
+    return 0.5 * (yhat - y) ** 2
+
+
+def _output(forward: Any, x: Tensor, y: Tensor) -> Tensor:
+    return forward(x.reshape(1, 1, -1), torch.zeros(1, 1, dtype=x.dtype, device=x.device))[0, 0]
+
+
+def as_float64(model: RegressionTransformer) -> RegressionTransformer:
+    """A float64 copy (eval mode) — the network-weight computations below are checked in float64."""
+    import copy
+
+    return copy.deepcopy(model).to(torch.float64).eval()
+
+
+def regression_objective(model: RegressionTransformer, params: Any = "all", *, output: bool = False) -> Any:
+    """The :class:`~icp_influence.gradients.Objective` of :func:`pair_loss` over the network's
+    weights θ (``params``: a selection for :func:`~icp_influence.gradients.select_parameters`).
+    Items are ``(x [d], y)`` tuples (:class:`~icp_influence.gradients.TensorItems`).
+    ``output=True``: the objective is the prediction ``f_θ(x)`` itself (for the kernel)."""
+    from .gradients import Objective, select_parameters
+
+    return Objective(model, select_parameters(model, params), _output if output else pair_loss)
+
+
+def _items(x: Tensor, y: Tensor | None = None) -> Any:
+    from .gradients import TensorItems
+
+    x = x.to(torch.float64)
+    return TensorItems(x, torch.zeros(len(x), dtype=x.dtype) if y is None else y.to(torch.float64))
+
+
+def _quiet_vmap():
+    """vmap through SDPA on CPU warns about a missing batching rule (harmless); the math
+    kernel is differentiable to any order."""
+    import contextlib
+    import warnings
+
+    from .gradients import _math_attention
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message=".*performance drop.*")
+    stack.enter_context(_math_attention())
+    return stack
+
+
+def network_grads(objective: Any, x: Tensor, y: Tensor | None = None, *, chunk_size: int = 64) -> Tensor:
+    """Per-example gradients over θ, ``[n, D]`` float64 (``vmap(grad)`` of the objective)."""
+    with _quiet_vmap():
+        return objective.per_example_grads(_items(x, y), chunk_size=chunk_size, out_dtype=torch.float64)
+
+
+def zero_context_grads(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """``∇_θ ½(ŷ(x) − y)²`` of any model with a ``predict(xs, ys, xq)`` method, the prediction
+    made with **no** demonstrations, by plain autograd one example at a time: ``[n, D]`` over
+    ``model.parameters()`` in ``named_parameters`` order (an unused parameter contributes zeros).
+
+    For an LSA this is identically 0: with an empty context the layer adds nothing to the
+    query token, so no weight of the network can change a zero-shot prediction.
+    """
+    params = [p for _, p in model.named_parameters()]
+    dt = params[0].dtype
+    x, y = x.to(dt), y.to(dt)
+    rows = []
+    for i in range(len(x)):
+        with torch.enable_grad():
+            pred = model.predict(x[i:i + 1, None, :][:, :0], y[i:i + 1, None][:, :0], x[i:i + 1])
+            loss = 0.5 * ((pred.to(dt) - y[i]) ** 2).sum()
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+        rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(gs, params)]))
+    return torch.stack(rows).detach()
+
+
+def network_inner_products(objective: Any, cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y: Tensor) -> np.ndarray:
+    """``⟨∇_θ ℓ(p), ∇_θ ℓ(z)⟩`` over the network's weights, ``[M, K]`` — the course's
+    ``inner_product`` valuator run on :func:`regression_objective` (positive = helps)."""
+    from .valuators.gradient import InnerProduct
+
+    v = InnerProduct(objective=objective, grad_chunk=64, chunk_size=max(1, len(cand_x)))
+    with _quiet_vmap():
+        return v.score(list(_items(cand_x, cand_y)), list(_items(probe_x, probe_y))).values
+
+
+def output_kernel(objective: Any, xa: Tensor, xb: Tensor) -> np.ndarray:
+    """``⟨∇_θ f(x_a), ∇_θ f(x_b)⟩`` ``[A, B]`` (``objective`` built with ``output=True``): the
+    network's tangent kernel of zero-shot predictions. Since ``∇_θ ℓ(z) = (f(x_z) − y_z) ∇_θ f(x_z)``,
+    the network inner product is ``(f(x_z) − y_z)(f(x_p) − y_p) K(x_z, x_p)``; the implicit-weight
+    one at ``W₀ = 0`` is ``y_z y_p x_zᵀx_p`` — the linear kernel in place of ``K``."""
+    return (network_grads(objective, xa) @ network_grads(objective, xb).T).numpy()
+
+
+def one_step_referee(objective: Any, cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y: Tensor, lr: float, *,
+                     cand_grads: Tensor | None = None, chunk: int = 32) -> np.ndarray:
+    """The ground truth over network weights: ``Δ(z, p) = ℓ(p; θ) − ℓ(p; θ − lr ∇_θ ℓ(z; θ))``.
+
+    One plain SGD step on the demonstration's loss :func:`pair_loss` (from the model's
+    weights, restored for every candidate), then the change of each probe's loss; ``[M, K]``,
+    positive = the step on ``z`` helps ``p``. To first order in ``lr`` it equals
+    ``lr · ⟨∇_θ ℓ(p), ∇_θ ℓ(z)⟩`` (:func:`network_inner_products`). Vectorised: the ``M``
+    stepped weight vectors are evaluated with ``vmap`` over ``chunk`` candidates at a time.
+    ``cand_grads``: the candidates' gradients when already computed (:func:`network_grads`).
+    """
+    from torch.func import functional_call, vmap
+
+    if not (np.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr must be a number > 0, got {lr!r}.")
+    G = network_grads(objective, cand_x, cand_y) if cand_grads is None else cand_grads.to(torch.float64)
+    theta = objective.flat_params().to(torch.float64)
+    px, py = probe_x.to(theta.dtype), probe_y.to(theta.dtype)
+    zeros = torch.zeros(len(px), 1, dtype=theta.dtype)
+
+    def probe_losses(flat: Tensor) -> Tensor:
+        out = functional_call(objective.model, (objective.unflatten(flat), objective.frozen), (px[:, None, :], zeros))
+        return 0.5 * (out[:, 0] - py) ** 2
+
+    rows = []
+    with torch.no_grad(), _quiet_vmap():
+        base = probe_losses(theta)
+        for s in range(0, len(G), chunk):
+            rows.append(base[None] - vmap(probe_losses)(theta[None] - lr * G[s:s + chunk]))
+    return torch.cat(rows).numpy()
+
+
+def _domain_pools(kinds: tuple[str, ...], distances: tuple[float, ...], n_tasks: int, n_candidates: int, n_probes: int,
+                  d: int, x_dist: str, seed: int):
+    """Yield ``((kind, distance), task, cand_x, cand_y, probe_x, probe_y)``: the pools of
+    :func:`domain_agreement` (same seeds, so every function sees the same pairs)."""
+    from .theory import sample_x
+
     g = torch.Generator().manual_seed(int(seed))
     ws = torch.randn(n_tasks, d, generator=g, dtype=torch.float64)
     pxs = sample_x((n_tasks, n_probes), d, dist=x_dist, generator=g)
     for kind in kinds:
         grid = (0.0,) if kind == "in_domain" else tuple(x for x in distances if kind != "other_task" or x <= 2)
         for dist in grid:
-            icps, ips = [], []
             for t in range(n_tasks):
                 cx, cy = domain_candidates(kind, ws[t], n_candidates, dist, x_dist=x_dist, seed=seed * 7919 + 31 * t + 1)
-                py = pxs[t] @ ws[t]
-                icps.append(icp_matrix(predict, cx, cy, pxs[t], py))
-                ips.append(grad_inner_products(cx, cy, pxs[t], py))
-            out[(kind, float(dist))] = {"icp": np.concatenate(icps), "inner_product": np.concatenate(ips)}
-    return out
+                yield (kind, float(dist)), t, cx, cy, pxs[t], pxs[t] @ ws[t]
+
+
+@dataclass
+class WeightSpaceScores:
+    """Output of :func:`weight_space_scores`.
+
+    ``scores[(kind, distance)]`` holds ``[n_tasks·M, K]`` matrices ``icp``, ``implicit_ip``
+    (the linear model's inner product at ``W₀ = 0``), ``network_ip`` (over θ) and
+    ``one_step`` (the referee at ``lr``); ``sweep[factor]`` the in-domain referee at
+    ``factor · lr``; ``lr`` the step; ``n_parameters`` the size of θ.
+    """
+
+    scores: dict[tuple[str, float], dict[str, np.ndarray]]
+    lr: float
+    sweep: dict[float, np.ndarray]
+    n_parameters: int
+
+
+def weight_space_scores(model: RegressionTransformer, *, kinds: tuple[str, ...] = DOMAIN_KINDS,
+                        distance: float = 2.0, n_tasks: int = 10, n_candidates: int = 60, n_probes: int = 30,
+                        lr: float | None = None, lr_factors: tuple[float, ...] = (), params: Any = "all",
+                        seed: int = 0) -> WeightSpaceScores:
+    """ICP, the implicit-weight inner product, the network-weight inner product and the
+    one-step referee on the pools of :func:`domain_agreement` (Gaussian inputs, one
+    ``distance`` for the out-of-domain kinds), all in float64.
+
+    ``lr=None`` sets the referee's step so that its first-order prediction has ICP's size:
+    ``lr = median|ICP| / median|network IP|`` over the in-domain pairs (over all pairs when
+    ``in_domain`` is not among ``kinds``). ``lr_factors``: extra in-domain referee runs at
+    ``factor · lr``.
+    """
+    from .theory import grad_inner_products, icp_matrix
+
+    m64 = as_float64(model)
+    obj = regression_objective(m64, params)
+    acc: dict[tuple[str, float], dict[str, list]] = {}
+    for key, _t, cx, cy, px, py in _domain_pools(kinds, (float(distance),), n_tasks, n_candidates, n_probes,
+                                                 m64.cfg.d, "normal", seed):
+        a = acc.setdefault(key, {"icp": [], "implicit_ip": [], "network_ip": [], "grads": [], "probes": []})
+        with torch.no_grad():
+            a["icp"].append(icp_matrix(m64.predict, cx, cy, px, py))
+        a["implicit_ip"].append(grad_inner_products(cx, cy, px, py))
+        Gc, Gp = network_grads(obj, cx, cy), network_grads(obj, px, py)
+        a["network_ip"].append((Gc @ Gp.T).numpy())
+        a["grads"].append((cx, cy, Gc))
+        a["probes"].append((px, py))
+    cal = acc.get(("in_domain", 0.0)) or {k: sum((v[k] for v in acc.values()), []) for k in ("icp", "network_ip")}
+    if lr is None:
+        lr = float(np.median(np.abs(np.concatenate(cal["icp"]))) / np.median(np.abs(np.concatenate(cal["network_ip"]))))
+
+    def referee(a: dict, step: float) -> np.ndarray:
+        return np.concatenate([one_step_referee(obj, cx, cy, px, py, step, cand_grads=Gc)
+                               for (cx, cy, Gc), (px, py) in zip(a["grads"], a["probes"])])
+
+    scores = {key: {"icp": np.concatenate(a["icp"]), "implicit_ip": np.concatenate(a["implicit_ip"]),
+                    "network_ip": np.concatenate(a["network_ip"]), "one_step": referee(a, lr)} for key, a in acc.items()}
+    sweep = {}
+    if lr_factors and ("in_domain", 0.0) in acc:
+        sweep = {float(f): referee(acc[("in_domain", 0.0)], lr * f) for f in lr_factors}
+    return WeightSpaceScores(scores, float(lr), sweep, obj.dim)

@@ -84,7 +84,8 @@ def plot_matrix_comparison(learned: Mapping[str, np.ndarray], constructed: Mappi
     return fig
 
 
-def plot_icp_scatter(inner_product: Any, icp: Any, *, title: str = "", xlabel: str = "⟨∇ℓ(p), ∇ℓ(z)⟩ at W₀ = 0 (units of y²·x²)",
+def plot_icp_scatter(inner_product: Any, icp: Any, *, title: str = "",
+                     xlabel: str = "⟨∇_W ℓ(p), ∇_W ℓ(z)⟩ at W₀ = 0 (units of y²·x²)",
                      ax: Any = None, max_points: int = 5000, seed: int = 0):
     """ICP (``ℓ(p) − ℓ(p|z)``) against a gradient score, with Pearson and Spearman in the title."""
     from icp_influence.stats import pearson, spearman
@@ -117,7 +118,7 @@ def plot_agreement_vs_distance(curves: Mapping[str, tuple[Sequence[float], Seque
     if in_domain is not None:
         ax.axhline(in_domain, color="black", ls="--", lw=0.8, label=f"in-domain ({in_domain:.3f})")
     ax.set_xlabel("distance from the probe's domain (dimensionless: shift in std units)")
-    ax.set_ylabel("Spearman ρ(ICP, inner product)")
+    ax.set_ylabel("Spearman ρ(ICP, implicit-weight inner product)")
     ax.set_title("Agreement vs distance from the probe's domain")
     ax.legend(fontsize=8)
     return fig
@@ -146,4 +147,107 @@ def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], 
     ax.set_xlabel("implicit step size η/N (dimensionless)")
     ax.set_ylabel("1 − Pearson(ICP, inner product)")
     ax.set_title("The gap is the second-order term: it vanishes as η → 0")
+    return fig
+
+
+def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int = 10):
+    """From pairs to candidates (three panels), for ``[C, P]`` matrices ``icp`` (Δ) and ``ip``.
+
+    (1) mean Δ against mean IP; (2) win-rate (fraction of probes with Δ > 0) against mean IP,
+    coloured by the candidate's gradient norm ``‖∇_W ℓ(z)‖`` (which the mean sees and the
+    sign count does not); (3) the fraction of pairs whose sign flips (``(Δ > 0) ≠ (IP > 0)``)
+    in each ``|IP|`` decile. Spearman of each panel in its title.
+    """
+    import matplotlib.pyplot as plt
+    from icp_influence.stats import aggregate, spearman
+    from icp_influence.theory import sign_flips_by_magnitude
+
+    V, G = np.asarray(icp, float), np.asarray(ip, float)
+    m_ip, m_icp, w_icp = aggregate(G, "mean"), aggregate(V, "mean"), aggregate(V, "win_rate")
+    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.3))
+    ax = axes[0]
+    ax.scatter(m_ip, m_icp, s=6, alpha=0.5)
+    ax.set_xlabel("mean over probes of ⟨∇_W ℓ(p), ∇_W ℓ(z)⟩ (units of y²·x²)")
+    ax.set_ylabel("mean Δ over probes (units of y²)")
+    ax.set_title(f"mean Δ: Spearman {spearman(m_icp, m_ip):.3f}", fontsize=10)
+    ax = axes[1]
+    sc = ax.scatter(m_ip, w_icp, s=6, alpha=0.6, c=np.asarray(grad_norm, float), cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="‖∇_W ℓ(z)‖ at W₀ = 0 (units of y·x)")
+    ax.set_xlabel("mean over probes of ⟨∇_W ℓ(p), ∇_W ℓ(z)⟩ (units of y²·x²)")
+    ax.set_ylabel("win-rate: fraction of probes with Δ > 0")
+    ax.set_title(f"win-rate: Spearman {spearman(w_icp, m_ip):.3f} ({len(np.unique(w_icp))} distinct values)",
+                 fontsize=10)
+    ax = axes[2]
+    fl = sign_flips_by_magnitude(V, G, n_bins)
+    ax.bar(np.arange(1, n_bins + 1), 100 * fl["rate"], color="tab:red", alpha=0.7)
+    ax.set_xlabel(f"bin of |IP| ({n_bins} equal-count bins; 1 = closest to 0)")
+    ax.set_ylabel("pairs with sign(Δ) ≠ sign(IP) (%)")
+    ax.set_title(f"sign flips: {100 * float(fl['overall']):.1f}% of all pairs", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
+    """Spearman with intervals for each comparison, pair level (left) and candidate level (right).
+
+    ``rows``: dicts with ``label``, ``level`` (``"pair"`` / ``"candidate"``), ``domain``
+    (``"in-domain"`` / ``"out-of-domain"``), ``value``, ``lo``, ``hi``.
+    """
+    import matplotlib.pyplot as plt
+
+    levels = ["pair", "candidate"]
+    n_labels = max(len({r["label"] for r in rows if r["level"] == lv}) for lv in levels)
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 1.4 + 0.6 * max(3, n_labels)), sharex=True)
+    colors = {"in-domain": "tab:blue", "out-of-domain": "tab:orange"}
+    for ax, level in zip(axes, levels):
+        sub = [r for r in rows if r["level"] == level]
+        labels = list(dict.fromkeys(r["label"] for r in sub))
+        for r in sub:
+            y = labels.index(r["label"]) + (-0.15 if r["domain"] == "in-domain" else 0.15)
+            ax.errorbar([r["value"]], [y], xerr=[[r["value"] - r["lo"]], [r["hi"] - r["value"]]], fmt="o",
+                        color=colors.get(r["domain"], "grey"), capsize=3,
+                        label=r["domain"] if r["label"] == labels[0] else None)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.set_xlabel("Spearman ρ (dimensionless; 95% two-way bootstrap interval)")
+        ax.set_ylabel("comparison")
+        ax.set_title(f"{level} level" + (" (mean over probes)" if level == "candidate" else " (every (z, p) pair)"),
+                     fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_kernel_vs_linear(xdot: Any, kernel: Any, *, ax: Any = None, max_points: int = 4000, seed: int = 0):
+    """The network's tangent kernel ``⟨∇_θ f(x_z), ∇_θ f(x_p)⟩`` against the implicit-weight
+    kernel ``x_zᵀx_p`` (the inner products without their label factors)."""
+    from icp_influence.stats import pearson
+
+    x, y = np.asarray(xdot, float).ravel(), np.asarray(kernel, float).ravel()
+    fig, ax = _fig(ax=ax)
+    idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
+    ax.scatter(x[idx], y[idx], s=4, alpha=0.4)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("x_zᵀx_p: implicit-weight kernel (units of x²)")
+    ax.set_ylabel("⟨∇_θ f(x_z), ∇_θ f(x_p)⟩: network kernel (units of y²)")
+    ax.set_title(f"Pearson {pearson(x, y):.3f}; kernel > 0 on {100 * float((y > 0).mean()):.1f}% of pairs", fontsize=10)
+    return fig
+
+
+def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[float]], *, lr_used: float | None = None,
+                         ax: Any = None):
+    """Pair-level Spearman of the one-step referee with each score, against the SGD step size (log x)."""
+    fig, ax = _fig(ax=ax)
+    for label, rho in curves.items():
+        ax.plot(lrs, rho, marker="o", label=label)
+    if lr_used is not None:
+        ax.axvline(lr_used, color="grey", ls=":", label=f"η_θ used ({lr_used:.3g})")
+    ax.set_xscale("log")
+    ax.set_xlabel("SGD step size η_θ on θ (parameter² per unit of loss; log scale)")
+    ax.set_ylabel("Spearman ρ with the referee Δ_θ (in-domain pairs)")
+    ax.set_title("What one training step on z agrees with", fontsize=10)
+    ax.legend(fontsize=8)
     return fig

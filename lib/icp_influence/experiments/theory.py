@@ -61,14 +61,21 @@ def icp_sizes(smoke: bool) -> dict[str, int]:
     }
 
 
+def linear_pools(*, n_tasks: int, n_candidates: int, n_probes: int, d: int = 10, seed: int = 0) -> list[Any]:
+    """The ``n_tasks`` in-domain pools (von Oswald inputs) that :func:`linear_icp_scores` scores."""
+    from ..theory import sample_pool
+
+    return [sample_pool(n_candidates, n_probes, d, seed=seed * 100_003 + t) for t in range(n_tasks)]
+
+
 def linear_icp_scores(predict: Any, *, n_tasks: int, n_candidates: int, n_probes: int, d: int = 10,
                       step: float | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """ICP / inner product / influence (/ second-order) matrices over ``n_tasks`` in-domain
-    pools (von Oswald inputs), rows of all tasks stacked: ``[n_tasks·M, K]``."""
-    from ..theory import icp_vs_gradients, sample_pool
+    """ICP / inner product / Newton-preconditioned inner product (key ``influence``) (/ second-order)
+    matrices over the pools of :func:`linear_pools`, rows of all tasks stacked: ``[n_tasks·M, K]``."""
+    from ..theory import icp_vs_gradients
 
-    parts = [icp_vs_gradients(predict, sample_pool(n_candidates, n_probes, d, seed=seed * 100_003 + t), step=step)
-             for t in range(n_tasks)]
+    parts = [icp_vs_gradients(predict, pool, step=step)
+             for pool in linear_pools(n_tasks=n_tasks, n_candidates=n_candidates, n_probes=n_probes, d=d, seed=seed)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
