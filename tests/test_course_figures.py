@@ -1,0 +1,97 @@
+"""The explanatory diagrams (token layout of ICP, LSA as one GD step) and the token plots:
+their text and labels say what the notebooks claim, whitespace tokens are visible."""
+from __future__ import annotations
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from icp_course.plots.diagrams import (figure_texts, layout_segments, plot_icp_layout, plot_icp_layout_for,  # noqa: E402
+                                       plot_lsa_gd_diagram)
+from icp_course.plots.tokens import decode_tokens, visible_token, visible_tokens  # noqa: E402
+
+
+def test_visible_token_shows_whitespace():
+    assert visible_token(" Paris") == "␣Paris"
+    assert visible_token("\n\n") == "↵↵" and visible_token("\t") == "⇥" and visible_token("") == "∅"
+    assert visible_tokens(["a", " b"]) == ["a", "␣b"]
+
+
+def test_icp_layout_diagram_labels_segments_scoring_and_baseline():
+    with_demo = {"prefix": ["<s>", "These", "␣examples", "␣may", "␣be", "␣helpful", "↵", "Input", ":"],
+                 "query": ["Instruction", ":", "␣Add"], "answer": ["␣4", "2"]}
+    zero = {"prefix": ["<s>"], "query": with_demo["query"], "answer": with_demo["answer"]}
+    fig = plot_icp_layout(with_demo, zero, max_per_segment=6)
+    texts = figure_texts(fig)
+    joined = "\n".join(texts)
+    for needle in ("demonstration z\n(context: not scored)", "query x_p\n(context: not scored)", "answer y_p\n(scored)",
+                   "with demonstration\nll(p | z)", "zero-shot baseline\nll(p)", "no demonstration",
+                   "ll(p | z) = Σ_t log p(y_t | z, x_p, y_<t)", "ll(p) = Σ_t log p(y_t | x_p, y_<t)",
+                   "Δ(z, p) = ll(p | z) − ll(p)", "answer token (scored)", "␣ = space"):
+        assert needle in joined, needle
+    assert "…+4…" in texts                       # 9 prefix tokens shown as 6 boxes: 4 first, a gap, the last
+    assert texts.count("␣4") == 2                 # the answer appears in both rows
+    plt.close(fig)
+
+
+def test_icp_layout_for_real_tokens():
+    from icp_influence.encoding import encode_pair
+    from icp_influence.models import load_model
+    from icp_influence.synthetic import make_synthetic_pool
+
+    _, tok = load_model("tiny-gpt-neox", device="cpu")
+    pool = make_synthetic_pool(3, seed=0)
+    enc = encode_pair(tok, pool[1], pool[0])
+    seg = layout_segments(tok, enc)
+    assert [len(seg[k]) for k in ("prefix", "query", "answer")] == [len(enc.prefix_ids), len(enc.query_ids),
+                                                                      len(enc.answer_ids)]
+    assert seg["answer"] == decode_tokens(tok, enc.answer_ids) and not any(" " in t for t in seg["answer"])
+    fig = plot_icp_layout_for(tok, pool[1], pool[0])
+    assert "answer y_p\n(scored)" in figure_texts(fig)
+    plt.close(fig)
+
+
+def test_lsa_diagram_shows_the_construction_update_and_prediction():
+    fig = plot_lsa_gd_diagram(n_context=3)
+    texts = figure_texts(fig)
+    joined = "\n".join(texts)
+    for needle in ("$W_K = W_Q$", "$W_V$", "$P = I$", "$-\\eta$", "$I_d$", "keep the x-block",
+                   "$(W_K e_i)^\\top (W_Q e_q) = x_i^\\top x_q$", "takes y", "$W_V e_i = (0,\\ -\\eta\\, y_i)$",
+                   "$\\Delta W = ", "-(W_1 - W_0)", "$W_1 = W_0 - \\eta \\nabla L(W_0)$",
+                   "$\\hat{y} = -[e_q]_y", "= W_1 x_q$", "tokens $e_i = (x_i, y_i)$, query $e_q = (x_q, 0)$",
+                   "x-block", "y row"):
+        assert needle in joined, needle
+    assert [t for t in texts if re.fullmatch(r"\$e_(\{\d+\}|q)\$", t)] == ["$e_{1}$", "$e_{2}$", "$e_{3}$", "$e_q$"]
+    assert texts.count("$0$") >= 1 and "$x_q$" in texts   # the query token is (x_q, 0)
+    plt.close(fig)
+
+
+def test_token_plots_show_whitespace_visibly():
+    from icp_course.plots.icp import plot_token_view
+    from icp_course.plots.start import plot_token_logprobs
+
+    comp = {"tokens": [" 4", "\n", "2"], "zero_shot": np.array([-2.0, -1.0, -0.5]),
+            "with_demo": np.array([-1.0, -0.8, -0.4]), "ll_zero_shot": -3.5, "ll_with_demo": -2.2, "delta": 1.3}
+    fig = plot_token_logprobs(comp)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
+    assert "␣" in fig.axes[0].get_xlabel()
+    plt.close(fig)
+    fig = plot_token_view(comp["tokens"], comp["with_demo"], comp["zero_shot"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
+    plt.close(fig)
+
+
+def test_reliability_curves_plot():
+    from icp_course.plots.icp import plot_reliability_curves
+
+    fig = plot_reliability_curves({"mean Δ": {"k": [1, 2, 3], "reliability": [0.2, 0.4, 0.55]},
+                                   "win-rate": {"k": [1, 2, 3], "reliability": [float("nan"), 0.1, 0.3]}}, n_probes=6)
+    ax = fig.axes[0]
+    assert "probes per score k" in ax.get_xlabel() and "reliability" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean Δ", "win-rate", "target 0.8"]
+    plt.close(fig)
