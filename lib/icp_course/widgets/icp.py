@@ -224,7 +224,7 @@ def reliability_explorer(cache: PairCache, *, n_probes: int | None = None, aggre
         "aggregation": W.ToggleButtons(options=list(AGGREGATIONS), value=aggregation, description="aggregation",
                                        style={"button_width": "95px"}),
         "baseline": W.ToggleButtons(options=baselines, value=baseline, description="baseline",
-                                    style={"button_width": "160px"}),
+                                    style={"button_width": "190px"}),
     }
     out, status = W.Output(), W.HTML()
 
