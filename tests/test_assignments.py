@@ -4,7 +4,6 @@ autograded to full marks, one wrong answer losing exactly its exercise's points.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from icp_course import assignments as A
 from icp_course.colab import BADGE_RE
-from icp_course.nbrun import list_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"

@@ -9,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 from icp_course.plots.diagrams import (figure_texts, layout_segments, plot_icp_layout, plot_icp_layout_for,  # noqa: E402
                                        plot_lsa_gd_diagram)

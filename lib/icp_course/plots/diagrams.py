@@ -13,7 +13,7 @@ Both return the ``matplotlib`` Figure; the tests read their text back
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .tokens import decode_tokens
 
