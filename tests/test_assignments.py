@@ -257,3 +257,11 @@ def test_release_then_autograde_full_marks_and_one_wrong_answer(tmp_path, capsys
     n01 = sum(s.max_score for s in bob)
     assert lines[-1].split() == ["total", f"{sum(s.max_score for s in alice):g}/{sum(s.max_score for s in alice):g}",
                                  f"{n01 - 2:g}/{n01:g}", f"0/{n01:g}"], table
+
+
+def test_grade_command_explains_a_missing_or_empty_folder(tmp_path, capsys):
+    assert A.main(["grade", str(tmp_path / "nope"), "--course-dir", str(tmp_path / "course")]) == 2
+    assert "expected <student>/<assignment>/<notebook>.ipynb" in capsys.readouterr().err
+    (tmp_path / "empty" / "alice").mkdir(parents=True)
+    assert A.main(["grade", str(tmp_path / "empty"), "--course-dir", str(tmp_path / "course")]) == 2
+    assert "No notebooks in" in capsys.readouterr().err

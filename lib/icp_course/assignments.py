@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(score_table(scores))
-    print(f"autograded notebooks (with feedback cells) in {Path(args.course_dir) / 'autograded'}")
+    print(f"autograded notebooks (each failing test's message under its cell): {Path(args.course_dir) / 'autograded'}")
     return 0
 
 
