@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-done
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: help setup browser lab notebooks test unit bench site student clean
+.PHONY: help setup browser lab notebooks test unit bench site release grade notes clean
 
 help:
 	@echo "make lab        set up, then open the course in JupyterLab"
@@ -18,7 +18,9 @@ help:
 	@echo "make notebooks  execute every notebook headless into build/ (ICP_SMOKE=1 honoured)"
 	@echo "make bench      run the benchmarks"
 	@echo "make site       static HTML site of the executed notebooks in build/site/"
-	@echo "make student    regenerate the student copies (solutions cleared) in notebooks/student/"
+	@echo "make release    nbgrader: student versions of the notebooks (solutions, hidden tests removed) in build/release/"
+	@echo "make grade SUBMISSIONS=folder   autograde folder/<student>/<assignment>/*.ipynb; print the score table"
+	@echo "make notes      refresh the per-notebook table of docs/instructor_notes.md"
 
 # The environment: a .venv with the pinned torch/torchvision pair, both packages (editable)
 # with the course and dev extras, and the embedded model fetched and cached once.
@@ -63,11 +65,20 @@ bench: setup
 site: setup
 	ICP_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m icp_course.site --out build/site --executed build/notebooks-smoke
 
-# Student copies of the notebooks (solution cells cleared) in notebooks/student/, and the
-# per-notebook table of docs/instructor_notes.md (goals, estimates, measured compute times).
-student: setup
-	$(PY) -m icp_course.classroom student
-	$(PY) -m icp_course.classroom notes
+# nbgrader: the course directory build/nbgrader/ is made by code (config + source/<assignment>/), then
+# `nbgrader generate_assignment` strips solutions and hidden tests; students get build/release/<assignment>/.
+release: setup
+	$(PY) -m icp_course.assignments release --out build/release
+
+# Autograde a folder of submissions in nbgrader's layout, <student>/<assignment>/<notebook>.ipynb (smoke mode;
+# FULL=1 for default sizes), and print a score table: one row per exercise, one column per student.
+grade: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=folder   (folder/<student>/<assignment>/<notebook>.ipynb)"; exit 2; }
+	$(PY) -m icp_course.assignments grade "$(SUBMISSIONS)" $(if $(FULL),--full,)
+
+# The per-notebook table of docs/instructor_notes.md (goals, estimates, measured compute times).
+notes: setup
+	$(PY) -m icp_course.instructor_notes
 
 clean:
 	rm -rf build .pytest_cache

@@ -1,114 +1,96 @@
-"""Course figures and tables: labelled axes, legends off the data, readable numbers."""
+"""The explanatory diagrams (token layout of ICP, LSA as one GD step) and the token plots:
+their text and labels say what the notebooks claim, whitespace tokens are visible."""
 from __future__ import annotations
+
+import re
 
 import matplotlib
 
 matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
-from icp_course import style  # noqa: E402
-from icp_course.plots import agreement as PA  # noqa: E402
-from icp_course.plots import finetune as PF  # noqa: E402
-from icp_course.tables import fmt, fmt_ci, frame  # noqa: E402
+from icp_course.plots.diagrams import (figure_texts, layout_segments, plot_icp_layout, plot_icp_layout_for,  # noqa: E402
+                                       plot_lsa_gd_diagram)
+from icp_course.plots.tokens import decode_tokens, visible_token, visible_tokens  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _close():
-    style.use()
-    yield
-    plt.close("all")
+def test_visible_token_shows_whitespace():
+    assert visible_token(" Paris") == "␣Paris"
+    assert visible_token("\n\n") == "↵↵" and visible_token("\t") == "⇥" and visible_token("") == "∅"
+    assert visible_tokens(["a", " b"]) == ["a", "␣b"]
 
 
-def _legend_outside(ax):
-    leg = ax.get_legend()
-    if leg is None:
-        return True
-    fig = ax.figure
-    fig.canvas.draw()
-    lb = leg.get_window_extent()
-    ab = ax.get_window_extent()
-    return lb.x0 >= ab.x1 - 1 or lb.y0 >= ab.y1 - 1 or lb.x1 <= ab.x0 + 1
+def test_icp_layout_diagram_labels_segments_scoring_and_baseline():
+    with_demo = {"prefix": ["<s>", "These", "␣examples", "␣may", "␣be", "␣helpful", "↵", "Input", ":"],
+                 "query": ["Instruction", ":", "␣Add"], "answer": ["␣4", "2"]}
+    zero = {"prefix": ["<s>"], "query": with_demo["query"], "answer": with_demo["answer"]}
+    fig = plot_icp_layout(with_demo, zero, max_per_segment=6)
+    texts = figure_texts(fig)
+    joined = "\n".join(texts)
+    for needle in ("demonstration z\n(context: not scored)", "query x_p\n(context: not scored)", "answer y_p\n(scored)",
+                   "with demonstration\nll(p | z)", "zero-shot baseline\nll(p)", "no demonstration",
+                   "ll(p | z) = Σ_t log p(y_t | z, x_p, y_<t)", "ll(p) = Σ_t log p(y_t | x_p, y_<t)",
+                   "Δ(z, p) = ll(p | z) − ll(p)", "answer token (scored)", "␣ = space"):
+        assert needle in joined, needle
+    assert "…+4…" in texts                       # 9 prefix tokens shown as 6 boxes: 4 first, a gap, the last
+    assert texts.count("␣4") == 2                 # the answer appears in both rows
+    plt.close(fig)
 
 
-def test_reliability_and_forest_figures():
-    rel = {"icp_mean_delta": {"value": 0.93, "ci": [0.9, 0.95]}, "ip": {"value": 0.8, "ci": [0.7, 0.86]}}
-    fig = PA.reliability_bars(rel)
+def test_icp_layout_for_real_tokens():
+    from icp_influence.encoding import encode_pair
+    from icp_influence.models import load_model
+    from icp_influence.synthetic import make_synthetic_pool
+
+    _, tok = load_model("tiny-gpt-neox", device="cpu")
+    pool = make_synthetic_pool(3, seed=0)
+    enc = encode_pair(tok, pool[1], pool[0])
+    seg = layout_segments(tok, enc)
+    assert [len(seg[k]) for k in ("prefix", "query", "answer")] == [len(enc.prefix_ids), len(enc.query_ids),
+                                                                      len(enc.answer_ids)]
+    assert seg["answer"] == decode_tokens(tok, enc.answer_ids) and not any(" " in t for t in seg["answer"])
+    fig = plot_icp_layout_for(tok, pool[1], pool[0])
+    assert "answer y_p\n(scored)" in figure_texts(fig)
+    plt.close(fig)
+
+
+def test_lsa_diagram_shows_the_construction_update_and_prediction():
+    fig = plot_lsa_gd_diagram(n_context=3)
+    texts = figure_texts(fig)
+    joined = "\n".join(texts)
+    for needle in ("$W_K = W_Q$", "$W_V$", "$P = I$", "$-\\eta$", "$I_d$", "keep the x-block",
+                   "$(W_K e_i)^\\top (W_Q e_q) = x_i^\\top x_q$", "takes y", "$W_V e_i = (0,\\ -\\eta\\, y_i)$",
+                   "$\\Delta W = ", "-(W_1 - W_0)", "$W_1 = W_0 - \\eta \\nabla L(W_0)$",
+                   "$\\hat{y} = -[e_q]_y", "= W_1 x_q$", "tokens $e_i = (x_i, y_i)$, query $e_q = (x_q, 0)$",
+                   "x-block", "y row"):
+        assert needle in joined, needle
+    assert [t for t in texts if re.fullmatch(r"\$e_(\{\d+\}|q)\$", t)] == ["$e_{1}$", "$e_{2}$", "$e_{3}$", "$e_q$"]
+    assert texts.count("$0$") >= 1 and "$x_q$" in texts   # the query token is (x_q, 0)
+    plt.close(fig)
+
+
+def test_token_plots_show_whitespace_visibly():
+    from icp_course.plots.icp import plot_token_view
+    from icp_course.plots.start import plot_token_logprobs
+
+    comp = {"tokens": [" 4", "\n", "2"], "zero_shot": np.array([-2.0, -1.0, -0.5]),
+            "with_demo": np.array([-1.0, -0.8, -0.4]), "ll_zero_shot": -3.5, "ll_with_demo": -2.2, "delta": 1.3}
+    fig = plot_token_logprobs(comp)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
+    assert "␣" in fig.axes[0].get_xlabel()
+    plt.close(fig)
+    fig = plot_token_view(comp["tokens"], comp["with_demo"], comp["zero_shot"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
+    plt.close(fig)
+
+
+def test_reliability_curves_plot():
+    from icp_course.plots.icp import plot_reliability_curves
+
+    fig = plot_reliability_curves({"mean Δ": {"k": [1, 2, 3], "reliability": [0.2, 0.4, 0.55]},
+                                   "win-rate": {"k": [1, 2, 3], "reliability": [float("nan"), 0.1, 0.3]}}, n_probes=6)
     ax = fig.axes[0]
-    assert "reliability" in ax.get_xlabel() and [t.get_text() for t in ax.get_yticklabels()] == ["ICP mean Δ", "inner product"]
-    fig = PA.reliability_curves({"ip": {"k": [1, 2, 4], "reliability": [0.2, 0.35, 0.5]}}, full={"ip": 0.8}, n_probes=8)
-    ax = fig.axes[0]
-    assert "number of probes" in ax.get_xlabel() and "reliability" in ax.get_ylabel() and _legend_outside(ax)
-    rows = [{"name": "reference", "group": "reference", "spearman": 0.7, "ci": [0.6, 0.8], "disattenuated": 0.8},
-            {"name": "win-rate", "group": "aggregation", "spearman": 0.5, "ci": [0.3, 0.6], "disattenuated": None}]
-    fig = PA.forest(rows)
-    ax = fig.axes[0]
-    assert "Spearman" in ax.get_xlabel() and [t.get_text() for t in ax.get_yticklabels()] == ["reference", "win-rate"]
-
-
-def test_joint_heatmap_noise_and_first_order():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=50)
-    fig = PA.rank_joint(a, a + rng.normal(size=50), name_a="ICP", name_b="IP", highlight=np.arange(50) < 5)
-    assert "ICP" in fig.axes[0].get_xlabel() and "IP" in fig.axes[0].get_ylabel()
-    fig = PA.noise_auc({"ip": {"any": 0.6, "truncate": 0.9}, "icp_mean_delta": {"any": 0.5, "truncate": 0.4}})
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "corruption kind" and "0.90" in [t.get_text() for t in ax.texts]
-    fig = PA.first_order_scatter(np.arange(10.0), 0.01 * np.arange(10.0), 0.01)
-    assert "Spearman 1.0000" in fig.axes[0].get_title()
-    fig = PA.within_category([{"category": c, "spearman": s} for c, s in (("a", 0.2), ("b", -0.1), ("a", 0.5))])
-    assert "category" in fig.axes[0].get_xlabel()
-
-
-def test_finetune_figures():
-    arms = {"16": {"x": {"mean": -1.0, "ci": [-1.1, -0.9]}, "y": {"mean": -1.2, "ci": [-1.3, -1.1]}},
-            "32": {"x": {"mean": -0.9, "ci": [-1.0, -0.8]}, "y": {"mean": -1.1, "ci": [-1.2, -1.0]}}}
-    fig = PF.budget_curves(arms, base=-1.3)
-    ax = fig.axes[0]
-    assert "budget" in ax.get_xlabel() and "nats" in ax.get_ylabel() and _legend_outside(ax)
-    rows = [{"a": "x", "b": "y", "budget": 16, "diff": 0.2, "ci": [0.1, 0.3], "verdict": "different"},
-            {"a": "x", "b": "y", "budget": 32, "diff": 0.01, "ci": [-0.02, 0.03], "verdict": "equivalent"}]
-    fig = PF.paired_differences(rows, margin=0.05)
-    ax = fig.axes[0]
-    assert "different" in ax.get_yticklabels()[0].get_text() and _legend_outside(ax)
-
-
-def test_palette_tokens_and_tables():
-    assert len(set(map(tuple, style.palette(14)))) == 14 and len(set(map(tuple, style.palette(26)))) == 26
-    assert style.visible_token(" the\n") == "␣the↵"
-    assert fmt(0.123456) == "0.123" and fmt(float("nan")) == "–" and fmt(None) == "–"
-    assert fmt_ci(0.7123, [0.65, 0.77]) == "0.712 [0.650, 0.770]"
-    df = frame({"ip": {"value": 0.81234, "ci": [0.7, 0.9], "n": 3}}, index="valuator")
-    assert df.loc["ip", "value"] == "0.812 [0.700, 0.900]" and df.loc["ip", "n"] == 3
-
-
-def test_measurement_explorer_recomputes_from_the_matrices():
-    from icp_influence import stats as S
-    from icp_influence.scores import ScoreMatrix
-    from icp_course.widgets.agreement import measure, measurement_explorer
-
-    rng = np.random.default_rng(3)
-    C, P = 60, 16
-    s = rng.normal(size=C)
-    ids, pids = [f"c{i}" for i in range(C)], [f"p{j}" for j in range(P)]
-    icp = ScoreMatrix(s[:, None] + rng.normal(size=(C, P)), ids, pids, {"method": "icp", "n_answer_tokens": [10] * P})
-    neutral = ScoreMatrix(rng.normal(size=(1, P)), ["neutral"], pids, {"method": "icp"})
-    ip = ScoreMatrix(s[:, None] + rng.normal(size=(C, P)), ids, pids, {"method": "inner_product"})
-    mats = {"icp": icp, "icp_neutral": neutral, "ip": ip}
-    r = measure(mats, n_probes=16, aggregation="mean Δ", n_boot=50)
-    ref = S.agreement(icp.values, ip.values, "mean", "mean", n_boot=50, boot_splits=4, n_splits=50)
-    assert r["spearman"] == pytest.approx(ref.spearman) and r["rel_icp"] == pytest.approx(ref.rel_a)
-    # a per-probe baseline shifts every candidate's mean equally: the mean's ranking cannot change ...
-    rn = measure(mats, n_probes=16, aggregation="mean Δ", baseline="neutral demonstration", n_boot=50)
-    assert rn["spearman"] == pytest.approx(r["spearman"])
-    # ... but the win-rate's can
-    w0 = measure(mats, n_probes=16, aggregation="win-rate", n_boot=50)
-    w1 = measure(mats, n_probes=16, aggregation="win-rate", baseline="neutral demonstration", n_boot=50)
-    assert w0["spearman"] != pytest.approx(w1["spearman"])
-    # fewer probes: a less reliable ICP score
-    assert measure(mats, n_probes=4, n_boot=50)["rel_icp"] < r["rel_icp"]
-    box = measurement_explorer(mats, n_boot=50)
-    out = box.update(n_probes=8, aggregation="win-rate")
-    assert out["n_probes"] == 8 and "8 probes" in box.children[2].value and "win-rate" in box.children[2].value
+    assert "probes per score k" in ax.get_xlabel() and "reliability" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean Δ", "win-rate", "target 0.8"]
+    plt.close(fig)

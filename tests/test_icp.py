@@ -223,20 +223,3 @@ def test_token_explorer_recomputes(tiny, pool):
     assert abs(res["delta"] - ref.total_delta) < 1e-12
     res2 = update(candidate=cands[0].id)
     assert res2["delta"] != res["delta"]
-
-
-def test_nb04_exercise_solutions(tiny, pool):
-    from icp_course.exercises import check, solution
-
-    model, tok = tiny("tiny-gpt-neox")
-    lm = loglik_matrix(model, tok, pool[:4], pool[14:19])
-    assert check("04.win_rate_by_hand", (lm.ll - lm.baseline > 0).mean(1), lm=lm)
-    with pytest.raises(AssertionError):
-        check("04.win_rate_by_hand", (lm.ll - lm.baseline >= -1e9).mean(1), lm=lm)
-    sm = lm.to_score_matrix("per_token")
-    assert check("04.best_by_per_token", sm.candidate_ids[int(np.argmax(sm.aggregate()))], lm=lm)
-    # the forward-pass count formula matches what the scorer really does
-    sc = IcpScorer(model, tok, pool[14:21], batch_size=3)
-    sc.loglik(pool[:4]); _ = sc.baseline
-    cached, naive = solution("04.forward_passes", n_candidates=4, n_probes=7, batch_size=3)
-    assert cached == sc.counter.total and naive == 4 * 7 + 7

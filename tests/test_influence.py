@@ -383,16 +383,3 @@ def test_widget_and_plots_recompute():
     assert "LOO" in ax.get_xlabel() and "nats" in ax.get_ylabel() and "Pearson" in ax.get_title()
     fig2 = sweep_plot([0.01, 0.1], {"r": [0.9, 0.8]}, xlabel="damping λ", ylabel="Pearson r")
     assert fig2.axes[0].get_xlabel() == "damping λ"
-
-
-def test_exercise_solutions_match_library():
-    from icp_course.exercises import solution
-
-    small = logreg_lab(30, 3, n_probes=2, l2=0.01, seed=1)
-    H = small.obj.hessian(small.train).numpy()
-    np.testing.assert_allclose(solution("03.logreg_hessian", X=small.X, theta=small.theta), H, rtol=1e-8)
-    exact = lab_scores(small.obj, small.train, small.train, small.probes, "exact", damping=0.01)
-    one = solution("03.influence_one_pair", X=small.X, y=small.y, theta=small.theta, l2=0.01, x_p=small.Xp[1], y_p=small.yp[1], i=3)
-    assert one == pytest.approx(exact[3, 1], rel=1e-8)
-    self_inf = np.diag(lab_scores(small.obj, small.train, small.train, small.train, "exact", damping=0.01))
-    assert solution("03.most_self_influential", X=small.X, y=small.y, theta=small.theta, l2=0.01) == int(np.argmax(self_inf))

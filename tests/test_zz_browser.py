@@ -2,8 +2,10 @@
 
 One JupyterLab server (127.0.0.1, free port, random token, ICP_SMOKE=1, HF_HUB_OFFLINE=1)
 and one browser serve all notebooks. For each: Run All Cells, no error output and no
-"Error displaying widget", move the first control of the first ``.icp-explorer`` and see
-its output change, save ``build/screenshots/<notebook>.png``, shut the kernel down.
+"Error displaying widget"; for every ``.icp-explorer``, move its first control (every control
+of an explorer marked ``icp-explorer-each-control``; text boxes are typed into) and see its
+output change; save ``build/screenshots/<notebook>.png`` (first explorer) and
+``<notebook>-explorer<N>.png`` (the N-th); shut the kernel down.
 
 Named ``test_zz_*`` so it runs after ``test_notebooks.py``. Without chromium or Python
 playwright the tests skip, except under ``CI=true``, where they fail.
@@ -96,6 +98,14 @@ def test_notebook_in_jupyterlab(lab, path):
     assert res.ok, res.report()
     assert res.control, "a control of the explorer was moved"
     assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot at {shot}"
+    assert res.controls and all(c.endswith("output changed") for c in res.controls), res.controls
+    assert all(Path(p).exists() for p in res.screenshots), res.screenshots
+    if path.name.startswith("04_"):
+        # the token explorer, then probes / aggregation / baseline of the reliability explorer, then a typed demonstration
+        assert len(res.screenshots) == 3, res.screenshots
+        kinds = [c.split(": ", 2)[1] for c in res.controls]
+        assert kinds == ["dropdown", "slider", "toggle buttons", "toggle buttons", "text box"], res.controls
+    print(res.report())
 
 
 def _write_nb(path: Path, cells: list[str]) -> Path:
@@ -129,6 +139,30 @@ def test_checker_passes_a_good_notebook_with_a_warning_and_a_slider(lab):
     _TIMES["(self-test) good.ipynb"] = res.seconds
     assert res.ok, res.report()
     assert res.control.startswith("slider: 3 -> 4"), res.control
+
+
+_TEXT_EXPLORER = '''import ipywidgets as W
+from IPython.display import display
+text = W.Text(value="abc", description="word", continuous_update=False)
+shown = W.HTML()
+def _show(*_):
+    shown.value = f"reversed: {text.value[::-1]}"
+text.observe(_show, names="value")
+_show()
+text_box = W.VBox([text, shown])
+text_box.add_class("icp-explorer")
+display(text_box)'''
+
+
+def test_checker_moves_every_explorer_and_types_into_text_boxes(lab):
+    """Two explorers: both are moved (the second one by typing); a screenshot for each."""
+    path = _write_nb(SELFTEST / "two.ipynb", [_EXPLORER, _TEXT_EXPLORER])
+    shot = SELFTEST / "two.png"
+    res = _check(lab, path, shot)
+    _TIMES["(self-test) two.ipynb"] = res.seconds
+    assert res.ok, res.report()
+    assert [c.split(": ", 2)[1] for c in res.controls] == ["slider", "text box"], res.controls
+    assert res.screenshots == [str(shot), str(SELFTEST / "two-explorer2.png")]
 
 
 def test_checker_reports_a_failing_cell(lab):

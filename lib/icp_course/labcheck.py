@@ -5,9 +5,12 @@ Used by ``tests/test_zz_browser.py``; also runnable by hand::
     python -m icp_course.labcheck notebooks/00_start_here.ipynb [...] --screenshots build/screenshots
 
 For each notebook: open it in JupyterLab, wait for the kernel, *Run All Cells*, wait until
-every cell ran, fail on error outputs or "Error displaying widget", move the first control
-(slider or dropdown) of the first ``.icp-explorer`` widget and wait until the output it
-drives changes, then save a screenshot and shut the kernel down.
+every cell ran, fail on error outputs or "Error displaying widget"; then, for **every**
+``.icp-explorer`` widget, move its first control (slider, dropdown, toggle buttons, radio
+buttons, checkbox, or type into a text box) — or each of its controls when the explorer also
+has the class ``icp-explorer-each-control`` — and wait until the output it drives changes,
+save a screenshot per explorer (``<notebook>.png`` for the first, ``<notebook>-explorer<N>.png``
+for the N-th) and shut the kernel down.
 
 The server runs on 127.0.0.1 with a free port and a random token, with a throw-away
 settings directory: news and update checks off, autosave off (the committed notebooks are
@@ -187,6 +190,8 @@ class NotebookCheck:
     widget_seconds: float = 0.0
     control: str = ""
     screenshot: str | None = None
+    controls: list[str] = field(default_factory=list)     # "explorer N: <control moved> → output changed"
+    screenshots: list[str] = field(default_factory=list)  # one per explorer
     problems: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
 
@@ -197,7 +202,7 @@ class NotebookCheck:
     def report(self) -> str:
         head = (f"{self.name}: {'ok' if self.ok else 'FAILED'} in {self.seconds:.1f} s "
                 f"(run all {self.run_seconds:.1f} s, widget {self.widget_seconds:.1f} s, control {self.control or '-'})")
-        lines = [head] + [f"  - {p}" for p in self.problems]
+        lines = [head] + [f"  · {c}" for c in self.controls] + [f"  - {p}" for p in self.problems]
         if self.problems and self.console_errors:
             lines.append("  browser console errors: " + " | ".join(self.console_errors[-5:]))
         return "\n".join(lines)
@@ -219,14 +224,21 @@ _JS_SIGNATURE = """(root) => {
     return parts.join('\\n');
 }"""
 
-_JS_FIRST_CONTROL = """(root) => {
-    const sel = '.widget-slider, .widget-dropdown, .widget-toggle-buttons, .widget-radio, .widget-checkbox';
-    const el = root.querySelector(sel);
-    if (!el) return null;
-    for (const k of ['widget-slider', 'widget-dropdown', 'widget-toggle-buttons', 'widget-radio', 'widget-checkbox'])
-        if (el.classList.contains(k)) { el.setAttribute('data-icp-control', '1'); return k; }
-    return null;
-}"""
+# Every control of an explorer, in document order: marks each with data-icp-control="<index>"
+# and returns their kinds.
+_CONTROL_KINDS = ['widget-slider', 'widget-dropdown', 'widget-toggle-buttons', 'widget-radio', 'widget-checkbox',
+                  'widget-text', 'widget-textarea']
+_JS_CONTROLS = """(root) => {
+    const kinds = %s;
+    const out = [];
+    root.querySelectorAll(kinds.map(k => '.' + k).join(', ')).forEach(el => {
+        const kind = kinds.find(k => el.classList.contains(k));
+        if (!kind) return;
+        el.setAttribute('data-icp-control', String(out.length));
+        out.push(kind);
+    });
+    return out;
+}""" % json.dumps(_CONTROL_KINDS)
 
 
 def _wait(predicate, timeout: float, interval: float = 0.5):
@@ -264,8 +276,8 @@ def _error_outputs(page) -> list[str]:
     return found
 
 
-def _move_control(page, explorer, kind: str) -> str:
-    ctl = explorer.locator("[data-icp-control='1']").first
+def _move_control(page, explorer, kind: str, index: int = 0) -> str:
+    ctl = explorer.locator(f"[data-icp-control='{index}']").first
     if kind == "widget-dropdown":
         select = ctl.locator("select").first
         n = select.locator("option").count()
@@ -301,6 +313,13 @@ def _move_control(page, explorer, kind: str) -> str:
     if kind == "widget-checkbox":
         ctl.locator("input").first.click()
         return "checkbox: toggled"
+    if kind in ("widget-text", "widget-textarea"):
+        box = ctl.locator("textarea" if kind == "widget-textarea" else "input").first
+        before = box.input_value()
+        after = (before + " again") if before else "a new text"
+        box.fill(after)
+        box.press("Tab" if kind == "widget-textarea" else "Enter")  # continuous_update=False: syncs on Enter / blur
+        return f"text box: {before!r} -> {after!r}"
     raise AssertionError(f"unsupported control {kind}")
 
 
@@ -393,36 +412,60 @@ def _check(page, server, rel, res, screenshot, run_timeout, widget_timeout) -> N
             page.screenshot(path=str(screenshot))
             res.screenshot = str(screenshot)
         return
-    # The explorer: move its first control, wait for its output to change.
-    explorer = page.locator(".icp-explorer").first
+    # Every explorer: move its first control (or each one), wait for its output to change.
+    explorers = page.locator(".icp-explorer")
     try:
-        explorer.wait_for(state="attached", timeout=60_000)
+        explorers.first.wait_for(state="attached", timeout=60_000)
     except Exception:  # noqa: BLE001
         raise AssertionError("no widget with class 'icp-explorer' rendered (explorer factories call "
                              "box.add_class('icp-explorer'))") from None
-    explorer.scroll_into_view_if_needed(timeout=30_000)
-    kind = explorer.evaluate(_JS_FIRST_CONTROL)
-    if kind is None:
-        raise AssertionError("the explorer has no slider, dropdown, toggle buttons, radio buttons or checkbox")
-    # let the initial render settle
-    before = explorer.evaluate(_JS_SIGNATURE)
-    _wait(lambda: explorer.evaluate(_JS_SIGNATURE) == before and _session_state(server, rel) == "idle", 30)
-    before = explorer.evaluate(_JS_SIGNATURE)
+    n_explorers = explorers.count()
     t_w = time.perf_counter()
-    res.control = _move_control(page, explorer, kind)
+    for e in range(n_explorers):
+        explorer = explorers.nth(e)
+        explorer.scroll_into_view_if_needed(timeout=30_000)
+        kinds = explorer.evaluate(_JS_CONTROLS)
+        if not kinds:
+            raise AssertionError(f"explorer {e + 1} has no slider, dropdown, toggle buttons, radio buttons, checkbox "
+                                 "or text box")
+        each = "icp-explorer-each-control" in (explorer.get_attribute("class") or "")
+        for index in (range(len(kinds)) if each else [0]):
+            _move_and_wait(page, server, rel, res, explorer, e, kinds[index], index, widget_timeout)
+        explorer.scroll_into_view_if_needed(timeout=30_000)
+        if screenshot:
+            shot = Path(screenshot) if e == 0 else Path(screenshot).with_name(
+                f"{Path(screenshot).stem}-explorer{e + 1}{Path(screenshot).suffix}")
+            page.screenshot(path=str(shot))
+            res.screenshots.append(str(shot))
+            if e == 0:
+                res.screenshot = str(shot)
+    res.widget_seconds = time.perf_counter() - t_w
+    res.problems.extend(_error_outputs(page))
+
+
+def _move_and_wait(page, server, rel, res, explorer, e: int, kind: str, index: int, widget_timeout: float) -> None:
+    """Move one control of explorer ``e`` and wait until the explorer's rendered output changes."""
+    last = [explorer.evaluate(_JS_SIGNATURE)]  # let the previous render settle: unchanged for 0.5 s, kernel idle
+
+    def settled() -> bool:
+        now = explorer.evaluate(_JS_SIGNATURE)
+        same, last[0] = now == last[0], now
+        return same and _session_state(server, rel) == "idle"
+
+    _wait(settled, 30)
+    before = explorer.evaluate(_JS_SIGNATURE)
+    what = _move_control(page, explorer, kind, index)
+    if not res.control:
+        res.control = what
     changed = _wait(lambda: explorer.evaluate(_JS_SIGNATURE) != before, widget_timeout, interval=0.5)
     if changed:  # wait for the callback to finish drawing
         _wait(lambda: _session_state(server, rel) == "idle", widget_timeout)
         time.sleep(0.5)
-    res.widget_seconds = time.perf_counter() - t_w
-    if not changed:
-        res.problems.append(f"moving the explorer's control ({res.control}) did not change its output "
+        res.controls.append(f"explorer {e + 1}: {what} → output changed")
+    else:
+        res.controls.append(f"explorer {e + 1}: {what} → NO CHANGE")
+        res.problems.append(f"moving explorer {e + 1}'s control ({what}) did not change its output "
                             f"within {widget_timeout:.0f} s")
-    res.problems.extend(_error_outputs(page))
-    explorer.scroll_into_view_if_needed(timeout=30_000)
-    if screenshot:
-        page.screenshot(path=str(screenshot))
-        res.screenshot = str(screenshot)
 
 
 def check_notebooks(paths, *, root: str | Path, screenshots: str | Path | None = None,

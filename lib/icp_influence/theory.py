@@ -161,7 +161,7 @@ def expected_optimal_lr_uniform(d: int, n_points: int, half_width: float = 0.5) 
     """Closed form of ``η* = tr E[S] / tr E[S²]`` for ``x ~ U(−a, a)^d``, ``S = (1/N)Σ x_i x_iᵀ``.
 
     With ``σ² = a²/3`` and ``μ₄ = a⁴/5``: ``E[S]_kk = σ²`` and
-    ``E[S²]_kk = σ⁴ + (μ₄ + (d−1)σ⁴ − σ⁴)/N``. (Exercise 01.optimal_lr.)
+    ``E[S²]_kk = σ⁴ + (μ₄ + (d−1)σ⁴ − σ⁴)/N`` (derived in notebook 01's exercises).
     """
     s2, m4 = half_width**2 / 3, half_width**4 / 5
     es2 = s2**2 + (m4 + (d - 1) * s2**2 - s2**2) / n_points

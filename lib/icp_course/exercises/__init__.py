@@ -1,12 +1,17 @@
-"""Self-checking exercises. Solutions live in the library (and are tested); notebooks call
+"""Self-checking exercises of the notebooks not yet converted to nbgrader (02, 05, 06, 07).
+
+Notebooks 00, 01, 03 and 04 have nbgrader exercises instead (students write the function,
+autograded test cells check it with visible and hidden tests; see
+:mod:`icp_course.assignments` and docs/instructor_notes.md, "Adding an exercise"). When a
+notebook is converted, delete its module here. The remaining notebooks call
 ``check(name, answer)``, which prints a tick or raises ``AssertionError`` with a hint.
 
 Register with::
 
-    @exercise("01.two_layers", hint="Two LSA layers = two GD steps; compare with gd_steps(..., 2).")
-    def _two_layers(**context):   # returns the reference solution (context: data from the notebook)
+    @exercise("05.top3_overlap", hint="...")
+    def _top3(**context):        # returns the reference solution (context: data from the notebook)
         ...
-    @_two_layers.checker          # optional: custom comparison (default: np.allclose)
+    @_top3.checker               # optional: custom comparison (default: np.allclose)
     def _(answer, solution): ...
 
 Every module in this package is imported on first use.

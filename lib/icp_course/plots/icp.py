@@ -6,6 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .tokens import visible_tokens
+
 
 def _fig(ncols: int = 1, figsize: tuple[float, float] | None = None, ax: Any = None):
     import matplotlib.pyplot as plt
@@ -102,9 +104,9 @@ def plot_token_view(tokens: Sequence[str], with_demo: np.ndarray, without_demo: 
     for i, d in enumerate(w - b):
         ax.annotate(f"{d:+.2f}", (i, min(w[i], b[i])), textcoords="offset points", xytext=(0, -11),
                     ha="center", fontsize=7, color="tab:red" if d < 0 else "tab:green")
-    ax.set_xticks(x, [repr(t)[1:-1] for t in tokens], fontsize=8, rotation=45 if len(tokens) > 8 else 0)
+    ax.set_xticks(x, visible_tokens(tokens), fontsize=8, rotation=45 if len(tokens) > 8 else 0)
     ax.axhline(0, color="k", lw=0.6)
-    ax.set_xlabel("answer token y_t")
+    ax.set_xlabel("answer token y_t (␣ = space)")
     ax.set_ylabel("log-probability (nats)")
     ax.set_ylim(min(0.0, float(min(w.min(), b.min()))) * 1.25 - 0.3, 0.3)
     ax.legend(fontsize=7, loc="lower left")
@@ -145,4 +147,29 @@ def plot_cache_timing(seconds: dict[str, float], *, n_pairs: int, ax: Any = None
     ax.set_xlabel(f"strategy ({n_pairs} (candidate, probe) pairs)")
     ax.set_ylim(0, max(vals) * 1.3)
     ax.set_title("Scoring cost: naive vs shared-prefix KV cache", fontsize=10)
+    return fig
+
+
+def plot_reliability_curves(curves: dict[str, dict[str, Sequence[float]]], *, n_probes: int | None = None,
+                            target: float | None = 0.8, ax: Any = None):
+    """Reliability of each score against the number of probes it is computed from.
+
+    ``curves``: ``{score name: icp_influence.stats.reliability_curve(...)}`` — for each ``k``,
+    the Spearman correlation between the score over ``k`` probes and over ``k`` other probes
+    (the reliability of a ``k``-probe score, measured directly).
+    """
+    fig, ax = _fig(figsize=(6.0, 4.0), ax=ax)
+    for name, c in curves.items():
+        ax.plot(c["k"], c["reliability"], marker="o", label=name)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:g}")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("probes per score k" + (f" (of {n_probes}; at most half, so two disjoint sets exist)" if n_probes else ""))
+    ax.set_ylabel("reliability (Spearman, k vs k other probes)")
+    ax.set_ylim(min(-0.1, *(np.nanmin(c["reliability"]) - 0.05 for c in curves.values())), 1.02)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("How many probes does a stable ranking need?", fontsize=10)
+    ax.legend(fontsize=8)
     return fig

@@ -4,6 +4,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .tokens import visible_tokens
+
 
 def plot_token_logprobs(comparison: dict, *, title: str | None = None, ax=None):
     """Bars of each answer token's log-probability without and with the demonstration."""
@@ -16,8 +18,8 @@ def plot_token_logprobs(comparison: dict, *, title: str | None = None, ax=None):
     w = 0.38
     ax.bar(x - w / 2, comparison["zero_shot"], w, label=f"zero-shot  (ll = {comparison['ll_zero_shot']:.2f})", color="#9aa5b1")
     ax.bar(x + w / 2, comparison["with_demo"], w, label=f"with demo (ll = {comparison['ll_with_demo']:.2f})", color="#2a7ab0")
-    ax.set_xticks(x, [repr(t)[1:-1] for t in tokens])
-    ax.set_xlabel("answer token")
+    ax.set_xticks(x, visible_tokens(tokens))
+    ax.set_xlabel("answer token (␣ = space)")
     ax.set_ylabel("log-probability (nats)")
     ax.axhline(0, color="black", lw=0.6)
     ax.set_title(title or f"ICP delta = ll(p|z) − ll(p) = {comparison['delta']:+.3f} nats")
