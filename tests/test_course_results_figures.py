@@ -38,9 +38,12 @@ def test_reliability_and_forest_figures():
     fig = PA.reliability_bars(rel)
     ax = fig.axes[0]
     assert "reliability" in ax.get_xlabel() and [t.get_text() for t in ax.get_yticklabels()] == ["ICP mean Δ", "inner product"]
-    fig = PA.reliability_curves({"ip": {"k": [1, 2, 4], "reliability": [0.2, 0.35, 0.5]}}, full={"ip": 0.8}, n_probes=8)
+    from icp_course.plots.icp import plot_reliability_curves
+
+    fig = plot_reliability_curves({"ip": {"k": [1, 2, 4], "reliability": [0.2, 0.35, 0.5]}}, full={"ip": 0.8}, n_probes=8)
     ax = fig.axes[0]
-    assert "number of probes" in ax.get_xlabel() and "reliability" in ax.get_ylabel() and _legend_outside(ax)
+    assert "probes" in ax.get_xlabel() and "reliability" in ax.get_ylabel() and _legend_outside(ax)
+    assert len(ax.lines) >= 3  # measured points, the prophecy line, the target
     rows = [{"name": "reference", "group": "reference", "spearman": 0.7, "ci": [0.6, 0.8], "disattenuated": 0.8},
             {"name": "win-rate", "group": "aggregation", "spearman": 0.5, "ci": [0.3, 0.6], "disattenuated": None}]
     fig = PA.forest(rows)
@@ -77,7 +80,6 @@ def test_finetune_figures():
 
 def test_palette_tokens_and_tables():
     assert len(set(map(tuple, style.palette(14)))) == 14 and len(set(map(tuple, style.palette(26)))) == 26
-    assert style.visible_token(" the\n") == "␣the↵"
     assert fmt(0.123456) == "0.123" and fmt(float("nan")) == "–" and fmt(None) == "–"
     assert fmt_ci(0.7123, [0.65, 0.77]) == "0.712 [0.650, 0.770]"
     df = frame({"ip": {"value": 0.81234, "ci": [0.7, 0.9], "n": 3}}, index="valuator")

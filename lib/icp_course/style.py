@@ -65,8 +65,3 @@ def legend_outside(ax, **kw) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
-
-
-def visible_token(text: str) -> str:
-    """A token as a tick label: spaces as ␣, newlines as ↵, tabs as →."""
-    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "→") or "∅"

@@ -39,29 +39,6 @@ def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: fl
     return fig
 
 
-def reliability_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], *, full: Mapping[str, float] | None = None,
-                       n_probes: int | None = None, target: float = 0.8):
-    """Measured reliability of a ``k``-probe score (dots) and the Spearman–Brown prophecy
-    from the full reliability (lines), against the number of probes."""
-    from icp_influence.stats import spearman_brown
-
-    fig, ax = _fig((6.4, 4.0))
-    cols = dict(zip(curves, colors(list(curves))))
-    for name, c in curves.items():
-        ax.plot(c["k"], c["reliability"], "o", color=cols[name], label=f"{label(name)} (measured)")
-        if full is not None and n_probes and name in full and np.isfinite(full[name]) and full[name] > 0:
-            r1 = spearman_brown(full[name], 1.0 / n_probes)
-            ks = np.geomspace(1, 4 * n_probes, 60)
-            ax.plot(ks, spearman_brown(r1, ks), "-", color=cols[name], lw=1, alpha=0.7)
-    ax.axhline(target, color="grey", ls="--", lw=1)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("number of probes k (log scale)")
-    ax.set_ylabel("reliability of a k-probe score")
-    ax.set_title("How many probes does a valuator need?")
-    legend_outside(ax, fontsize=8)
-    return fig
-
-
 def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the agreement?",
            xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)"):
     """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆)."""

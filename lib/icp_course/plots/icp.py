@@ -151,16 +151,28 @@ def plot_cache_timing(seconds: dict[str, float], *, n_pairs: int, ax: Any = None
 
 
 def plot_reliability_curves(curves: dict[str, dict[str, Sequence[float]]], *, n_probes: int | None = None,
-                            target: float | None = 0.8, ax: Any = None):
+                            target: float | None = 0.8, full: dict[str, float] | None = None, ax: Any = None):
     """Reliability of each score against the number of probes it is computed from.
 
     ``curves``: ``{score name: icp_influence.stats.reliability_curve(...)}`` — for each ``k``,
     the Spearman correlation between the score over ``k`` probes and over ``k`` other probes
-    (the reliability of a ``k``-probe score, measured directly).
+    (the reliability of a ``k``-probe score, measured directly). ``full``: ``{score name:
+    reliability over all n_probes}``; each adds the Spearman–Brown prophecy
+    ``k r₁ / (1 + (k − 1) r₁)`` through it as a line, extended beyond the measured ``k``.
     """
-    fig, ax = _fig(figsize=(6.0, 4.0), ax=ax)
+    from icp_influence.stats import spearman_brown
+
+    fig, ax = _fig(figsize=(6.4, 4.0), ax=ax)
+    lines = {}
     for name, c in curves.items():
-        ax.plot(c["k"], c["reliability"], marker="o", label=name)
+        lines[name] = ax.plot(c["k"], c["reliability"], marker="o", ls="" if full else "-", label=name)[0]
+    if full and n_probes:
+        kmax = max(max(c["k"]) for c in curves.values())
+        ks = np.linspace(1, max(2 * kmax, n_probes) * 2, 200)
+        for name, r in full.items():
+            if name in lines and np.isfinite(r) and r > 0:
+                r1 = spearman_brown(r, 1.0 / n_probes)
+                ax.plot(ks, spearman_brown(r1, ks), color=lines[name].get_color(), lw=1, alpha=0.7)
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:g}")
     ax.axhline(0, color="k", lw=0.5)
@@ -171,5 +183,5 @@ def plot_reliability_curves(curves: dict[str, dict[str, Sequence[float]]], *, n_
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("How many probes does a stable ranking need?", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
