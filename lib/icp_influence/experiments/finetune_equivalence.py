@@ -41,7 +41,7 @@ ARMS = ("icp-top", "ip-top", "gt-top", "random", "icp-bottom")
 
 @dataclass
 class EquivalenceConfig:
-    budgets: list[int] = field(default_factory=lambda: [16, 32])
+    budgets: list[int] = field(default_factory=lambda: [12, 24])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     pilot_seed: int = 100
     icp_aggregate: str = "mean"          # the ICP score arms select by ("mean" = mean Δ, or "win_rate")

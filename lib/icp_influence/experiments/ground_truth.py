@@ -38,7 +38,7 @@ class GroundTruthConfig:
     """The three ground truths (the agreement run's configuration fixes the data)."""
 
     eta_scale: float = 0.01          # sgd_small: η = eta_scale / median |IP|  (nats per unit IP)
-    n_first_order: int = 32          # candidates for the first-order check
+    n_first_order: int = 24          # candidates for the first-order check
     lr_all: float = 1e-3             # sgd_all: the fine-tuning learning rate, per-token loss
     lr_adam: float = 1e-5            # adam_sign: step per parameter
     n_boot: int = 1000

@@ -4,7 +4,7 @@
 
 Data. Every category is split the same way (seeded): 12 examples go to the **pool**
 (312 candidates), 5 are **probe candidates**, 3 are held out for **evaluation** (fine-
-tuning). 10% of the pool is corrupted in equal shares of three labelled kinds (answer
+tuning outcomes). 10% of the pool is corrupted in equal shares of three labelled kinds (answer
 swapped with another category's, swapped within the category, truncated). 64 **probes**
 are chosen by k-means over SmolLM2's mean hidden states of the probe candidates, with no
 category supplying more than 1/8 of them. The same design runs on the synthetic task
@@ -16,7 +16,7 @@ Valuators (one ScoreMatrix each, cached with its configuration hash):
   mean Δ, per-token Δ);
 * ``icp_neutral`` — the same for one neutral, irrelevant demonstration: subtracting its row
   gives deltas against a baseline that has seen *a* demonstration (format priming removed);
-* ``icp_chat`` — the ``chat`` template, on the ablation candidates;
+* ``icp_chat`` — the ``chat`` template, on the ablation candidates (96 of the pool);
 * ``ip``, ``cosine``, ``psl`` — inner product, cosine and the authors' ``paper_signed_log``
   over the q/v projections of every block (13M numbers per example);
 * ``ip_last2`` — inner product over the q/v projections of the last two blocks;
@@ -72,7 +72,7 @@ class AgreementConfig:
     projection: str = "countsketch"
     ekfac_damping: float = 1e-3
     hessian_examples: int = 64
-    n_ablation: int = 128
+    n_ablation: int = 96
     probe_counts: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     n_boot: int = 1000
     seed: int = 0
@@ -127,12 +127,9 @@ def build_data(cfg: AgreementConfig, model, tokenizer) -> dict[str, Any]:
     pool = corrupt(Pool(list(parts["pool"]), name="pool"), cfg.noise, seed=cfg.seed)
     probes = select_probes_kmeans(model, tokenizer, parts["probe_candidates"], cfg.n_probes, seed=cfg.seed,
                                   max_fraction_per_group=cfg.max_probe_fraction)
-    chosen = set(probes.ids)
-    leftover = [e for e in parts["probe_candidates"] if e.id not in chosen]
-    evaluation = Pool([*parts["eval"], *leftover], name="eval")
     rng = np.random.default_rng(cfg.seed)
     ablation = sorted(rng.choice(len(pool), size=min(cfg.n_ablation, len(pool)), replace=False).tolist())
-    return {"pool": pool, "probes": Pool(list(probes), name="probes"), "eval": evaluation,
+    return {"pool": pool, "probes": Pool(list(probes), name="probes"), "eval": Pool(list(parts["eval"]), name="eval"),
             "ablation_ids": [pool[i].id for i in ablation]}
 
 
