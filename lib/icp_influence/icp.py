@@ -215,8 +215,8 @@ def packed_supported(model) -> bool:
     """Whether the packed engine handles ``model``: structural checks, then a self-check.
 
     The self-check scores a few random sequences both ways (packed vs one full forward
-    each) once per model; any failure or a difference above 1e-3 nats means the model
-    uses the Hugging Face KV-cache path instead.
+    each) once per model; any failure or a difference above 1e-3 nats (0.1 for 16-bit
+    weights) means the model uses the Hugging Face KV-cache path instead.
     """
     ok = _SELF_CHECK.get(model)
     if ok is not None:
@@ -231,7 +231,8 @@ def packed_supported(model) -> bool:
             got = _packed_answer_logprobs(model, prefix, sufs, token_budget=64, batch_size=None, counter=None)
             ref = answer_logprobs(model, [Encoded(tuple(prefix), tuple(q), tuple(a)) for q, a in sufs], pad_id=0,
                                   batch_size=1)
-            ok = all(g_.shape == r.shape and float(np.abs(g_ - r).max()) < 1e-3 for g_, r in zip(got, ref))
+            tol = 1e-3 if model.get_input_embeddings().weight.element_size() >= 4 else 0.1  # 16-bit: coarse rounding
+            ok = all(g_.shape == r.shape and float(np.abs(g_ - r).max()) < tol for g_, r in zip(got, ref))
         except Exception:  # noqa: BLE001 - any failure means: not supported
             ok = False
     _SELF_CHECK[model] = ok
@@ -267,8 +268,8 @@ def plan_passes(lengths: Sequence[int], *, token_budget: int, batch_size: int | 
     best = greedy(token_budget)
     if len(best) <= 1:
         return best
-    lo, hi = max(lengths), max(token_budget, max(lengths))
-    while lo < hi:  # smallest limit with as few passes: balanced passes
+    lo, hi = max(1, min(token_budget, -(-sum(lengths) // len(best)))), token_budget
+    while lo < hi:  # the smallest limit needing no more passes: balanced passes
         mid = (lo + hi) // 2
         if len(greedy(mid)) <= len(best):
             hi = mid
