@@ -336,12 +336,20 @@ def _smollm2_long_split(tok):
 @pytest.mark.slow
 @pytest.mark.parametrize("template", ["paper", "chat"])
 def test_smollm2_engine_equals_naive_long(smollm2, template):
+    """Within 1e-4 nats per probe up to 100 answer tokens, then 1e-6 nats per answer token.
+
+    Two float32 evaluations of a long sum cannot agree better: on a 315-token answer of
+    the instruction set both the naive path and the engine are ~1.3e-4 nats (in opposite
+    directions) from a float64 run of the same model (see the icp module docstring).
+    """
     model, tok = smollm2
     assert packed_supported(model)
     cands, probes = _smollm2_long_split(tok)
     got = loglik_matrix(model, tok, cands, probes, template=template)
     ref = naive_loglik_matrix(model, tok, cands, probes, template=template, batch_size=1)
-    assert _max_diff(got, ref) <= TOL, f"smollm2/{template}: {_max_diff(got, ref):.3g} nats"
+    tol = np.maximum(TOL, 1e-6 * got.n_answer_tokens)
+    diff = np.vstack([np.abs(got.ll - ref.ll), np.abs(got.baseline - ref.baseline)[None, :]])
+    assert (diff <= tol[None, :]).all(), f"smollm2/{template}: {diff.max():.3g} nats (answers {got.n_answer_tokens})"
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ then per candidate:
    ``batch_size`` suffixes when given), with ``position_ids = len(prefix) + t``;
 3. runs the model's own layers with a registered attention function
    (``"icp_packed"``) that lets each segment attend to the shared context plus its own
-   earlier tokens: the context keys are read in place — never replicated per suffix;
+   earlier tokens — the context is never replicated into a ``B``-row cache, and no key
+   is padding (each segment's call concatenates the context keys with its own);
 4. applies the LM head only at answer positions, in row chunks, with the
    log-softmax in float64.
 
@@ -30,29 +31,57 @@ The baseline runs once per probe set. Architectures the packed path does not cov
 (sliding-window or soft-capped attention, or a failed self-check) fall back to the
 previous Hugging Face KV-cache path; :attr:`IcpScorer.engine` says which is in use.
 
-Why the previous engine was slow (SmolLM2-135M, 1 thread of this 2-core AMD EPYC,
-instruction-set lengths: prefix 153 tokens, 16 probe suffixes of 39–233 tokens; measured
-with ``torch.profiler`` on one candidate): 1.43 s per pair vs 1.04 s for the simple
-reference (one 246-token sequence per forward, full logits). Right padding ran 2 648
-suffix positions for 1 788 real ones (+48 %); the LM head ran on every position between
-the first and the last answer of a batch (``logits_to_keep`` is a range); ``aten::mm``
-took 75 % of the time; the flash-attention kernel over the replicated cache with a
-padding mask 9.6 %; copies (``DynamicCache`` concatenation of ``B`` expanded prefixes,
-GQA ``repeat_kv``) 2.7 %; the float64 log-softmax over freshly allocated 700 × 49k
-buffers 3.3 % and gathering those rows 1.5 %. The packed engine runs the same 32 pairs
-at about 0.6 s per pair (efficiency ≈ 0.7 of the measured fp32 matmul rate on one
-thread); see ``python -m icp_influence bench icp-throughput``.
+Why the previous engine was slow (measured with ``torch.profiler`` and timers on
+SmolLM2-135M, one thread of this 2-core AMD EPYC, instruction-set lengths: a 153-token
+prefix and 16 probe suffixes of 39–233 tokens). It took 1.43 s per pair, against 1.04 s
+for the simple reference (one unpadded 246-token sequence per forward, full logits):
 
-Exactness. The result equals the naive per-pair forward pass (:func:`naive_loglik_matrix`)
-within float32 rounding, which is *not* negligible on long answers: against a float64
-run of the same model, the naive float32 path itself is off by up to 7.6e-5 nats
-(rms 3.0e-5) on summed log-likelihoods of 30–207-token answers, and the packed engine by
-up to 6.4e-5 (rms 3.3e-5); their mutual difference was at most 6.5e-5 on those 32 pairs.
-The noise does not come from padding or the attention kernel (float64 attention leaves
-it unchanged) but from float32 logits (about half of the variance: a float64 LM head
-lowers the naive path's rms error to 2.1e-5) and the float32 body. The 1e-4 tolerance
-is therefore met with a margin of about 1.5× on long sequences, not by construction; in
-float64 the engine and the naive path agree to ~1e-12 (tests check both).
+* right padding ran 2 648 suffix positions for 1 788 real ones (+48 %), the lengths of a
+  batch varying sixfold;
+* the LM head ran on every position from the earliest answer start to the latest answer
+  end of a batch (``logits_to_keep`` is a range), padding included;
+* ``aten::mm`` took 75 % of the time (the useful FLOPs were about two thirds of it);
+  the flash-attention kernel over ``B`` replicated prefixes with a padding mask 9.6 %;
+  ``aten::copy_``/``aten::cat`` (the ``DynamicCache`` concatenation that materialises ``B``
+  copies of the prefix per layer, and GQA ``repeat_kv``) 3.4 %; the float64 log-softmax on
+  freshly allocated ~700 × 49k buffers (page faults) 3.3 % and gathering those rows 1.5 %.
+
+The packed engine removes all of these: the same pairs cost 0.57 s per pair on a quiet
+machine (one thread), and in the ``icp-throughput`` benchmark (instruction set, 2 × 12
+pairs, one thread, load average 6.6) 1.74 s per pair vs 3.35 s for the reference, 7.28 s
+for the naive path (padded batches of 8) and 3.29 s for the previous engine, at 0.73 of
+the dense fp32 matmul rate measured in the same run. The speed-up over the reference
+(1.93×) equals the FLOP ratio (1.93: reference FLOPs ÷ engine FLOPs), because the
+reference itself runs at the same efficiency (0.73): one 270-token sequence already
+fills the GEMMs. The cache can only save the prefix's share of the work, so the speed-up
+is bounded by ``(prefix + suffix) / (suffix + prefix / n_probes)`` (with the LM head
+counted only on answer rows) — about 2–2.4 at these lengths, whatever the kernel. Variants
+measured: the prefix pass runs at the efficiency of the suffix passes (6.9 % of the time
+for 7.7 % of the tokens), so packing several candidates' prefixes into one pass would
+gain nothing. Each segment's attention call concatenates the context keys with its own
+(``aten::cat`` + ``aten::copy_`` ≈ 1.6 % of the time, the attention kernel 10.7 %); a
+copy-free variant — one kernel call for all queries of a pass against the context, one
+causal call per segment, merged by log-sum-exp — was as fast (11.9 % vs 12.3 % in total)
+and further from the naive path (rms 4.8e-5 vs 3.6e-5 nats), so the simpler one stays.
+Token budgets from 256 to 4 096 positions give the same speed within noise. bfloat16
+is not an option on this CPU (Zen 3, AVX2, no AVX-512-BF16/AMX): a 2048² bf16 matmul ran
+at 0.14 GFLOP/s (fp32: 54) and ICP at 10.2 s per pair (fp32: 1.22 s, same load), with
+errors of up to 0.85 nats against a float64 run.
+
+Exactness. The engine equals the naive per-pair forward pass (:func:`naive_loglik_matrix`)
+up to float32 rounding, which is *not* negligible on long answers. Against a float64 run
+of the same model, on 32 instruction-set pairs (answers of 29–207 tokens) the naive
+float32 path is off by up to 7.6e-5 nats (rms 3.0e-5) and the packed engine by up to
+6.4e-5 (rms 3.3e-5); on a 315-token answer (chat template) the naive path is +1.3e-4 and
+the engine −1.2e-4 off, so they differ by 2.5e-4. Two float32 evaluations of the same
+long sum cannot agree better: the noise does not come from padding or the attention
+kernel (float64 attention leaves it unchanged; the naive path with padded batches of 8
+differs from one sequence per forward by as much), but from float32 logits (about half
+the variance: a float64 LM head lowers the naive path's rms error to 2.1e-5) and the
+float32 body, ~1e-5 nats per answer token. So the tests check 1e-4 nats per probe for
+answers up to 100 tokens and 1e-6 nats per answer token beyond, and — in float64, where
+rounding is out of the way — agreement to 1e-9 on short and long sequences, every
+template, three architectures.
 """
 from __future__ import annotations
 
@@ -60,6 +89,7 @@ import contextlib
 import contextvars
 import inspect
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -233,7 +263,9 @@ def packed_supported(model) -> bool:
                                   batch_size=1)
             tol = 1e-3 if model.get_input_embeddings().weight.element_size() >= 4 else 0.1  # 16-bit: coarse rounding
             ok = all(g_.shape == r.shape and float(np.abs(g_ - r).max()) < tol for g_, r in zip(got, ref))
-        except Exception:  # noqa: BLE001 - any failure means: not supported
+        except Exception as e:  # noqa: BLE001 - any failure means: not supported
+            warnings.warn(f"ICP packed engine unavailable for {type(model).__name__} ({type(e).__name__}: {e}); "
+                          "using the slower Hugging Face KV-cache path.", RuntimeWarning, stacklevel=2)
             ok = False
     _SELF_CHECK[model] = ok
     return ok
