@@ -12,7 +12,7 @@ NAMES=()
 for a in "$@"; do
   if [[ "$a" == "--smoke" ]]; then SMOKE="--smoke"; else NAMES+=("$a"); fi
 done
-if [[ ${#NAMES[@]} -eq 0 ]]; then NAMES=(icp-cache grads captum flops cost scaling); fi
+if [[ ${#NAMES[@]} -eq 0 ]]; then NAMES=(icp-throughput grads captum flops cost scaling); fi
 OUT=${ICP_BENCH_RESULTS:-benchmarks/results}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1

@@ -15,7 +15,7 @@ from icp_influence.cost import (PAPER, PYTHIA_1B, CostModel, crossover_probes, e
                                 mean_tokens, paper_ip_gpu_hours, top_operators)
 from icp_influence.errors import ConfigError
 
-BENCH_NAMES = {"icp-cache", "grads", "captum", "flops", "cost", "scaling"}
+BENCH_NAMES = {"icp-throughput", "grads", "captum", "flops", "cost", "scaling"}
 
 
 def test_all_benchmarks_registered():
@@ -178,7 +178,7 @@ def test_cost_widget_recomputes():
 def test_plots_have_labelled_axes():
     from icp_course.plots import cost as P
 
-    res = {"icp-cache": {"speedup": 6.0}, "grads": {"speedup": 1.2}, "captum": {"speedup": 2.0}}
+    res = {"icp-throughput": {"speedup": 6.0}, "grads": {"speedup": 1.2}, "captum": {"speedup": 2.0}}
     figs = [P.plot_speedups(res),
             P.plot_flops({"achieved_gflops": 10.0, "matmul_gflops": 40.0, "matmul_n": 1024, "efficiency": 0.25}),
             P.plot_cost_vs_probes({"rows": [{"n_probes": p, "icp_s": 0.01 * p, "inner_product_s": 0.05,

@@ -118,9 +118,11 @@ def test_baseline_computed_once(tiny, pool):
     model, tok = tiny("tiny-gpt-neox")
     probes, cands = pool[14:21], pool[:5]
     calls = []
-    h = model.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
+    sc = IcpScorer(model, tok, probes, template="paper", batch_size=3)
+    assert sc.engine == "packed"
+    # the packed engine runs the transformer body (base model) and applies the head itself
+    h = model.base_model.register_forward_pre_hook(lambda m, a, kw: calls.append(1), with_kwargs=True)
     try:
-        sc = IcpScorer(model, tok, probes, template="paper", batch_size=3)
         sc.values(cands[:2])
         sc.values(cands[2:])          # a second chunk must not recompute the baseline
         _ = sc.baseline

@@ -225,6 +225,119 @@ def _truncate(enc: Encoded, max_length: int, truncation: str, probe: Example, de
     return Encoded(tuple(prefix), tuple(query), enc.answer_ids, truncated=excess)
 
 
+class PairEncoder:
+    """Tokenises every example once; a pair's segments are concatenations of cached ids.
+
+    ``pair(probe, demo)`` equals :func:`encode_pair` (same prefix, query and answer ids,
+    same truncation, warnings and errors), but each demonstration's prefix and each
+    probe's query/answer are tokenised — and, for ``chat``, the chat template rendered —
+    once per example rather than once per pair (tests check the equality for every
+    template, truncation included).
+
+    For ``chat`` the demonstration prefix is rendered with a sentinel probe and cut at the
+    probe's turn, which assumes the template renders earlier turns independently of the
+    last user message (true of ordinary chat templates). The first pair is checked against
+    the per-pair split; a template that fails the check is encoded pair by pair (slower,
+    still exact).
+    """
+
+    def __init__(self, tokenizer, *, template: str = "paper", max_length: int | None = None,
+                 truncation: Truncation = "left"):
+        self.tokenizer = tokenizer
+        self.template = check_template(template)
+        self.max_length = max_length
+        self.truncation = truncation
+        self.bos = _bos(tokenizer)
+        self._prefix: dict[Example | None, tuple[int, ...]] = {}
+        self._probe: dict[Example, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._system: str | None = None
+        self._sentinel_query: str | None = None
+        self.per_pair = False   # set when a chat template is not compositional
+        self._checked = template != "chat"
+
+    # ---- texts (rendered once per example)
+    def _chat_parts(self) -> tuple[str, str]:
+        if self._system is None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise TemplateError("The tokenizer has no chat template; use template='paper' or 'plain'.")
+            self._system, _ = _chat_layout(self.tokenizer)
+            self._sentinel_query = self._probe_query_text(Example("sentinel", _SENT_Q))
+        return self._system, self._sentinel_query  # type: ignore[return-value]
+
+    def _probe_query_text(self, probe: Example) -> str:
+        system = self._system or ""
+        base = self.tokenizer.apply_chat_template([{"role": "user", "content": probe.prompt}],
+                                                  add_generation_prompt=True, tokenize=False)
+        if not base.startswith(system):
+            raise TemplateError("The chat template renders a probe-dependent preamble; use template='paper'.")
+        return base[len(system):]
+
+    def prefix_text(self, demo: Example | None) -> str:
+        if self.template != "chat":
+            if demo is None:
+                return ""
+            body = format_paper_text(demo, with_output=True) + "\n\n"
+            return PAPER_HEADER + body if self.template == "paper" else body
+        system, sentinel_query = self._chat_parts()
+        if demo is None:
+            return system
+        msgs = [{"role": "user", "content": demo.prompt}, {"role": "assistant", "content": demo.output},
+                {"role": "user", "content": _SENT_Q}]
+        full = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        if not full.endswith(sentinel_query):
+            self.per_pair = True
+            return full
+        return full[: len(full) - len(sentinel_query)]
+
+    def probe_texts(self, probe: Example) -> tuple[str, str]:
+        if not probe.output:
+            raise DataFormatError(
+                f"Probe {probe.id!r} has an empty answer: there is nothing to score. Give it an output or drop it."
+            )
+        if self.template == "chat":
+            self._chat_parts()
+            return self._probe_query_text(probe), probe.output
+        return format_paper_text(probe, with_output=False), " " + probe.output
+
+    # ---- token ids (cached)
+    def prefix_ids(self, demo: Example | None) -> tuple[int, ...]:
+        """``[BOS] + demonstration segment`` (just the BOS / chat preamble when ``demo`` is None)."""
+        ids = self._prefix.get(demo)
+        if ids is None:
+            ids = tuple(self.bos + _tok(self.tokenizer, self.prefix_text(demo)))
+            self._prefix[demo] = ids
+        return ids
+
+    def probe_ids(self, probe: Example) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """``(query_ids, answer_ids)`` of a probe."""
+        ids = self._probe.get(probe)
+        if ids is None:
+            q_text, a_text = self.probe_texts(probe)
+            answer = tuple(_tok(self.tokenizer, a_text))
+            if not answer:
+                raise DataFormatError(f"Probe {probe.id!r}: the answer tokenises to nothing; give it a non-empty output.")
+            ids = (tuple(_tok(self.tokenizer, q_text)), answer)
+            self._probe[probe] = ids
+        return ids
+
+    def pair(self, probe: Example, demo: Example | None = None) -> Encoded:
+        """The encoded pair, equal to ``encode_pair(tokenizer, probe, demo, ...)``."""
+        if not self._checked and demo is not None:
+            self._checked = True
+            q, a = self.probe_ids(probe)
+            ref = encode_pair(self.tokenizer, probe, demo, template=self.template)
+            if self.per_pair or (self.prefix_ids(demo), q, a) != (ref.prefix_ids, ref.query_ids, ref.answer_ids):
+                self.per_pair = True
+        if self.per_pair:
+            return encode_pair(self.tokenizer, probe, demo, template=self.template, max_length=self.max_length,
+                               truncation=self.truncation)
+        q, a = self.probe_ids(probe)
+        enc = Encoded(self.prefix_ids(demo), q, a)
+        if self.max_length is not None and len(enc) > self.max_length:
+            enc = _truncate(enc, self.max_length, self.truncation, probe, demo, n_keep=len(self.bos))
+        return enc
+
+
 def encode_example(tokenizer, ex: Example, *, template: str = "paper", max_length: int | None = None,
                    truncation: Truncation = "left") -> Encoded:
     """The example on its own (no demonstration): the loss used by gradient influence and fine-tuning."""

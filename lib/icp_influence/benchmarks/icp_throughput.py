@@ -1,0 +1,236 @@
+"""``icp-throughput``: the ICP engine against this CPU's matmul rate and a simple reference.
+
+On instruction-set lengths (``data/instructions/*.jsonl`` when present, else generated
+examples with demonstration outputs of ~65–120 tokens and probe answers of ~65–125), one
+run measures, on the same (candidate, probe) pairs and with the same threads:
+
+* **engine** — :class:`~icp_influence.icp.IcpScorer` (packed suffixes, prefix once per
+  candidate, head on answer rows only); the baseline (once per probe set) is excluded;
+* **reference** — one unpadded sequence per forward pass, no cache, float32, full logits
+  (= :func:`~icp_influence.icp.naive_loglik_matrix` with ``batch_size=1``);
+* **naive path** — :func:`~icp_influence.icp.naive_loglik_matrix` with its default
+  right-padded batches of 8 (``max_abs_diff`` is measured against it, baselines included);
+* **previous engine** — the replicated-``DynamicCache`` path (``engine="hf-cache"``);
+* the machine's dense fp32 matmul rate (``n × n``, before and after, median).
+
+FLOPs are counted from the shapes actually run, padding excluded: ``2·N_body`` per token
+through the body (``N_body`` = non-embedding parameters), ``2·d·V`` per position whose
+logits are computed, and ``2·2·L_q·L_kv·d`` per layer for attention (causal part only).
+``efficiency`` = achieved engine FLOP/s ÷ matmul FLOP/s. The cache's speed-up is bounded
+by the work it saves: ``flop_ratio`` = reference FLOPs ÷ engine FLOPs is the speed-up at
+equal efficiency. Goals (from the issue): efficiency ≥ 0.6, speed-up ≥ 3, |Δ| ≤ 1e-4 nats.
+
+``--smoke``: a small random GPT-NeoX on short synthetic examples (seconds).
+Threads: ``ICP_BENCH_THREADS`` (see :func:`~icp_influence.benchmarks._common.configure_threads`).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..registry import benchmark
+from ._common import bench_lm, configure_threads, load_smollm2, synthetic_split
+from ._timing import matmul_gflops, median_time
+
+INSTRUCTIONS_ENV = "ICP_INSTRUCTIONS_DIR"
+
+
+def instruction_files() -> list[str]:
+    """``data/instructions/*.jsonl`` of the working directory or the repository, if any."""
+    roots = [os.environ.get(INSTRUCTIONS_ENV, ""), "data/instructions",
+             str(Path(__file__).resolve().parents[3] / "data" / "instructions")]
+    for root in roots:
+        if root and Path(root).is_dir():
+            files = sorted(glob.glob(str(Path(root) / "*.jsonl")))
+            if files:
+                return files
+    return []
+
+
+_WORDS = ("the a of to and in is for that with on as it by be are this from or at can your more when "
+          "water heat time people food plan money cost simple small large better often most each step "
+          "helps keeps makes uses needs means gives shows lets turns builds slowly quickly because while "
+          "after before during without between through around every many some other first second next").split()
+
+
+def _text_of_tokens(tokenizer, rng: random.Random, n_tokens: int) -> str:
+    words: list[str] = []
+    while len(tokenizer(" ".join(words), add_special_tokens=False).input_ids) < n_tokens:
+        words.extend(rng.choice(_WORDS) for _ in range(4))
+        if rng.random() < 0.15:
+            words[-1] += "."
+    return " ".join(words).capitalize() + "."
+
+
+def alpaca_like(tokenizer, n: int, *, answer_tokens: tuple[int, int], seed: int = 0, prefix: str = "gen"):
+    """``n`` generated instruction examples whose outputs have ``answer_tokens`` tokens (range)."""
+    from ..data import Example
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        instr = _text_of_tokens(tokenizer, rng, rng.randint(10, 30)).rstrip(".") + "?"
+        out.append(Example(f"{prefix}-{i}", instr, "", _text_of_tokens(tokenizer, rng, rng.randint(*answer_tokens)),
+                           task="generated"))
+    return out
+
+
+def instruction_split(tokenizer, n_candidates: int, n_probes: int, seed: int = 0):
+    """Candidates and probes at instruction-set lengths: the data set if present, else generated."""
+    files = instruction_files()
+    if files:
+        from ..data import load_alpaca
+
+        ex = [e for f in files for e in load_alpaca(f)]
+        random.Random(seed).shuffle(ex)
+        return ex[:n_candidates], ex[n_candidates:n_candidates + n_probes], f"{len(files)} files in {Path(files[0]).parent}"
+    cands = alpaca_like(tokenizer, n_candidates, answer_tokens=(65, 120), seed=seed, prefix="cand")
+    probes = alpaca_like(tokenizer, n_probes, answer_tokens=(65, 125), seed=seed + 1, prefix="probe")
+    return cands, probes, "generated (no data/instructions)"
+
+
+def model_shape(model) -> dict[str, int]:
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == emb.data_ptr()
+    n_total = sum(p.numel() for p in model.parameters())
+    n_body = n_total - emb.numel() - (0 if tied or head is None else head.weight.numel())
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    return {"n_body": int(n_body), "d": int(emb.shape[1]), "vocab": int(emb.shape[0]), "layers": int(layers)}
+
+
+def _attn(n_q: int, n_ctx: int) -> float:
+    """Causal (query, key) pairs: ``n_q`` queries after ``n_ctx`` context keys."""
+    return n_q * n_ctx + n_q * (n_q + 1) / 2
+
+
+def engine_flops(shape: dict[str, int], encs_per_candidate) -> dict[str, float]:
+    """FLOPs of the packed engine: each distinct prefix once, suffixes ``query + answer[:-1]``."""
+    nb, d, V, nl = shape["n_body"], shape["d"], shape["vocab"], shape["layers"]
+    tokens = logit_rows = pairs_attn = 0.0
+    for encs in encs_per_candidate:
+        for prefix in {e.prefix_ids for e in encs}:
+            tokens += len(prefix)
+            pairs_attn += _attn(len(prefix), 0)
+        for e in encs:
+            L = len(e.query_ids) + len(e.answer_ids) - 1
+            tokens += L
+            logit_rows += len(e.answer_ids)
+            pairs_attn += _attn(L, len(e.prefix_ids))
+    flops = 2 * nb * tokens + 2 * d * V * logit_rows + 4 * d * nl * pairs_attn
+    return {"tokens": tokens, "logit_rows": logit_rows, "flops": flops}
+
+
+def reference_flops(shape: dict[str, int], encs) -> float:
+    """FLOPs of one full forward per pair with logits at every position."""
+    nb, d, V, nl = shape["n_body"], shape["d"], shape["vocab"], shape["layers"]
+    return float(sum((2 * nb + 2 * d * V) * len(e) + 4 * d * nl * _attn(len(e), 0) for e in encs))
+
+
+@benchmark("icp-throughput", "ICP engine GFLOP/s vs dense fp32 matmul, speed-up vs a one-sequence reference "
+                             "(SmolLM2, instruction-set lengths)")
+def run(*, smoke: bool = False, seed: int = 0) -> dict:
+    import torch
+
+    from ..icp import IcpScorer, naive_loglik_matrix
+    from ..lm import answer_logprobs
+
+    env = configure_threads()
+    if smoke:
+        model, tok = bench_lm(128, 2, seed=seed)
+        cands, probes = synthetic_split(2, 4, seed=seed)
+        name, data, repeats, mm_n = "gpt-neox hidden=128 layers=2 (random)", "synthetic", 2, 512
+    else:
+        model, tok = load_smollm2()
+        n_c, n_p = 2, 12
+        cands, probes, data = instruction_split(tok, n_c, n_p, seed=seed)
+        name, repeats, mm_n = "smollm2-135m-instruct", 2, 2048
+    shape = model_shape(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    n_pairs = len(cands) * len(probes)
+
+    mm_before = matmul_gflops(mm_n, repeats=3)
+    scorer = IcpScorer(model, tok, probes)
+    _ = scorer.baseline  # once per probe set: not part of the per-pair work
+    encs = [[scorer.encode(p, z) for p in probes] for z in cands]
+    flat = [e for row in encs for e in row]
+    t_engine = median_time(lambda: scorer.loglik(cands), repeats=repeats, warmup=1)
+    ll = t_engine.result
+
+    def reference():
+        with torch.no_grad():
+            return answer_logprobs(model, flat, pad_id=pad, batch_size=1)
+
+    t0 = time.perf_counter()
+    ref = np.array([lp.sum() for lp in reference()]).reshape(ll.shape)
+    t_ref = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    naive = naive_loglik_matrix(model, tok, cands, probes)
+    t_naive = time.perf_counter() - t0  # includes its P baseline sequences
+    old = IcpScorer(model, tok, probes, batch_size=8, engine="hf-cache")
+    _ = old.baseline
+    t0 = time.perf_counter()
+    ll_old = old.loglik(cands)
+    t_old = time.perf_counter() - t0
+    more = median_time(lambda: scorer.loglik(cands), repeats=max(1, repeats - 1), warmup=0)
+    mm_after = matmul_gflops(mm_n, repeats=3)
+
+    samples = t_engine.samples + more.samples
+    t_eng = statistics.median(samples)
+    mm = statistics.median(mm_before["samples_s"] + mm_after["samples_s"])
+    mm_gflops = 2 * mm_n**3 / mm / 1e9
+    fl = engine_flops(shape, encs)
+    ref_fl = reference_flops(shape, flat)
+    achieved = fl["flops"] / t_eng / 1e9
+    diff = max(float(np.abs(ll - naive.ll).max()), float(np.abs(scorer.baseline - naive.baseline).max()))
+    res: dict[str, Any] = {
+        "model": name,
+        "data": data,
+        "n_candidates": len(cands),
+        "n_probes": len(probes),
+        "pairs": n_pairs,
+        "token_budget": scorer.token_budget,
+        "engine": scorer.engine,
+        "mean_prefix_tokens": float(np.mean([len(e.prefix_ids) for e in flat])),
+        "mean_query_tokens": float(np.mean([len(e.query_ids) for e in flat])),
+        "mean_answer_tokens": float(np.mean([len(e.answer_ids) for e in flat])),
+        "seconds_per_pair": t_eng / n_pairs,
+        "reference_seconds_per_pair": t_ref / n_pairs,
+        "naive_seconds_per_pair": t_naive / n_pairs,
+        "previous_engine_seconds_per_pair": t_old / n_pairs,
+        "speedup_vs_reference": t_ref / t_eng,
+        "speedup": t_ref / t_eng,  # the figure notebook 07 plots against the goal
+        "speedup_vs_naive": t_naive / t_eng,
+        "speedup_vs_previous_engine": t_old / t_eng,
+        "tokens": int(fl["tokens"]),
+        "logit_rows": int(fl["logit_rows"]),
+        "engine_gflop": fl["flops"] / 1e9,
+        "reference_gflop": ref_fl / 1e9,
+        "flop_ratio": ref_fl / fl["flops"],
+        "achieved_gflops": achieved,
+        "reference_gflops": ref_fl / t_ref / 1e9,
+        "matmul_n": mm_n,
+        "matmul_gflops": mm_gflops,
+        "matmul_gflops_before_after": [mm_before["gflops"], mm_after["gflops"]],
+        "efficiency": achieved / mm_gflops,
+        "reference_efficiency": ref_fl / t_ref / 1e9 / mm_gflops,
+        "max_abs_diff": diff,
+        "max_abs_diff_reference": float(np.abs(ll - ref).max()),
+        "max_abs_diff_previous_engine": float(np.abs(ll - ll_old).max()),
+        # float32 noise floor of the reference itself: padded batches vs one sequence per forward
+        "naive_vs_reference_max_abs_diff": float(np.abs(naive.ll - ref).max()),
+        "samples": {"engine_s": samples},
+        **shape,
+        **env,
+        "goal": "efficiency >= 0.6, speedup_vs_reference >= 3, max_abs_diff <= 1e-4",
+    }
+    res["goal_met"] = bool(res["efficiency"] >= 0.6 and res["speedup_vs_reference"] >= 3 and diff <= 1e-4)
+    return res
