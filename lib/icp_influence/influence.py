@@ -49,9 +49,21 @@ def check_damping(damping: float | None) -> float:
 
 # ------------------------------------------------------------------ score kernels
 
-def inner_product_scores(Gc: torch.Tensor, Gp: torch.Tensor) -> np.ndarray:
-    """``[n_c, D] × [n_p, D] -> [n_c, n_p]`` float64."""
-    return (Gc.double() @ Gp.double().T).numpy()
+def inner_product_scores(Gc: torch.Tensor, Gp: torch.Tensor, *, block: int = 1 << 20) -> np.ndarray:
+    """``[n_c, D] × [n_p, D] -> [n_c, n_p]`` float64.
+
+    Accumulated in float64, ``block`` coordinates at a time: only ``(n_c + n_p) × block``
+    float64 copies exist at once, never float64 copies of the whole gradient matrices
+    (13 M coordinates × 100 probes would be 10 GB).
+    """
+    D = Gc.shape[1]
+    if D <= block:
+        return (Gc.double() @ Gp.double().T).numpy()
+    out = torch.zeros(Gc.shape[0], Gp.shape[0], dtype=torch.float64)
+    for c0 in range(0, D, block):
+        c1 = min(c0 + block, D)
+        out += Gc[:, c0:c1].double() @ Gp[:, c0:c1].double().T
+    return out.numpy()
 
 
 def cosine_scores(Gc: torch.Tensor, Gp: torch.Tensor, candidate_ids: Sequence[str] | None = None,
