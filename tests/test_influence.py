@@ -375,6 +375,35 @@ def test_tracin_weights_checkpoints(neox, tmp_path):
 # ---------------------------------------------------------------- cache and CLI
 
 
+def test_inner_product_streams_candidates_chunk_by_chunk(neox, monkeypatch):
+    """Memory bounded by the chunk, structurally: score() never asks for more than chunk_size
+    candidate gradients at once, and each chunk's gradients are gone before the next is computed."""
+    import weakref
+
+    from icp_influence import gradients
+
+    model, tok = neox
+    pool, probes = list(make_synthetic_pool(11, seed=4)), list(make_synthetic_pool(2, seed=5))
+    real = gradients.Objective.per_example_grads
+    calls: list[int] = []
+    alive: list[weakref.ref] = []
+
+    def spying(self, items, **kw):
+        # every gradient matrix handed out before (probes excepted) must have been freed by now
+        assert all(r() is None for r in alive[1:]), "an earlier chunk's candidate gradients are still referenced"
+        calls.append(len(items))
+        G = real(self, items, **kw)
+        alive.append(weakref.ref(G))
+        return G
+
+    monkeypatch.setattr(gradients.Objective, "per_example_grads", spying)
+    sm = InnerProduct(model, tok, params="paper", chunk_size=3).score(pool, probes)
+    assert calls == [2, 3, 3, 3, 2]  # the probes once, then the candidates in chunks of ≤ 3
+    monkeypatch.setattr(gradients.Objective, "per_example_grads", real)
+    full = InnerProduct(model, tok, params="paper", chunk_size=len(pool)).score(pool, probes)
+    np.testing.assert_allclose(sm.values, full.values, rtol=1e-5, atol=1e-6 * np.abs(full.values).max())
+
+
 def test_candidate_gradients_cached_not_recomputed(neox, tmp_path, monkeypatch):
     import copy
 

@@ -204,3 +204,95 @@ def mean_tokens(tokenizer, examples, *, template: str = "paper") -> dict[str, fl
         alone.append(len(encode_example(tokenizer, z, template=template).input_ids))
     n = len(ex)
     return {"t_prefix": sum(pre) / n, "t_suffix": sum(suf) / n, "t_answer": sum(ans) / n, "t_example": sum(alone) / n}
+
+
+# ------------------------------------------------------------------ FLOPs of per-example gradients
+def gradient_flop_count(model, names, lengths, answer_lengths, *, padded_lengths=None) -> dict[str, Any]:
+    """FLOPs of per-example gradients on the hooks path
+    (:meth:`~icp_influence.gradients.Objective.per_example_grads`), counted from the shapes
+    that path runs, for examples of ``lengths`` tokens of which ``answer_lengths`` are scored.
+
+    Per token (``lengths``, padding excluded):
+
+    * forward: ``2·in·out`` for every linear layer of the model below the LM head;
+    * backward, input gradients: ``2·in·out`` for every linear layer whose input depends on
+      a selected parameter (autograd skips the others, e.g. block 0's projections when the
+      first selected parameter is there; found by one tiny forward with hooks);
+    * per-example weight gradients ``Σ_t δ_t a_tᵀ``: ``2·in·out`` per selected weight.
+
+    Per answer position: the LM head ``2·d·V`` forward and ``2·d·V`` for its input gradient
+    (:func:`~icp_influence.lm.batch_answer_nll` evaluates it only there).
+
+    Attention scores, per block and example of ``L`` tokens: ``4·d_attn`` FLOPs per causal
+    (query, key) pair (``QKᵀ`` and ``PV``; ``L(L+1)/2`` pairs), twice that in the backward of
+    blocks downstream of the first selected parameter. Element-wise work (norms,
+    activations, softmax, bias sums) is not counted. The matrix-product part equals what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts for an unpadded run (tested). ``padded_lengths`` (optional) gives the padded
+    tokens actually run, to report the padding waste separately.
+    """
+    import torch
+
+    from .gradients import _is_linear, find_blocks
+    from .lm import batch_answer_nll
+
+    lengths = [int(x) for x in lengths]
+    answer_lengths = [int(x) for x in answer_lengths]
+    named = dict(model.named_parameters())
+    chosen = set(names)
+    head = model.get_output_embeddings()
+    layers: dict[str, dict[str, Any]] = {}
+
+    def hook_for(mname):
+        def hook(mod, inp, out):
+            w = mod.weight
+            fan_in, fan_out = (w.shape[1], w.shape[0]) if isinstance(mod, torch.nn.Linear) else (w.shape[0], w.shape[1])
+            layers[mname] = {"in": int(fan_in), "out": int(fan_out), "input_grad": bool(inp[0].requires_grad),
+                             "head": mod is head,
+                             "w_sel": f"{mname}.weight" in chosen, "b_sel": f"{mname}.bias" in chosen}
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if _is_linear(m)]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    sel_ids = {id(named[n]) for n in names}
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in sel_ids)
+        dev = next(model.parameters()).device
+        ids = torch.full((1, 4), 1, dtype=torch.long, device=dev)
+        labels = torch.tensor([[-100, -100, 2, 3]], device=dev)
+        with torch.enable_grad():
+            batch_answer_nll(model, ids, labels)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in flags:
+            p.requires_grad_(f)
+    body = [v for v in layers.values() if not v["head"]]
+    fwd_tok = sum(2 * v["in"] * v["out"] for v in body)
+    bwd_tok = sum(2 * v["in"] * v["out"] for v in body if v["input_grad"])
+    wgrad_tok = sum(2 * v["in"] * v["out"] * v["w_sel"] for v in layers.values())
+    hv = [v for v in layers.values() if v["head"]]
+    head_pos = 2 * hv[0]["in"] * hv[0]["out"] if hv else 0
+    cfg = model.config
+    prefix, blocks = find_blocks(model)
+    n_heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)) or 0)
+    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)) or 0)
+    head_dim = int(getattr(cfg, "head_dim", 0) or (hidden // n_heads if n_heads else 0))
+    d_attn = n_heads * head_dim
+    first = min(int(n[len(prefix) + 1:].split(".")[0]) for n in names if n.startswith(prefix + ".")) \
+        if any(n.startswith(prefix + ".") for n in names) else len(blocks)
+    n_blocks, n_bwd_blocks = len(blocks), len(blocks) - first
+    T, A = sum(lengths), sum(answer_lengths)
+    pairs = sum(L * (L + 1) // 2 for L in lengths)
+    forward = fwd_tok * T + head_pos * A + 4 * d_attn * pairs * n_blocks
+    backward = bwd_tok * T + head_pos * A + 8 * d_attn * pairs * n_bwd_blocks
+    weight_grads = wgrad_tok * T
+    out = {"tokens": T, "answer_tokens": A, "forward_flops": forward, "backward_input_flops": backward,
+           "weight_grad_flops": weight_grads, "flops": forward + backward + weight_grads,
+           "attention_flops": 4 * d_attn * pairs * (n_blocks + 2 * n_bwd_blocks),
+           "linear_flops_per_token": {"forward": fwd_tok, "backward_input": bwd_tok, "weight_grads": wgrad_tok},
+           "head_flops_per_answer_position": head_pos, "n_nonembed": fwd_tok // 2,
+           "flops_6N": 6 * (fwd_tok // 2) * T}
+    if padded_lengths is not None:
+        out["padded_tokens"] = int(sum(padded_lengths))
+    return out

@@ -399,7 +399,7 @@ class Objective:
                               f"Available: {', '.join(self.grad_methods)}.")
         n = len(items)
         width = projector.k if projector is not None else self.dim
-        out = torch.zeros(n, width, dtype=out_dtype)
+        out = torch.empty(n, width, dtype=out_dtype)  # every row is written below (no zero-fill of n × D)
         order = self._order(items)
         g_fn = grad(self.example_loss)
         it = range(0, n, chunk_size)
