@@ -22,56 +22,7 @@ def _sm(values, ids=None, method="m", **meta):
     return ScoreMatrix(values, ids, [f"p{j}" for j in range(values.shape[1])], {"method": method, **meta})
 
 
-def test_spearman_hand_computed():
-    # ranks x = 1..5, y ranks = 2,1,4,3,5 -> d^2 = 1+1+1+1+0 = 4; rho = 1 - 6*4/(5*24) = 0.8
-    assert C.spearman([10, 20, 30, 40, 50], [2.0, 1.0, 4.0, 3.0, 9.0]) == pytest.approx(0.8, abs=1e-12)
-    assert C.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert np.isnan(C.spearman([1, 1, 1], [1, 2, 3]))
-
-
-def _kendall_brute(x, y):
-    """tau-b by explicit pair counting."""
-    conc = disc = tx = ty = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif dx == dy:
-            conc += 1
-        else:
-            disc += 1
-    return (conc - disc) / np.sqrt((conc + disc + tx) * (conc + disc + ty))
-
-
-def test_kendall_matches_brute_force_pair_count_with_ties():
-    rng = np.random.default_rng(3)
-    x = rng.integers(0, 5, 40).astype(float)  # many ties
-    y = x + rng.integers(0, 4, 40)
-    assert C.kendall(x, y) == pytest.approx(_kendall_brute(x, y), abs=1e-12)
-    # no ties: 4 concordant... hand case: x=1,2,3 y=1,3,2 -> C=2, D=1 -> 1/3
-    assert C.kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
-
-
-def test_bootstrap_ci_contains_point_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-    widths = []
-    for n in (40, 400):
-        x = rng.normal(size=n)
-        y = x + rng.normal(size=n)
-        rho = C.spearman(x, y)
-        lo, hi = C.bootstrap_ci(x, y, C.spearman, n_boot=400, seed=1)
-        assert lo <= rho <= hi
-        widths.append(hi - lo)
-    assert widths[1] < 0.6 * widths[0]  # ~ 1/sqrt(10) ratio in theory
-    # seeded: the same seed gives the same interval
-    assert C.bootstrap_ci(x, y, n_boot=50, seed=7) == C.bootstrap_ci(x, y, n_boot=50, seed=7)
-
-
-def test_rank_agreement_aligns_by_id_and_uses_each_aggregate():
+def test_agreement_aligns_by_id_and_uses_each_aggregate():
     a = _sm([[1, -1], [2, 3], [0.5, 0.5], [-2, -2]], ids=["a", "b", "c", "d"])
     # b lists the same candidates in another order, and one extra candidate
     b = _sm([[0.3], [-5], [4], [1], [9]], ids=["c", "d", "b", "a", "zz"])
@@ -79,13 +30,29 @@ def test_rank_agreement_aligns_by_id_and_uses_each_aggregate():
     assert ids == ["a", "b", "c", "d"]
     np.testing.assert_allclose(x, [0, 2.5, 0.5, -2])
     np.testing.assert_allclose(y, [1, 4, 0.3, -5])
-    ag = C.rank_agreement(a, b, n_boot=50)
-    assert ag.n == 4 and ag.spearman == pytest.approx(0.8)  # ranks (2,4,3,1) vs (3,4,2,1)
+    ag = C.agreement(a, b, n_boot=50)
+    assert ag.n_candidates == 4 and ag.spearman == pytest.approx(0.8)  # ranks (2,4,3,1) vs (3,4,2,1)
+    assert not ag.two_way  # different probes: only candidates can be resampled
     # win-rate aggregate: a's win rates are 0.5, 1, 1, 0
     _, xw, _ = C.align((a, "win_rate"), b)
     np.testing.assert_allclose(xw, [0.5, 1, 1, 0])
     with pytest.raises(ConfigError):
         C.align(_sm([1, 2], ids=["x", "y"]), _sm([1, 2], ids=["u", "v"]))
+
+
+def test_agreement_is_two_way_when_probes_match():
+    from icp_influence import stats as S
+
+    rng = np.random.default_rng(2)
+    n, p = 50, 8
+    base = rng.normal(size=(n, 1)) + rng.normal(size=(n, p))
+    a = _sm(base, method="a")
+    b = _sm(base[::-1] * 0 + base + rng.normal(size=(n, p)), method="b")
+    shuffled = b.subset(list(reversed(b.candidate_ids)), list(reversed(b.probe_ids)))
+    ag = C.agreement(a, shuffled, n_boot=100)
+    ref = S.agreement(a.values, b.values, n_boot=100)
+    assert ag.two_way and ag.spearman == pytest.approx(ref.spearman) and ag.ci == pytest.approx(ref.ci)
+    assert ag.rel_a == pytest.approx(ref.rel_a)
 
 
 def test_overlap_curve_on_known_rankings():
@@ -168,7 +135,7 @@ def test_compare_all_pairwise_matrix():
     assert S[0, 2] > 0.99 and abs(S[0, 3]) < 0.4
     pair = out["pairs"]["icp_mean|ip"]
     assert pair["spearman"] == pytest.approx(C.spearman(icp.aggregate("mean"), ip.aggregate("mean")))
-    assert pair["spearman_ci"][0] <= pair["spearman"] <= pair["spearman_ci"][1]
+    assert pair["ci"][0] <= pair["spearman"] <= pair["ci"][1] and pair["two_way"]
     assert set(pair["per_family_spearman"]) == {"A", "B"}
     assert "in_domain" in pair["domain"]
     assert set(out["noise"]) == {"icp_mean", "icp_win", "ip", "rand"}

@@ -105,7 +105,9 @@ def test_run_arms_outcome_json(tiny, two_families, tmp_path):
     for arm in d["arms"].values():
         assert len(arm["seeds"]) == 3 and arm["n_train"] == 8
         lo, hi = arm["ci"]
-        assert lo <= arm["mean"] <= hi
+        v = np.asarray(arm["seeds"])
+        half = 4.302652729911275 * v.std(ddof=1) / np.sqrt(3)  # t_{0.975, 2} = 4.3027
+        assert (lo, hi) == pytest.approx((v.mean() - half, v.mean() + half), rel=1e-9)
         assert arm["mean"] == pytest.approx(np.mean(arm["seeds"]))
         assert arm["mean"] > d["base"] + 0.5  # training helps the in-domain held-out loss
     path = out.save(tmp_path / "o.json")

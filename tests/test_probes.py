@@ -40,3 +40,32 @@ def test_select_probes_is_deterministic(tiny_models):
     a = select_probes_kmeans(model, tok, pool, 5, seed=0)
     b = select_probes_kmeans(model, tok, pool, 5, seed=0)
     assert a.ids == b.ids and len(set(a.ids)) == 5
+
+
+def test_kmeans_probes_respect_a_cap_per_group():
+    import numpy as np
+    import pytest
+
+    from icp_influence.errors import ConfigError
+    from icp_influence.probes import composition, kmeans_representatives
+
+    rng = np.random.default_rng(0)
+    # one big group of 200 points and four small groups of 8: unconstrained k-means
+    # representatives come mostly from the big group
+    X = np.vstack([rng.normal(0, 1.0, size=(200, 2))] + [rng.normal(10 * (i + 1), 0.5, size=(8, 2)) for i in range(4)])
+    groups = ["big"] * 200 + [f"g{i}" for i in range(4) for _ in range(8)]
+    free = kmeans_representatives(X, 16, seed=0)
+    capped = kmeans_representatives(X, 16, seed=0, groups=groups, max_per_group=4)
+    assert sum(groups[i] == "big" for i in free) > 4
+    assert len(set(capped)) == 16
+    counts = {}
+    for i in capped:
+        counts[groups[i]] = counts.get(groups[i], 0) + 1
+    assert max(counts.values()) <= 4 and len(counts) == 5
+    with pytest.raises(ConfigError, match="impossible"):
+        kmeans_representatives(X, 16, groups=groups, max_per_group=3)
+
+    class P:
+        def __init__(self, t):
+            self.task = t
+    assert composition([P("a"), P("b"), P("a")]) == {"a": 2, "b": 1}

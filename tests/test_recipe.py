@@ -103,9 +103,7 @@ def test_recipe_end_to_end_sharded(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["merge"]["icp"]["shape"] == [50, 5] and result["merge"]["influence"]["shape"] == [50, 5]
     cmp_ = json.loads((run / "compare.json").read_text())["summary"]
-    assert cmp_["n"] == 50 and -1 <= cmp_["spearman"] <= 1
-    lo, hi = cmp_["spearman_ci"]
-    assert lo <= cmp_["spearman"] <= hi
+    assert cmp_["n"] == 50 and cmp_["n_probes"] == 5 and cmp_["two_way"] and -1 <= cmp_["spearman"] <= 1
 
     # the sharded, chunked matrices equal a direct in-process computation
     from icp_influence.data import load_alpaca
@@ -120,6 +118,10 @@ def test_recipe_end_to_end_sharded(tmp_path):
     ref = loglik_matrix(model, tok, list(pool), list(probes), template="paper")
     np.testing.assert_allclose(icp.values, ref.delta, atol=1e-4)
     inf = ScoreMatrix.load(run / "influence" / "scores")
+    from icp_influence.compare import agreement
+
+    again = agreement((icp, "win_rate"), (inf, "mean"), n_boot=50)
+    assert cmp_["spearman"] == pytest.approx(again.spearman) and cmp_["ci"] == pytest.approx(list(again.ci))
     ip = InnerProduct(model, tok, params="paper")
     np.testing.assert_allclose(inf.values, ip.score(list(pool), list(probes)).values, rtol=1e-4,
                                atol=1e-6 * np.abs(inf.values).max())

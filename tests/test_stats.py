@@ -2,6 +2,7 @@
 and two-way agreement on simulated matrices of known reliability, the equivalence test."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -175,3 +176,67 @@ def test_tost_verdicts():
         S.tost_paired([1.0, 2.0], [1.0, 2.0], margin=0)
     with pytest.raises(ConfigError):
         S.tost_paired([1.0], [1.0], margin=0.1)
+
+
+def test_pair_agreement_two_way():
+    rng = np.random.default_rng(7)
+    A = rng.normal(size=(40, 20))
+    B = A + 0.5 * rng.normal(size=(40, 20))
+    iv = S.pair_agreement(A, B, n_boot=200)
+    assert iv.value == pytest.approx(st.spearmanr(A.ravel(), B.ravel()).statistic, abs=1e-12)
+    assert iv.lo < iv.value < iv.hi
+    same = S.pair_agreement(A, 3 * A + 1, n_boot=50)
+    assert same.value == pytest.approx(1.0) and same.lo == pytest.approx(1.0, abs=1e-6)
+    indep = S.pair_agreement(A, rng.normal(size=(40, 20)), n_boot=200)
+    assert indep.lo < 0 < indep.hi
+    with pytest.raises(ConfigError):
+        S.pair_agreement(A, B[:, :5])
+
+
+def test_spearman_hand_computed():
+    # ranks x = 1..5, y ranks = 2,1,4,3,5 -> d^2 = 1+1+1+1+0 = 4; rho = 1 - 6*4/(5*24) = 0.8
+    assert S.spearman([10, 20, 30, 40, 50], [2.0, 1.0, 4.0, 3.0, 9.0]) == pytest.approx(0.8, abs=1e-12)
+    assert S.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert np.isnan(S.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def _kendall_brute(x, y):
+    """tau-b by explicit pair counting."""
+    conc = disc = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif dx == dy:
+            conc += 1
+        else:
+            disc += 1
+    return (conc - disc) / np.sqrt((conc + disc + tx) * (conc + disc + ty))
+
+
+def test_kendall_matches_brute_force_pair_count_with_ties():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 5, 40).astype(float)  # many ties
+    y = x + rng.integers(0, 4, 40)
+    assert S.kendall(x, y) == pytest.approx(_kendall_brute(x, y), abs=1e-12)
+    # no ties: 4 concordant... hand case: x=1,2,3 y=1,3,2 -> C=2, D=1 -> 1/3
+    assert S.kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_bootstrap_ci_contains_point_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (40, 400):
+        x = rng.normal(size=n)
+        y = x + rng.normal(size=n)
+        rho = S.spearman(x, y)
+        lo, hi = S.bootstrap_ci(x, y, S.spearman, n_boot=400, seed=1)
+        assert lo <= rho <= hi
+        widths.append(hi - lo)
+    assert widths[1] < 0.6 * widths[0]  # ~ 1/sqrt(10) ratio in theory
+    # seeded: the same seed gives the same interval
+    assert S.bootstrap_ci(x, y, n_boot=50, seed=7) == S.bootstrap_ci(x, y, n_boot=50, seed=7)

@@ -9,8 +9,9 @@ Conventions:
 * higher aggregate value = more valuable (DESIGN.md §1: positive = helps the probe);
 * "top-k" = the k highest values, ties broken by the candidate order (stable sort), so
   results are deterministic;
-* bootstrap confidence intervals resample **candidates** with replacement (seeded) and
-  report the percentile interval.
+* agreement intervals are **two-way**: when both valuators scored the same probes, the
+  bootstrap resamples candidates and probes together (:func:`icp_influence.stats.agreement`);
+  otherwise only candidates are resampled, and the result says so (``two_way=False``).
 
 The paper's rank bins (arXiv 2407.12259, the selection experiments): candidates whose
 percentile rank of the aggregate score is ``≤ 0.5``, ``> 0.5``, ``> 0.6``, ``> 0.7``,
@@ -21,7 +22,6 @@ for the ``≤ 0.5`` bin): the *count-matched overlap*.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
@@ -96,36 +96,47 @@ def _check_finite(*arrays: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- correlations
 
-from .stats import bootstrap_ci, kendall, spearman  # noqa: E402  (one statistics home)
+from .stats import bootstrap_ci, spearman  # noqa: E402  (one statistics home)
 
 
-@dataclass
-class Agreement:
-    """Rank agreement of two valuators on ``n`` shared candidates."""
-
-    n: int
-    spearman: float
-    spearman_ci: tuple[float, float]
-    kendall: float
-    kendall_ci: tuple[float, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["spearman_ci"], d["kendall_ci"] = list(self.spearman_ci), list(self.kendall_ci)
-        return d
+def _resolve_matrix(scores: Scores, how: str | None) -> tuple[ScoreMatrix, str]:
+    if isinstance(scores, tuple) and len(scores) == 2 and isinstance(scores[0], ScoreMatrix):
+        return scores[0], how or scores[1]
+    if isinstance(scores, ScoreMatrix):
+        return scores, how or scores.meta.get("default_aggregate", "mean")
+    raise ConfigError("agreement needs ScoreMatrix inputs (or (ScoreMatrix, aggregate) pairs).")
 
 
-def rank_agreement(a: Scores, b: Scores, *, how_a: str | None = None, how_b: str | None = None,
-                   n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Agreement:
-    """Spearman and Kendall of two valuators with bootstrap intervals (candidates resampled)."""
-    _, x, y = align(a, b, how_a, how_b)
-    # Kendall's bootstrap is O(n log n) per resample; cap its resamples for big pools.
-    nk = n_boot if len(x) <= 5000 else min(n_boot, 200)
-    return Agreement(
-        n=len(x),
-        spearman=spearman(x, y), spearman_ci=bootstrap_ci(x, y, spearman, n_boot=n_boot, level=level, seed=seed),
-        kendall=kendall(x, y), kendall_ci=bootstrap_ci(x, y, kendall, n_boot=nk, level=level, seed=seed),
-    )
+def agreement(a: Scores, b: Scores, *, how_a: str | None = None, how_b: str | None = None, n_boot: int = 1000,
+              level: float = 0.95, seed: int = 0):
+    """Spearman of two valuators with a two-way bootstrap CI, Kendall, reliabilities and the
+    attenuation-corrected value (:class:`icp_influence.stats.Agreement`).
+
+    Candidates are aligned by id. When both matrices scored the same probes, the columns are
+    aligned too and the bootstrap resamples candidates and probes together; otherwise only
+    candidates are resampled (``two_way=False``) and the reliabilities are each valuator's own.
+    """
+    from . import stats as S
+
+    ma, ha = _resolve_matrix(a, how_a)
+    mb, hb = _resolve_matrix(b, how_b)
+    pos_b = {c: i for i, c in enumerate(mb.candidate_ids)}
+    keep = [c for c in ma.candidate_ids if c in pos_b]
+    if len(keep) < 3:
+        raise ConfigError(f"The two valuators share only {len(keep)} candidate id(s); score the same pool with both.")
+    ma, mb = ma.subset(keep), mb.subset(keep)
+    if set(ma.probe_ids) == set(mb.probe_ids):
+        mb = mb.subset(probe_ids=ma.probe_ids)
+        return S.agreement(ma.values, mb.values, ha, hb, n_boot=n_boot, level=level, seed=seed)
+    rel_a = S.split_half(ma.values, ha, n_boot=0, seed=seed).value if ma.shape[1] >= 4 else float("nan")
+    rel_b = S.split_half(mb.values, hb, n_boot=0, seed=seed).value if mb.shape[1] >= 4 else float("nan")
+    x, y = S.aggregate(ma.values, ha), S.aggregate(mb.values, hb)
+    rho = S.spearman(x, y)
+    ci = S.bootstrap_ci(x, y, "spearman", n_boot=n_boot, level=level, seed=seed)
+    dis = S.disattenuate(rho, rel_a, rel_b)
+    return S.Agreement(spearman=rho, ci=ci, kendall=S.kendall(x, y), disattenuated=dis,
+                       disattenuated_ci=(float("nan"), float("nan")), rel_a=rel_a, rel_b=rel_b,
+                       n_candidates=len(keep), n_probes=ma.shape[1], level=level, two_way=False)
 
 
 # ---------------------------------------------------------------- top-k and bins
@@ -341,7 +352,7 @@ def compare_all(matrices: Mapping[str, Any], *, n_boot: int = 500, seed: int = 0
     pairs: dict[str, Any] = {}
     for (i, na), (j, nb) in itertools.combinations(enumerate(names), 2):
         (a, ha), (b, hb) = resolved[na], resolved[nb]
-        ag = rank_agreement(a, b, how_a=ha, how_b=hb, n_boot=n_boot, seed=seed)
+        ag = agreement(a, b, how_a=ha, how_b=hb, n_boot=n_boot, seed=seed)
         S[i, j] = S[j, i] = ag.spearman
         K[i, j] = K[j, i] = ag.kendall
         entry = ag.to_dict()

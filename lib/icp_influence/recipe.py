@@ -15,7 +15,7 @@ a bare name such as ``paper_alpaca_pythia1b`` resolves to the packaged configs).
    scores its own chunks; finished chunks are kept, so re-running the same command resumes.
 3. ``merge`` — assemble each run's chunks (:func:`icp_influence.store.merge_run`; the
    same as ``python -m icp_influence merge DIR``).
-4. ``compare`` — Spearman / Kendall with bootstrap intervals, top-10 % overlap and the
+4. ``compare`` — Spearman with a two-way bootstrap interval, Kendall, reliabilities, top-10 % overlap and the
    paper's rank bins (:func:`icp_influence.compare.compare_all`) → ``compare.json``.
 
 ``--dry-run`` prints every command without running anything.
@@ -273,8 +273,10 @@ def compare(config: dict[str, Any]) -> dict[str, Any]:
                       n_boot=int(c.get("n_boot", 200)), seed=int(config.get("seed", 0)),
                       top_fraction=float(c.get("top_fraction", 0.1)))
     pair = res["pairs"]["icp|influence"]
-    summary = {"n": pair["n"], "spearman": pair["spearman"], "spearman_ci": pair["spearman_ci"],
-               "kendall": pair["kendall"], "kendall_ci": pair["kendall_ci"]}
+    summary = {"n": pair["n_candidates"], "n_probes": pair["n_probes"], "spearman": pair["spearman"],
+               "ci": pair["ci"], "two_way": pair["two_way"], "kendall": pair["kendall"],
+               "reliability_icp": pair["rel_a"], "reliability_influence": pair["rel_b"],
+               "disattenuated": pair["disattenuated"]}
     for k, v in pair.items():
         if k.endswith("pct_overlap"):
             summary[k] = v

@@ -56,7 +56,7 @@ __all__ = [
     "AGGREGATES", "Interval", "Reliability", "Agreement", "Equivalence",
     "pearson", "spearman", "kendall", "rank_columns", "columnwise_spearman",
     "bootstrap_ci", "t_interval", "aggregate", "split_half", "reliability_curve",
-    "probes_needed", "spearman_brown", "disattenuate", "agreement", "tost_paired",
+    "probes_needed", "spearman_brown", "disattenuate", "agreement", "pair_agreement", "tost_paired",
 ]
 
 
@@ -485,6 +485,28 @@ def agreement(Va: np.ndarray, Vb: np.ndarray, how_a: str = "mean", how_b: str = 
     return Agreement(spearman=rho, ci=_z_interval(rho, rhos, level), kendall=tau, disattenuated=disattenuate(rho, rel_a, rel_b),
                      disattenuated_ci=ci(dis), rel_a=rel_a, rel_b=rel_b, n_candidates=C, n_probes=P, level=level,
                      two_way=resample_probes)
+
+
+def pair_agreement(Va: np.ndarray, Vb: np.ndarray, *, n_boot: int = 1000, level: float = 0.95,
+                   seed: int = 0) -> Interval:
+    """Pair-level Spearman of two ``[C, P]`` matrices (every (candidate, probe) pair one point)
+    with a two-way bootstrap interval (candidates and probes resampled together; Fisher-z
+    normal interval around the point estimate, as in :func:`agreement`)."""
+    _check_level(level)
+    A, B = np.asarray(Va, dtype=np.float64), np.asarray(Vb, dtype=np.float64)
+    if A.shape != B.shape or A.ndim != 2:
+        raise ConfigError(f"pair_agreement needs two aligned [candidates × probes] matrices, got {A.shape} and {B.shape}.")
+    rho = spearman(A, B)
+    rng = np.random.default_rng(seed)
+    C, P = A.shape
+    reps = []
+    for _ in range(n_boot):
+        r, c = rng.integers(0, C, size=C), rng.integers(0, P, size=P)
+        x, y = A[np.ix_(r, c)].ravel(), B[np.ix_(r, c)].ravel()
+        if np.ptp(x) > 0 and np.ptp(y) > 0:
+            reps.append(pearson(_st.rankdata(x), _st.rankdata(y)))
+    lo, hi = _z_interval(rho, reps, level)
+    return Interval(rho, lo, hi, level)
 
 
 # ---------------------------------------------------------------- equivalence

@@ -177,3 +177,27 @@ def environment_report() -> dict[str, Any]:
     if torch.cuda.is_available():
         report["gpu"] = torch.cuda.get_device_name(0)
     return report
+
+
+def code_version() -> dict[str, Any]:
+    """The package version and, in a git checkout, the commit (``+dirty`` when files changed).
+
+    Recorded in every cached result, so a reader can tell which code made it.
+    """
+    import subprocess
+
+    from . import __version__
+    from .paths import repo_root
+
+    out: dict[str, Any] = {"version": __version__, "commit": None}
+    root = repo_root()
+    if root is not None and (root / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            out["commit"] = (commit + ("+dirty" if dirty else "")) or None
+        except (OSError, subprocess.SubprocessError):  # pragma: no cover - git missing
+            pass
+    return out

@@ -40,13 +40,13 @@ def agreement_explorer(valuators: Mapping[str, Any], *, noisy_ids=None, default_
         if k is not None:
             k_sl.value = int(k)
         va, vb, kk = valuators[dd_a.value], valuators[dd_b.value], int(k_sl.value)
-        ag = C.rank_agreement(va, vb, n_boot=200)
+        ag = C.agreement(va, vb, n_boot=200)
         ov = C.overlap_curve(va, vb, [kk])
-        res = {"spearman": ag.spearman, "spearman_lo": ag.spearman_ci[0], "spearman_hi": ag.spearman_ci[1],
+        res = {"spearman": ag.spearman, "spearman_lo": ag.ci[0], "spearman_hi": ag.ci[1],
                "kendall": ag.kendall, "k": kk, "overlap": ov["overlap"][0], "overlap_frac": ov["overlap_frac"][0],
                "jaccard": ov["jaccard"][0], "random_frac": ov["random"][0]}
         text.value = (f"<b>{dd_a.value}</b> vs <b>{dd_b.value}</b>: Spearman {ag.spearman:.3f} "
-                      f"[{ag.spearman_ci[0]:.3f}, {ag.spearman_ci[1]:.3f}], Kendall {ag.kendall:.3f}; "
+                      f"[{ag.ci[0]:.3f}, {ag.ci[1]:.3f}], Kendall {ag.kendall:.3f}; "
                       f"top-{kk} overlap {res['overlap']} ({res['overlap_frac']:.2f}; random {res['random_frac']:.2f}), "
                       f"Jaccard {res['jaccard']:.2f}")
         with out:

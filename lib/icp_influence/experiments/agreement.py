@@ -158,13 +158,13 @@ def agreement_summary(mats: dict[str, Any], data_info: dict[str, Any], n_boot: i
                  "ip": (mats["ip"], "mean"), "cosine": (mats["cosine"], "mean"), "ekfac": (mats["ekfac"], "mean")}
     allc = C.compare_all(valuators, n_boot=n_boot, seed=seed, families=fam,
                          probe_families=data_info["probe_families"], noisy_ids=noisy)
-    ag = C.rank_agreement((icp, "win_rate"), (mats["ip"], "mean"), n_boot=n_boot, seed=seed)
+    ag = C.agreement((icp, "win_rate"), (mats["ip"], "mean"), n_boot=n_boot, seed=seed)
     dom = C.domain_spearman((icp, "win_rate"), (mats["ip"], "mean"), fam, data_info["probe_families"])
     return {
         "n_candidates": icp.shape[0],
         "n_probes": icp.shape[1],
         "spearman_icp_ip": ag.spearman,
-        "spearman_icp_ip_ci": list(ag.spearman_ci),
+        "spearman_icp_ip_ci": list(ag.ci),
         "kendall_icp_ip": ag.kendall,
         "top10pct_overlap_icp_ip": C.top_fraction_overlap((icp, "win_rate"), (mats["ip"], "mean"), 0.1),
         "auc_noise": {k: v["auc"] for k, v in allc["noise"].items()},

@@ -23,9 +23,10 @@ from .base import SIGN, Valuator, get, make, model_fingerprint, names, register
 from .gradient import Cosine, GradientValuator, InnerProduct, PaperSignedLog, TracIn
 from .icp import Icp
 from .influence_functions import CgInfluence, EkfacInfluence, ExactInfluence, InfluenceFunction, LissaInfluence
+from .one_step import OneStep
 
 __all__ = [
     "SIGN", "Valuator", "get", "make", "model_fingerprint", "names", "register",
     "Icp", "InnerProduct", "Cosine", "TracIn", "PaperSignedLog", "GradientValuator",
-    "InfluenceFunction", "ExactInfluence", "CgInfluence", "LissaInfluence", "EkfacInfluence",
+    "InfluenceFunction", "ExactInfluence", "CgInfluence", "LissaInfluence", "EkfacInfluence", "OneStep",
 ]

@@ -1,0 +1,171 @@
+"""Figures of the measurement in notebook 05 (seaborn): reliability, agreement with
+intervals, the ablation forest, noisy-label AUCs, the ground-truth referee.
+
+Every function takes plain results (the dicts of
+:mod:`icp_influence.experiments.llm_agreement` / ``ground_truth``), returns the Figure,
+labels its axes with what they measure, and keeps legends off the data.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..style import colors, label, legend_outside
+
+
+def _fig(figsize):
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: float = 0.8, names: Sequence[str] | None = None):
+    """Split-half reliability of each valuator (Spearman–Brown) with its two-way 95% CI."""
+    names = list(names or reliability)
+    vals = np.array([reliability[n]["value"] for n in names])
+    lo = np.array([reliability[n]["ci"][0] for n in names])
+    hi = np.array([reliability[n]["ci"][1] for n in names])
+    fig, ax = _fig((7.0, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, vals, color=colors(names), alpha=0.85, height=0.6)
+    ax.errorbar(vals, y, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.axvline(target, color="grey", ls="--", lw=1)
+    ax.text(target, len(names) - 0.4, f" {target:g}", color="grey", va="bottom", fontsize=8)
+    ax.set_yticks(y, [label(n) for n in names])
+    ax.set_xlim(min(0.0, float(np.nanmin(lo)) - 0.05), 1.0)
+    ax.set_xlabel("split-half reliability across probes (Spearman–Brown; bars: 95% two-way CI)")
+    ax.set_title("Does each valuator agree with itself?")
+    return fig
+
+
+def reliability_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], *, full: Mapping[str, float] | None = None,
+                       n_probes: int | None = None, target: float = 0.8):
+    """Measured reliability of a ``k``-probe score (dots) and the Spearman–Brown prophecy
+    from the full reliability (lines), against the number of probes."""
+    from icp_influence.stats import spearman_brown
+
+    fig, ax = _fig((6.4, 4.0))
+    cols = dict(zip(curves, colors(list(curves))))
+    for name, c in curves.items():
+        ax.plot(c["k"], c["reliability"], "o", color=cols[name], label=f"{label(name)} (measured)")
+        if full is not None and n_probes and name in full and np.isfinite(full[name]) and full[name] > 0:
+            r1 = spearman_brown(full[name], 1.0 / n_probes)
+            ks = np.geomspace(1, 4 * n_probes, 60)
+            ax.plot(ks, spearman_brown(r1, ks), "-", color=cols[name], lw=1, alpha=0.7)
+    ax.axhline(target, color="grey", ls="--", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("number of probes k (log scale)")
+    ax.set_ylabel("reliability of a k-probe score")
+    ax.set_title("How many probes does a valuator need?")
+    legend_outside(ax, fontsize=8)
+    return fig
+
+
+def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the agreement?",
+           xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)"):
+    """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.3))
+    y = np.arange(len(rows))[::-1]
+    groups = list(dict.fromkeys(r.get("group", "") for r in rows))
+    gcol = dict(zip(groups, colors([f"__group_{g}" for g in groups])))
+    for yi, r in zip(y, rows):
+        c = gcol[r.get("group", "")]
+        lo, hi = r["ci"]
+        ax.plot([lo, hi], [yi, yi], color=c, lw=2)
+        ax.plot(r["spearman"], yi, "o", color=c)
+        if r.get("disattenuated") is not None and np.isfinite(r["disattenuated"]):
+            ax.plot(r["disattenuated"], yi, "D", color=c, mfc="white", ms=5)
+    if rows:
+        ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1)
+    ax.axvline(0, color="black", lw=0.6)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return fig
+
+
+def rank_joint(a: np.ndarray, b: np.ndarray, *, name_a: str, name_b: str, highlight: np.ndarray | None = None,
+               highlight_label: str = "corrupted"):
+    """Percentile ranks of two candidate scores with their marginal distributions (seaborn)."""
+    import pandas as pd
+    import seaborn as sns
+    from scipy.stats import rankdata
+
+    from icp_influence.stats import spearman
+
+    ra, rb = 100 * rankdata(a) / len(a), 100 * rankdata(b) / len(b)
+    kind = np.where(highlight, highlight_label, "clean") if highlight is not None else np.array(["candidate"] * len(a))
+    df = pd.DataFrame({f"percentile rank under {name_a} (%)": ra, f"percentile rank under {name_b} (%)": rb,
+                       "": kind})
+    g = sns.jointplot(data=df, x=df.columns[0], y=df.columns[1], hue="", height=4.6, s=14, alpha=0.7,
+                      marginal_kws={"common_norm": False})
+    g.ax_joint.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
+    g.figure.suptitle(f"Spearman ρ = {spearman(a, b):.3f} (n = {len(a)})", y=1.02, fontsize=10)
+    if g.ax_joint.get_legend() is not None:
+        sns.move_legend(g.ax_joint, "upper left", bbox_to_anchor=(1.25, 1.0), title=None)
+    return g.figure
+
+
+def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], *, title: str,
+            cbar_label: str, vmin: float = -1.0, vmax: float = 1.0, center: float | None = 0.0, fmt: str = ".2f"):
+    """An annotated heatmap (seaborn) with readable row and column names."""
+    import seaborn as sns
+
+    M = np.asarray(matrix, dtype=float)
+    fig, ax = _fig((1.6 + 1.0 * len(cols), 1.0 + 0.5 * len(rows)))
+    sns.heatmap(M, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, cmap="RdBu_r" if center is not None
+                else "viridis", xticklabels=[label(c) for c in cols], yticklabels=[label(r) for r in rows], ax=ax,
+                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 8})
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    for t in ax.get_xticklabels():
+        t.set_ha("right")
+    return fig
+
+
+def noise_auc(auc: Mapping[str, Mapping[str, float]], *, names: Sequence[str] | None = None):
+    """ROC AUC of −score as a detector of each corruption kind (0.5 = chance, 1 = perfect)."""
+    names = list(names or auc)
+    kinds = sorted({k for n in names for k in auc[n]}, key=lambda k: (k != "any", k))
+    M = [[auc[n].get(k, np.nan) for k in kinds] for n in names]
+    fig = heatmap(M, names, [k.replace("_", " ") for k in kinds], title="Which valuator puts corrupted examples last?",
+                  cbar_label="ROC AUC of −score (0.5 = chance)", vmin=0.0, vmax=1.0, center=0.5)
+    fig.axes[0].set_xlabel("corruption kind")
+    fig.axes[0].set_ylabel("valuator")
+    return fig
+
+
+def within_category(per_probe: Sequence[Mapping[str, Any]]):
+    """Per probe: Spearman of Δ and IP over the candidates of the probe's own category."""
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(per_probe)
+    order = sorted(df["category"].unique())
+    fig, ax = _fig((7.5, 3.8))
+    sns.stripplot(data=df, x="category", y="spearman", order=order, hue="category", palette=colors(order),
+                  legend=False, ax=ax, size=5, jitter=0.15)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("probe category")
+    ax.set_ylabel("Spearman(Δ, IP) over same-category candidates")
+    ax.tick_params(axis="x", rotation=60)
+    ax.set_title("Pair level, within a category: does a probe's Δ follow its IP?")
+    return fig
+
+
+def first_order_scatter(ip: np.ndarray, delta: np.ndarray, eta: float):
+    """Δ(z, p)/η after one small SGD step against ⟨∇ℓ(p), ∇ℓ(z)⟩, every pair one dot."""
+    from icp_influence.stats import spearman
+
+    fig, ax = _fig((4.8, 4.2))
+    x, y = np.ravel(ip), np.ravel(delta) / eta
+    ax.scatter(x, y, s=6, alpha=0.5, color="#393b79")
+    lim = [float(min(x.min(), y.min())), float(max(x.max(), y.max()))]
+    ax.plot(lim, lim, color="grey", ls="--", lw=1)
+    ax.set_xlabel("inner product ⟨∇ℓ(p), ∇ℓ(z)⟩ (q/v of every block)")
+    ax.set_ylabel("Δ(z, p) / η after one SGD step")
+    ax.set_title(f"First order: pair-level Spearman {spearman(x, y):.4f}")
+    return fig

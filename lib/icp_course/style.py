@@ -1,0 +1,72 @@
+"""One look for every figure of the course, set in one place.
+
+Every notebook's setup cell calls :func:`use` once. It sets seaborn's theme (white grid,
+a readable font size) and the figure defaults (resolution, legends outside the data),
+and :func:`palette` gives as many distinct colours as there are categories.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+#: The colour of each valuator, the same in every figure of the course.
+VALUATOR_COLORS = {
+    "icp_win_rate": "#1f77b4", "icp_mean_delta": "#2ca02c", "icp_per_token": "#17becf",
+    "icp_win_rate_neutral": "#9edae5", "ip": "#d62728", "cosine": "#ff7f0e", "psl": "#8c564b",
+    "ip_last2": "#e377c2", "ip_linear": "#bcbd22", "ekfac": "#9467bd",
+    "gt_sgd_small": "#7f7f7f", "gt_sgd_all": "#393b79", "gt_adam_sign": "#637939",
+}
+#: Readable names of the valuators and ground truths.
+VALUATOR_LABELS = {
+    "icp_win_rate": "ICP win-rate", "icp_mean_delta": "ICP mean Δ", "icp_per_token": "ICP per-token Δ",
+    "icp_win_rate_neutral": "ICP win-rate (neutral baseline)", "ip": "inner product", "cosine": "cosine",
+    "psl": "paper_signed_log", "ip_last2": "IP, last two blocks", "ip_linear": "IP, all linear (sketch)",
+    "ekfac": "EK-FAC", "gt_sgd_small": "one SGD step (small η, q/v)", "gt_sgd_all": "one SGD step (all)",
+    "gt_adam_sign": "one Adam step (β=0)",
+}
+
+
+def use(dpi: int = 100) -> None:
+    """Apply the course's figure style (seaborn theme, resolution, legend placement)."""
+    import matplotlib as mpl
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    mpl.rcParams.update({
+        "figure.dpi": dpi, "savefig.dpi": dpi, "figure.autolayout": False, "figure.constrained_layout.use": True,
+        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+        "axes.titlesize": "medium", "axes.titleweight": "bold",
+    })
+
+
+def palette(n: int) -> list:
+    """``n`` distinct colours (tab10 up to 10, tab20 up to 20, then a husl wheel)."""
+    import seaborn as sns
+
+    if n <= 10:
+        return sns.color_palette("tab10", n)
+    if n <= 20:
+        return sns.color_palette("tab20", n)
+    return sns.color_palette("husl", n)
+
+
+def label(name: str) -> str:
+    """The readable name of a valuator (the name itself when unknown)."""
+    return VALUATOR_LABELS.get(name, name)
+
+
+def colors(names: Sequence[str]) -> list:
+    """The course colour of each valuator (distinct fallbacks for unknown names)."""
+    extra = iter(palette(max(1, len(names))))
+    return [VALUATOR_COLORS.get(n) or next(extra) for n in names]
+
+
+def legend_outside(ax, **kw) -> None:
+    """A legend to the right of the axes, never on top of the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+
+
+def visible_token(text: str) -> str:
+    """A token as a tick label: spaces as ␣, newlines as ↵, tabs as →."""
+    return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "→") or "∅"

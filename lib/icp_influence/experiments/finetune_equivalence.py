@@ -1,0 +1,252 @@
+"""Does fine-tuning on what ICP selects give a model like fine-tuning on what influence
+selects? The paper's third claim, tested as a claim of *similarity* (notebook 06).
+
+``finetune-equivalence``: on the instruction set and on the synthetic pool, LoRA-tune
+SmolLM2 on equal budgets of candidates selected from the ground-truth candidates of
+``instruction-agreement``/``ground-truth`` by five arms — ICP-top, IP-top,
+ground-truth-top (one SGD step on all parameters), random and ICP-bottom — for several
+budgets and seeds. Seeds are **paired** across arms: seed ``s`` fixes the LoRA
+initialisation and the order of the training steps in every arm. Each model is scored on
+the held-out evaluation set (answer log-likelihood per token; exact match where answers
+are checkable).
+
+The **margin** of the equivalence test is fixed before the main seeds run: a pilot with
+its own seed (excluded from the analysis) fine-tunes every arm once at the largest budget;
+the margin is half the gap between the base model and the best pilot arm, written to
+``margin.json`` and never changed afterwards. Then for every pair of arms and budget:
+the paired difference with its CI, two one-sided tests against ±margin, and a verdict —
+"equivalent within the margin", "different" or "inconclusive".
+
+Every (pool, budget, arm, seed) result is appended to ``runs.jsonl`` as it finishes, so an
+interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..paths import results_dir
+from ..registry import experiment
+from . import llm_agreement as A
+
+NAME = "finetune-equivalence"
+ARMS = ("icp-top", "ip-top", "gt-top", "random", "icp-bottom")
+
+
+@dataclass
+class EquivalenceConfig:
+    budgets: list[int] = field(default_factory=lambda: [16, 32])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    pilot_seed: int = 100
+    icp_aggregate: str = "mean"          # the ICP score arms select by ("mean" = mean Δ, or "win_rate")
+    ground_truth: str = "gt_sgd_all"
+    method: str = "lora"
+    epochs: int = 2
+    batch_size: int = 4
+    lr: float = 1e-3
+    template: str = "paper"
+    max_length: int = 384
+    alpha: float = 0.05
+    margin: dict[str, float] | None = None   # per pool; None = fixed by the pilot (margin.json)
+    seed: int = 0
+
+    @classmethod
+    def for_mode(cls, mode: str, seed: int = 0) -> "EquivalenceConfig":
+        if mode == "full":
+            return cls(seed=seed)
+        return cls(budgets=[4, 6], seeds=[0, 1], epochs=1, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def selections(ecfg: EquivalenceConfig, mats: dict[str, Any], gts: dict[str, Any], budget: int) -> dict[str, Any]:
+    """The arms at one budget, all from the ground-truth candidates (random: a fresh subset per seed)."""
+    from .. import selection as S
+
+    gt = gts[ecfg.ground_truth]
+    ids = gt.candidate_ids
+    icp = (mats["icp"].subset(ids), ecfg.icp_aggregate)
+    return {
+        "icp-top": S.top_k(icp, budget),
+        "ip-top": S.top_k((mats["ip"].subset(ids), "mean"), budget),
+        "gt-top": S.top_k((gt, "mean"), budget),
+        "random": lambda s: S.random_k(ids, budget, seed=1000 + int(s)),
+        "icp-bottom": S.bottom_k(icp, budget),
+    }
+
+
+def _runs(path: Path) -> dict[tuple, dict[str, Any]]:
+    out = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["pool"], r["budget"], r["arm"], r["seed"])] = r
+    return out
+
+
+def _append(path: Path, row: dict[str, Any]) -> None:
+    import os
+
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def train_and_evaluate(model, tok, pool, ids, heldout, *, ecfg: EquivalenceConfig, seed: int,
+                       exact_match: bool) -> dict[str, float]:
+    from ..finetune import FinetuneConfig, evaluate, finetune
+
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig(method=ecfg.method, epochs=ecfg.epochs, batch_size=ecfg.batch_size, lr=ecfg.lr,
+                         template=ecfg.template, max_length=ecfg.max_length)
+    tuned = finetune(model, tok, pool.subset(list(ids)), cfg, seed=seed)
+    ev = evaluate(tuned, tok, heldout, template=ecfg.template, exact_match_eval=exact_match,
+                  max_length=ecfg.max_length)
+    return {**ev.summary(), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) -> dict[str, Any]:
+    from ..finetune import evaluate
+    from ..models import load_model
+    from ..utils import atomic_write_json, code_version, config_hash, seed_everything
+    from .ground_truth import GroundTruthConfig, score_ground_truth
+
+    ecfg = EquivalenceConfig.for_mode(mode, seed)
+    out = results_dir() / f"{NAME}-{mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.jsonl"
+    done = _runs(runs_path)
+    margin_path = out / "margin.json"
+    margins = dict(ecfg.margin or {})
+    if margin_path.exists():
+        margins.update(json.loads(margin_path.read_text(encoding="utf-8"))["margin"])
+    pools: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for data_name in ("instructions", "synthetic"):
+        acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
+        seed_everything(acfg.seed)
+        model, tok = load_model(acfg.model, device="cpu")
+        d = A.build_data(acfg, model, tok)
+        adir = A.run_dir(mode, data_name)
+        mats = A.score_all(acfg, d, model, tok, adir, only=["icp", "ip"], progress=progress)
+        gts = score_ground_truth(GroundTruthConfig.for_mode(mode, seed), acfg, d, mats, model, tok, adir,
+                                 progress=progress)
+        exact = data_name == "synthetic"
+        heldout = list(d["eval"])
+        key_base = (data_name, 0, "base", -1)
+        if key_base not in done:
+            ev = evaluate(model, tok, heldout, template=ecfg.template, exact_match_eval=exact,
+                          max_length=ecfg.max_length).summary()
+            row = {"pool": data_name, "budget": 0, "arm": "base", "seed": -1, **ev}
+            _append(runs_path, row)
+            done[key_base] = row
+        base = done[key_base]["answer_loglik_per_token"]
+        # the margin, fixed by a pilot before the main seeds (and never changed afterwards)
+        if data_name not in margins:
+            bmax = max(ecfg.budgets)
+            sels = selections(ecfg, mats, gts, bmax)
+            pilot = {}
+            for arm, sel in sels.items():
+                key = (data_name, bmax, arm, ecfg.pilot_seed)
+                if key not in done:
+                    ids = sel(ecfg.pilot_seed) if callable(sel) else sel
+                    ev = train_and_evaluate(model, tok, d["pool"], ids, heldout, ecfg=ecfg, seed=ecfg.pilot_seed,
+                                            exact_match=exact)
+                    row = {"pool": data_name, "budget": bmax, "arm": arm, "seed": ecfg.pilot_seed, "pilot": True, **ev}
+                    _append(runs_path, row)
+                    done[key] = row
+                pilot[arm] = done[key]["answer_loglik_per_token"]
+            best = max(pilot.values())
+            margins[data_name] = max(abs(best - base) / 2, 1e-6)
+            atomic_write_json(margin_path, {"margin": margins, "rule": "half the gap between the base model and the "
+                                            "best arm of a pilot (seed %d, budget %d), fixed before the main seeds"
+                                            % (ecfg.pilot_seed, bmax), "pilot": {data_name: pilot}})
+            log(f"{data_name}: margin fixed at {margins[data_name]:.4f} nats/token (base {base:.4f}, best pilot {best:.4f})")
+        # the main runs
+        bar = None
+        total = len(ecfg.budgets) * len(ARMS) * len(ecfg.seeds)
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc=f"fine-tune [{data_name}]", unit="model")
+        for budget in ecfg.budgets:
+            sels = selections(ecfg, mats, gts, budget)
+            for s in ecfg.seeds:
+                for arm in ARMS:
+                    key = (data_name, budget, arm, s)
+                    if key not in done:
+                        sel = sels[arm]
+                        ids = sel(s) if callable(sel) else sel
+                        ev = train_and_evaluate(model, tok, d["pool"], ids, heldout, ecfg=ecfg, seed=s,
+                                                exact_match=exact)
+                        row = {"pool": data_name, "budget": budget, "arm": arm, "seed": s, **ev,
+                               "selected_noisy_fraction": float(np.mean([d["pool"].by_id(i).meta.get("noisy", False)
+                                                                         for i in ids]))}
+                        _append(runs_path, row)
+                        done[key] = row
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        pools[data_name] = {"base": base, "exact": exact}
+    res = summarise(ecfg, done, margins, pools)
+    res.update({"config": ecfg.to_dict(), "config_hash": config_hash(ecfg.to_dict()), "code_version": code_version(),
+                "wall_seconds_this_call": round(time.perf_counter() - t0, 1)})
+    atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
+    return res
+
+
+def summarise(ecfg: EquivalenceConfig, done: dict[tuple, dict[str, Any]], margins: dict[str, float],
+              pools: dict[str, Any]) -> dict[str, Any]:
+    """Per-arm means with CIs, paired differences, TOST p-values and verdicts."""
+    from .. import stats as S
+
+    metric = "answer_loglik_per_token"
+    arms_out: dict[str, Any] = {}
+    eq = []
+    for pool in pools:
+        arms_out[pool] = {}
+        for budget in ecfg.budgets:
+            vals = {arm: [done[(pool, budget, arm, s)][metric] for s in ecfg.seeds] for arm in ARMS}
+            arms_out[pool][str(budget)] = {}
+            for arm, v in vals.items():
+                lo, hi = S.t_interval(v)
+                entry = {"mean": float(np.mean(v)), "ci": [lo, hi], "seeds": v}
+                if pools[pool]["exact"]:
+                    em = [done[(pool, budget, arm, s)].get("exact_match") for s in ecfg.seeds]
+                    entry["exact_match"] = float(np.mean(em))
+                arms_out[pool][str(budget)][arm] = entry
+            for a, b in itertools.combinations(ARMS, 2):
+                t = S.tost_paired(vals[a], vals[b], margins[pool], alpha=ecfg.alpha)
+                eq.append({"pool": pool, "a": a, "b": b, "budget": budget, "diff": t.diff, "ci": list(t.ci),
+                           "p_tost": t.p_tost, "margin": t.margin, "verdict": t.verdict, "n": t.n})
+    sec = sum(float(r.get("seconds", 0.0)) for r in done.values())
+    return {"metric": metric, "margin": margins, "n_seeds": len(ecfg.seeds), "budgets": ecfg.budgets,
+            "base": {p: v["base"] for p, v in pools.items()}, "arms": arms_out, "equivalence": eq,
+            "n_models": sum(1 for r in done.values() if r["arm"] != "base"), "seconds": sec}
+
+
+def load(mode: str = "full") -> dict[str, Any]:
+    from ..errors import ConfigError
+
+    path = results_dir() / f"{NAME}-{mode}.json"
+    if not path.exists():
+        raise ConfigError(f"No cached results at {path}; run `python -m icp_influence run {NAME}`.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@experiment(NAME, "LoRA fine-tuning on ICP-top / IP-top / ground-truth-top / random / ICP-bottom: paired seeds, "
+                  "TOST equivalence with a margin fixed by a pilot")
+def finetune_equivalence(*, smoke: bool = False, seed: int = 0) -> dict:
+    res = run("smoke" if smoke else "full", seed=seed)
+    return {"margin": res["margin"], "n_seeds": res["n_seeds"], "budgets": res["budgets"],
+            "verdicts": {f"{e['pool']} {e['a']} vs {e['b']} @{e['budget']}": e["verdict"] for e in res["equivalence"]}}

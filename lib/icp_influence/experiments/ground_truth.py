@@ -1,0 +1,186 @@
+"""A referee for the LLM: one real optimiser step on each candidate, and what it does to
+every probe (the LLM counterpart of notebook 03's leave-one-out check).
+
+``ground-truth`` reuses the data and the cached matrices of ``instruction-agreement``
+(same pool, probes and ablation candidates) and adds three one-step ground truths
+(:class:`~icp_influence.valuators.OneStep`) on the ablation candidates:
+
+* ``sgd_small`` — SGD on the inner product's parameters (q/v of every block) at a small
+  step ``η``: the first-order identity ``Δ ≈ η ⟨∇ℓ(p), ∇ℓ(z)⟩`` must hold (pair-level
+  Spearman with the inner product ≥ 0.99). ``η`` is set from the data before the run:
+  ``eta_scale`` nats divided by the median |inner product| of the pairs;
+* ``sgd_all`` — SGD on every parameter at the fine-tuning learning rate (per-token loss);
+* ``adam_sign`` — the authors' single Adam step with β₁ = β₂ = 0 on every parameter.
+
+Then every valuator (ICP mean Δ and win-rate, inner product, cosine, EK-FAC) is compared
+with every ground truth, pair-level (each (candidate, probe) one point) and candidate-
+level (mean over probes), with two-way bootstrap CIs, on the instruction set and on the
+synthetic pool.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..paths import results_dir
+from ..registry import experiment
+from . import llm_agreement as A
+
+NAME = "ground-truth"
+
+
+@dataclass
+class GroundTruthConfig:
+    """The three ground truths (the agreement run's configuration fixes the data)."""
+
+    eta_scale: float = 0.01          # sgd_small: η = eta_scale / median |IP|  (nats per unit IP)
+    n_first_order: int = 32          # candidates for the first-order check
+    lr_all: float = 1e-3             # sgd_all: the fine-tuning learning rate, per-token loss
+    lr_adam: float = 1e-5            # adam_sign: step per parameter
+    n_boot: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def for_mode(cls, mode: str, seed: int = 0) -> "GroundTruthConfig":
+        if mode == "full":
+            return cls(seed=seed)
+        return cls(n_first_order=6, n_boot=100, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gt_specs(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, eta: float) -> dict[str, dict[str, Any]]:
+    return {
+        "gt_sgd_small": {"params": acfg.grad_params, "optimizer": "sgd", "lr": eta, "reduction": "sum"},
+        "gt_sgd_all": {"params": "all", "optimizer": "sgd", "lr": gcfg.lr_all, "reduction": "mean"},
+        "gt_adam_sign": {"params": "all", "optimizer": "adam_sign", "lr": gcfg.lr_adam, "reduction": "mean"},
+    }
+
+
+def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: dict[str, Any], mats: dict[str, Any],
+                       model, tokenizer, out, *, progress: bool = True, log=print) -> dict[str, Any]:
+    """The three OneStep matrices (cached by configuration hash, like the agreement run's)."""
+    from ..scores import ScoreMatrix
+    from ..utils import config_hash
+    from ..valuators import OneStep
+
+    probes = list(data["probes"])
+    abl = [data["pool"].by_id(i) for i in data["ablation_ids"]]
+    ip = mats["ip"].subset([c.id for c in abl]).values
+    eta = float(gcfg.eta_scale / np.median(np.abs(ip)))
+    specs = gt_specs(gcfg, acfg, eta)
+    found: dict[str, Any] = {}
+    for name, settings in specs.items():
+        cands = abl[: gcfg.n_first_order] if name == "gt_sgd_small" else abl
+        v = OneStep(model, tokenizer, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
+                    progress=progress, **settings)
+        want = config_hash(v.config())
+        path = out / name
+        if path.with_suffix(".json").exists():
+            sm = ScoreMatrix.load(path)
+            if sm.meta.get("config_hash") == want and sm.candidate_ids == [c.id for c in cands] \
+                    and sm.probe_ids == [p.id for p in probes]:
+                found[name] = sm
+                continue
+        log(f"{name}: one step per candidate, {len(cands)} candidates × {len(probes)} probes")
+        t0 = time.perf_counter()
+        sm = v.score(cands, probes, out_dir=out / "runs" / name)
+        sm.meta["seconds"] = round(time.perf_counter() - t0, 1)
+        sm.meta["config_hash"] = want
+        sm.save(path)
+        found[name] = sm
+    return found
+
+
+def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any], pool_name: str) -> dict[str, Any]:
+    """The table rows and the first-order check for one pool."""
+    from .. import stats as S
+
+    rows = []
+    small = gts["gt_sgd_small"]
+    ids_small = small.candidate_ids
+    ip_small = mats["ip"].subset(ids_small).values
+    fo = S.pair_agreement(small.values, ip_small, n_boot=gcfg.n_boot, seed=gcfg.seed)
+    eta = float(small.meta["settings"]["lr"])
+    first_order = {"eta": eta, "pair_spearman_ip": fo.value, "ci": fo.ci, "n_candidates": len(ids_small),
+                   "n_probes": small.shape[1],
+                   "max_rel_err": float(np.abs(small.values / eta - ip_small).max() / np.abs(ip_small).max())}
+    for gt_name, gt in gts.items():
+        ids = gt.candidate_ids
+        views = A.icp_views(mats, ids)
+        val = {"icp_mean_delta": views["icp_mean_delta"], "icp_win_rate": views["icp_win_rate"]}
+        for name in ("ip", "cosine", "ekfac"):
+            if name in mats:
+                val[name] = (mats[name].subset(ids).values, "mean")
+        for vname, (V, how) in val.items():
+            pair = S.pair_agreement(V if how == "mean" else (V > 0).astype(float), gt.values, n_boot=gcfg.n_boot,
+                                    seed=gcfg.seed)
+            rows.append({"valuator": vname, "ground_truth": gt_name, "level": "pair", "pool": pool_name,
+                         "spearman": pair.value, "ci": pair.ci, "n_candidates": len(ids), "n_probes": gt.shape[1]})
+            ag = S.agreement(V, gt.values, how, "mean", n_boot=gcfg.n_boot, seed=gcfg.seed)
+            rows.append({"valuator": vname, "ground_truth": gt_name, "level": "candidate", "pool": pool_name,
+                         "spearman": ag.spearman, "ci": list(ag.ci), "disattenuated": ag.disattenuated,
+                         "n_candidates": len(ids), "n_probes": gt.shape[1]})
+    reliability = {}
+    for gt_name, gt in gts.items():
+        if gt.shape[1] >= 4 and gt.shape[0] >= 3:
+            r = S.split_half(gt.values, "mean", n_boot=gcfg.n_boot // 2, seed=gcfg.seed)
+            reliability[gt_name] = {"value": r.value, "ci": r.ci}
+    magnitude = {name: {"median_abs_delta": float(np.median(np.abs(g.values))),
+                        "self_consistency_sign_agreement_with_ip": float(np.mean(
+                            np.sign(g.values) == np.sign(mats["ip"].subset(g.candidate_ids).values)))}
+                 for name, g in gts.items()}
+    return {"first_order": first_order, "rows": rows, "reliability": reliability, "magnitude": magnitude,
+            "seconds": float(sum(float(g.meta.get("seconds", 0.0)) for g in gts.values()))}
+
+
+def run(mode: str = "full", *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    from ..models import load_model
+    from ..utils import atomic_write_json, code_version, config_hash, seed_everything
+
+    gcfg = GroundTruthConfig.for_mode(mode, seed)
+    out_parts = {}
+    t0 = time.perf_counter()
+    for data_name in ("instructions", "synthetic"):
+        acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
+        seed_everything(acfg.seed)
+        model, tok = load_model(acfg.model, device="cpu")
+        d = A.build_data(acfg, model, tok)
+        out = A.run_dir(mode, data_name)
+        mats = A.score_all(acfg, d, model, tok, out, only=["icp", "icp_neutral", "ip", "cosine", "ekfac"],
+                           progress=progress)
+        gts = score_ground_truth(gcfg, acfg, d, mats, model, tok, out, progress=progress)
+        out_parts[data_name] = summarise(gcfg, mats, gts, data_name)
+    res = {
+        "config": gcfg.to_dict(), "config_hash": config_hash(gcfg.to_dict()), "code_version": code_version(),
+        "first_order": out_parts["instructions"]["first_order"],
+        "first_order_synthetic": out_parts["synthetic"]["first_order"],
+        "table": out_parts["instructions"]["rows"] + out_parts["synthetic"]["rows"],
+        "reliability": {k: v["reliability"] for k, v in out_parts.items()},
+        "magnitude": {k: v["magnitude"] for k, v in out_parts.items()},
+        "seconds": sum(v["seconds"] for v in out_parts.values()),
+        "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
+    return res
+
+
+def load(mode: str = "full") -> dict[str, Any]:
+    from ..errors import ConfigError
+
+    path = results_dir() / f"{NAME}-{mode}.json"
+    if not path.exists():
+        raise ConfigError(f"No cached results at {path}; run `python -m icp_influence run {NAME}`.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@experiment(NAME, "one-step training ground truth (SGD small/all, Adam β=0) vs ICP, IP, cosine, EK-FAC; "
+                  "the first-order identity")
+def ground_truth(*, smoke: bool = False, seed: int = 0) -> dict:
+    res = run("smoke" if smoke else "full", seed=seed)
+    return {"first_order": res["first_order"], "n_rows": len(res["table"]), "seconds": res["seconds"]}
