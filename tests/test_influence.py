@@ -498,3 +498,15 @@ def test_exercise_solutions_match_library():
     assert one == pytest.approx(exact[3, 1], rel=1e-8)
     self_inf = np.diag(lab_scores(small.obj, small.train, small.train, small.train, "exact", damping=0.01))
     assert solution("03.most_self_influential", X=small.X, y=small.y, theta=small.theta, l2=0.01) == int(np.argmax(self_inf))
+
+
+def test_inner_product_scores_blocked_equals_float64():
+    from icp_influence.influence import inner_product_scores
+
+    g = torch.Generator().manual_seed(0)
+    Gc, Gp = torch.randn(5, 3000, generator=g), torch.randn(4, 3000, generator=g)
+    exact = (Gc.double() @ Gp.double().T).numpy()
+    np.testing.assert_array_equal(inner_product_scores(Gc, Gp), exact)  # up to `block` coordinates: float64
+    blocked = inner_product_scores(Gc, Gp, block=256)  # float32 products of 256 coordinates, float64 sums
+    np.testing.assert_allclose(blocked, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    np.testing.assert_allclose(inner_product_scores(Gc.double(), Gp, block=256), exact, rtol=1e-12)
