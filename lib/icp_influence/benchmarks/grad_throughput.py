@@ -43,11 +43,14 @@ from ._timing import matmul_gflops, median_time
 QV = r"regex:^model\.layers\.\d+\.self_attn\.(q_proj|v_proj)\.weight$"
 
 
-def instruction_sample(n: int, seed: int = 0) -> list:
-    """``n`` examples of the instruction set, drawn without replacement (seeded)."""
+def instruction_sample(n: int, seed: int = 0, *, shortest: int | None = None) -> list:
+    """``n`` examples of the instruction set, drawn without replacement (seeded); from the
+    ``shortest`` ones only when given (smoke runs of byte-level tiny models)."""
     from ..instructions import load_instructions
 
     pool = list(load_instructions())
+    if shortest is not None:
+        pool = sorted(pool, key=lambda e: len(e.instruction) + len(e.input) + len(e.output))[:shortest]
     rng = np.random.default_rng(seed)
     return [pool[i] for i in sorted(rng.choice(len(pool), size=min(n, len(pool)), replace=False).tolist())]
 
@@ -108,7 +111,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         model, tok = load_smollm2()
         name, n, chunk, sweep, repeats, mm_n, n_vmap = "smollm2-135m-instruct", 64, 16, (8, 32), 2, 2048, 8
         proj_k, proj_coords = 8192, 1 << 19
-    examples = instruction_sample(n, seed=seed)
+    examples = instruction_sample(n, seed=seed, shortest=4 * n if smoke else None)
     encs = encode_examples(tok, examples, template="paper")
     obj = lm_objective(model, tok, params=QV)
     method = obj.grad_methods[0]
