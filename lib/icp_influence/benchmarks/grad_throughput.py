@@ -109,7 +109,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         proj_k, proj_coords = 256, 1 << 12
     else:
         model, tok = load_smollm2()
-        name, n, chunk, sweep, repeats, mm_n, n_vmap = "smollm2-135m-instruct", 64, 16, (8, 32), 2, 2048, 8
+        name, n, chunk, sweep, repeats, mm_n, n_vmap = "smollm2-135m-instruct", 32, 8, (4, 16), 1, 2048, 4
         proj_k, proj_coords = 8192, 1 << 19
     examples = instruction_sample(n, seed=seed, shortest=4 * n if smoke else None)
     encs = encode_examples(tok, examples, template="paper")
@@ -118,9 +118,11 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     lengths = [len(e) for e in encs]
     answers = [len(e.answer_ids) for e in encs]
 
+    shortest = sorted(range(n), key=lambda i: lengths[i])
+    obj.per_example_grads([encs[i] for i in shortest[:chunk]], chunk_size=chunk, method=method)  # warm-up chunk
     mm_before = matmul_gflops(mm_n, repeats=5, warmup=2)
     t = median_time(lambda: obj.per_example_grads(encs, chunk_size=chunk, method=method, progress=not smoke,
-                                                  desc="grad-throughput"), repeats=repeats, warmup=1)
+                                                  desc="grad-throughput"), repeats=repeats, warmup=0)
     mm_after = matmul_gflops(mm_n, repeats=5, warmup=2)
     mm_s = statistics.median(mm_before["samples_s"] + mm_after["samples_s"])
     mm_gflops = 2 * mm_n**3 / mm_s / 1e9
@@ -134,8 +136,28 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         sweep_rows.append({"chunk_size": cs, "seconds_per_example": ts.median / n,
                            "padded_tokens": c["padded_tokens"], "efficiency": c["flops"] / ts.median / 1e9 / mm_gflops})
 
+    # where the time goes: self CPU time of one chunk (median-length examples) by kind of operator
+    from ..cost import top_operators
+
+    mid = shortest[(n - chunk) // 2:(n - chunk) // 2 + chunk]
+    ops = top_operators(lambda: obj.per_example_grads([encs[i] for i in mid], chunk_size=chunk, method=method),
+                        top=10_000, warmup=0)
+    shares = {"matrix_products": 0.0, "attention_kernels": 0.0, "softmax_over_vocabulary": 0.0, "other": 0.0}
+    for o in ops:
+        nm = o["name"]
+        if nm in ("aten::mm", "aten::bmm", "aten::addmm", "aten::matmul", "aten::linear"):
+            shares["matrix_products"] += o["share"]
+        elif "scaled_dot_product" in nm:
+            shares["attention_kernels"] += o["share"]
+        elif "log_softmax" in nm:
+            shares["softmax_over_vocabulary"] += o["share"]
+        else:
+            shares["other"] += o["share"]
+    top_other = [{"name": o["name"], "share": o["share"]} for o in ops
+                 if o["name"] not in ("aten::mm", "aten::bmm", "aten::addmm") and "scaled_dot" not in o["name"]][:6]
+
     # the vmap(grad) path on the shortest examples (it is slow: torch's vmap loops over CPU flash attention)
-    order = sorted(range(n), key=lambda i: lengths[i])[:n_vmap]
+    order = shortest[:n_vmap]
     sub = [encs[i] for i in order]
     G_hooks = t.result[order].double()
     t0 = time.perf_counter()
@@ -184,6 +206,10 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         "matmul_gflops_before_after": [mm_before["gflops"], mm_after["gflops"]],
         "efficiency": eff,
         "chunk_sweep": sweep_rows,
+        "time_shares": shares,
+        "time_shares_note": "self CPU time of one chunk by operator kind (torch.profiler); element-wise work "
+                            "(norms, activations, rotary, copies) does no matrix FLOPs",
+        "top_other_operators": top_other,
         "vmap_examples": len(sub),
         "vmap_seconds_per_example": vmap_s,
         "hooks_seconds_per_example_same_examples": hooks_sub_s,
