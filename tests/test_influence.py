@@ -510,3 +510,25 @@ def test_inner_product_scores_blocked_equals_float64():
     blocked = inner_product_scores(Gc, Gp, block=256)  # float32 products of 256 coordinates, float64 sums
     np.testing.assert_allclose(blocked, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
     np.testing.assert_allclose(inner_product_scores(Gc.double(), Gp, block=256), exact, rtol=1e-12)
+
+
+def test_length_batches_are_optimal_buckets():
+    """Every item once, batches ≤ max_batch of consecutive sorted lengths, and the minimum of
+    Σ (size × longest + overhead) over all such partitions (brute force on small inputs)."""
+    from itertools import combinations
+
+    from icp_influence.gradients import length_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, m, c = int(rng.integers(1, 9)), int(rng.integers(1, 5)), float(rng.integers(0, 50))
+        L = rng.integers(5, 300, size=n).tolist()
+        got = length_batches(L, m, overhead_tokens=c)
+        assert sorted(i for b in got for i in b) == list(range(n)) and all(1 <= len(b) <= m for b in got)
+        cost = sum(len(b) * max(L[i] for i in b) + c for b in got)
+        srt = sorted(L)
+        best = min(sum((e - s) * srt[e - 1] + c for s, e in zip((0, *cuts), (*cuts, n)))
+                   for k in range(n) for cuts in combinations(range(1, n), k)
+                   if all(e - s <= m for s, e in zip((0, *cuts), (*cuts, n))))
+        assert cost == pytest.approx(best)
+    assert length_batches([10, 200, 11, 12], 4) == [[0, 2, 3], [1]]  # the long one alone, no padding to 200

@@ -250,6 +250,34 @@ def stack_collate(rows: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tenso
     return tuple(torch.stack(col) for col in zip(*rows))
 
 
+def length_batches(lengths: Sequence[int], max_batch: int, *, overhead_tokens: float = 32.0) -> list[list[int]]:
+    """Split items into batches of similar length: lists of positions into ``lengths``.
+
+    Items are sorted by length and cut into consecutive batches of at most ``max_batch``
+    that minimise ``Σ_batches (size × longest + overhead_tokens)`` — the padded tokens a
+    right-padded batch runs, plus a per-batch cost (dispatch, the per-batch parts of the
+    backward) in token equivalents — exactly, by dynamic programming over the sorted
+    lengths (``O(n · max_batch)``). Few long examples among many short ones get batches of
+    their own instead of padding a whole batch to their length.
+    """
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    L = [int(lengths[i]) for i in order]
+    INF = float("inf")
+    best = [0.0] + [INF] * n
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(max(0, i - max_batch), i):
+            c = best[j] + (i - j) * L[i - 1] + overhead_tokens
+            if c < best[i]:
+                best[i], cut[i] = c, j
+    out, i = [], n
+    while i > 0:
+        out.append(order[cut[i]:i])
+        i = cut[i]
+    return out[::-1]
+
+
 class TensorItems(Sequence):
     """A dataset of aligned tensors (``X[i], y[i]``) usable as Objective items."""
 
@@ -355,6 +383,13 @@ class Objective:
             return list(range(len(items)))
         return sorted(range(len(items)), key=lambda i: self.sort_key(items[i]))
 
+    def _grad_batches(self, items: Sequence[Any], chunk_size: int) -> list[list[int]]:
+        """The batches of per-example gradients: length buckets of ≤ ``chunk_size`` items
+        (:func:`length_batches`) when items have a ``sort_key``, else consecutive chunks."""
+        if self.sort_key is None:
+            return [list(range(s, min(s + chunk_size, len(items)))) for s in range(0, len(items), chunk_size)]
+        return length_batches([self.sort_key(x) for x in items], chunk_size)
+
     # -- per-example gradients
     @property
     def grad_methods(self) -> list[str]:
@@ -366,8 +401,9 @@ class Objective:
                           desc: str = "gradients", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Gradients of each item's loss, ``[len(items), D]`` (or ``[len(items), k]`` projected), on CPU.
 
-        Items are length-sorted (``sort_key``) and processed in chunks of ``chunk_size``
-        (so padding stays small); rows come back in the original order. ``method``:
+        Items are processed in batches of at most ``chunk_size``; with a ``sort_key`` (LM
+        objectives) the batches are length buckets that minimise padding plus a per-batch
+        cost (:func:`length_batches`). Rows come back in the original order. ``method``:
 
         * ``"hooks"`` (the default when available, see :attr:`grad_methods`): one batched
           forward and one backward per chunk. Forward hooks keep each selected linear
@@ -400,15 +436,13 @@ class Objective:
         n = len(items)
         width = projector.k if projector is not None else self.dim
         out = torch.empty(n, width, dtype=out_dtype)  # every row is written below (no zero-fill of n × D)
-        order = self._order(items)
         g_fn = grad(self.example_loss)
-        it = range(0, n, chunk_size)
+        it = self._grad_batches(items, chunk_size)
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, desc=desc, unit="chunk")
-        for s in it:
-            idx = order[s:s + chunk_size]
+            it = tqdm(it, desc=desc, unit="batch")
+        for idx in it:
             batch = self._to_device(self.collate([items[i] for i in idx]))
             if method == "hooks":
                 rows_at = torch.tensor(idx, dtype=torch.long)

@@ -56,12 +56,13 @@ def instruction_sample(n: int, seed: int = 0, *, shortest: int | None = None) ->
 
 
 def padded_lengths(lengths, chunk_size: int) -> list[int]:
-    """Tokens run per example when length-sorted examples are padded per chunk (the chunk's longest)."""
-    srt = sorted(lengths)
+    """Tokens run per example by :meth:`~icp_influence.gradients.Objective.per_example_grads`:
+    each example padded to the longest of its length bucket (:func:`~icp_influence.gradients.length_batches`)."""
+    from ..gradients import length_batches
+
     out = []
-    for s in range(0, len(srt), chunk_size):
-        part = srt[s:s + chunk_size]
-        out += [max(part)] * len(part)
+    for b in length_batches(lengths, chunk_size):
+        out += [max(lengths[i] for i in b)] * len(b)
     return out
 
 
