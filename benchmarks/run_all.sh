@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every benchmark (or the ones named) and save each JSON result to benchmarks/results/NAME.json.
-#   benchmarks/run_all.sh                 # full sizes (< 15 min on a 2-core CPU)
-#   benchmarks/run_all.sh --smoke         # each < 60 s
-#   benchmarks/run_all.sh grads captum    # a subset
+#   benchmarks/run_all.sh                 # full sizes (about 35 min on a 2-core CPU: cost ~10, memory ~15)
+#   benchmarks/run_all.sh --smoke         # seconds each
+#   benchmarks/run_all.sh grad-throughput memory   # a subset
 # ICP_BENCH_THREADS=1 pins torch to one thread (use it on a shared, oversubscribed CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ NAMES=()
 for a in "$@"; do
   if [[ "$a" == "--smoke" ]]; then SMOKE="--smoke"; else NAMES+=("$a"); fi
 done
-if [[ ${#NAMES[@]} -eq 0 ]]; then NAMES=(icp-throughput grads captum flops cost scaling); fi
+if [[ ${#NAMES[@]} -eq 0 ]]; then NAMES=(icp-throughput grad-throughput captum cost memory); fi
 OUT=${ICP_BENCH_RESULTS:-benchmarks/results}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1

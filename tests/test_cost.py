@@ -15,13 +15,14 @@ from icp_influence.cost import (PAPER, PYTHIA_1B, CostModel, crossover_probes, e
                                 mean_tokens, paper_ip_gpu_hours, top_operators)
 from icp_influence.errors import ConfigError
 
-BENCH_NAMES = {"icp-throughput", "grads", "captum", "flops", "cost", "scaling"}
+BENCH_NAMES = {"icp-throughput", "grad-throughput", "captum", "cost", "memory"}
 
 
 def test_all_benchmarks_registered():
     from icp_influence.registry import entries
 
     assert BENCH_NAMES <= set(entries("benchmark"))
+    assert not {"grads", "flops", "scaling"} & set(entries("benchmark"))  # replaced by grad-throughput, memory
 
 
 def test_median_time_is_the_median_of_samples():
@@ -55,10 +56,54 @@ def test_cost_model_formulas():
     m = CostModel(n_nonembed=100, hidden=4, vocab=10, t_prefix=5, t_suffix=3, t_answer=2, t_example=7)
     assert m.icp_cached_flops(2) == 2 * 100 * (5 + 2 * 3) + 2 * 4 * 10 * 2 * 2
     assert m.icp_naive_flops(2) == 2 * (200 + 80) * 8
-    assert m.gradient_flops() == 3 * (200 + 80) * 7
+    # forward + input gradients (head at answer positions) + weight gradients of D = N parameters
+    assert m.gradient_flops() == 4 * 100 * 7 + 4 * 40 * 2 + 2 * 100 * 7
+    assert m.gradient_flops(all_logits=True) == 4 * 100 * 7 + 4 * 40 * 7 + 2 * 100 * 7
     assert m.ip_flops(3) == m.gradient_flops() + 2 * 100 * 3
-    m.projection_dim = 16
-    assert m.ip_flops(3) == m.gradient_flops() + 2 * 100 * 3 + 2 * 100 * 16
+    assert m.ekfac_flops(3) == m.gradient_flops(all_logits=True) + 2 * 100 * 3
+    assert m.one_step_flops(3) == m.gradient_flops(all_logits=True) + 3 * (200 + 80) * 7
+    m.projection_dim = 16  # Gaussian: 2Dk per example, and the dot products in k dims
+    assert m.ip_flops(3) == m.gradient_flops() + 2 * 100 * 16 + 2 * 16 * 3
+    m.projection = "countsketch"  # O(D): one signed add per coordinate
+    assert m.ip_flops(3) == m.gradient_flops() + 2 * 100 + 2 * 16 * 3
+    q = CostModel(n_nonembed=100, hidden=4, vocab=10, grad_dim=10, t_example=7, t_answer=2)
+    assert q.gradient_flops() == 4 * 100 * 7 + 4 * 40 * 2 + 2 * 10 * 7  # only the selected weights' gradients
+    with pytest.raises(ConfigError, match="countsketch"):
+        CostModel(projection="sparse")
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt-neox", "tiny-gpt2"])
+def test_gradient_flop_count_equals_flop_counter(tiny_models, spec):
+    """The analytic count of the hooks path = what torch's FlopCounterMode sees (matrix products;
+    it does not count CPU attention kernels, so the attention term is compared to its formula)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from icp_influence.cost import gradient_flop_count
+    from icp_influence.gradients import encode_examples, lm_objective
+    from icp_influence.synthetic import make_synthetic_pool
+
+    model, tok = tiny_models[spec]
+    enc = encode_examples(tok, list(make_synthetic_pool(1, seed=1)))
+    qv = r"regex:\.1\..*(q_proj|v_proj|query_key_value|c_attn)\.weight$"  # the last block only: block 0 skipped
+    for sel in ("paper", qv):
+        obj = lm_objective(model, tok, params=sel)
+        with FlopCounterMode(display=False) as fc:
+            obj.per_example_grads(enc, chunk_size=1, method="hooks")
+        c = gradient_flop_count(model, obj.names, [len(enc[0])], [len(enc[0].answer_ids)])
+        assert c["flops"] - c["attention_flops"] == fc.get_total_flops(), (spec, sel)
+        L, cfg = len(enc[0]), model.config
+        d_attn = cfg.num_attention_heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads) \
+            if hasattr(cfg, "num_attention_heads") else cfg.n_embd
+        n_bwd = 2 if sel == "paper" else 1
+        assert c["attention_flops"] == 4 * d_attn * L * (L + 1) // 2 * (2 + 2 * n_bwd)
+    assert all(p.requires_grad for p in model.parameters())  # restored
+
+
+def test_grad_throughput_padding_count():
+    from icp_influence.benchmarks.grad_throughput import padded_lengths
+
+    assert padded_lengths([5, 1, 3, 2], 2) == [2, 2, 5, 5]
+    assert sum(padded_lengths([4, 4, 4], 8)) == 12
 
 
 def test_paper_numbers_and_extrapolation():
@@ -81,6 +126,7 @@ def test_gpu_hours_and_crossover():
         gpu_hours(1.0, 1.0, 0.0)
     assert crossover_probes(0.5, 2.0, 0.1) == pytest.approx(5.0)
     assert crossover_probes(0.1, 2.0, 0.2) == float("inf")
+    assert crossover_probes(0.5, 2.0, 0.1, icp_fixed_s=0.4) == pytest.approx(4.0)  # a₀ + aP = b + cP
 
 
 @pytest.fixture(scope="module")
@@ -88,41 +134,6 @@ def tiny():
     from icp_influence.models import load_model
 
     return load_model("tiny-gpt-neox", device="cpu")
-
-
-def test_icp_flop_count_counts_processed_tokens(tiny):
-    from icp_influence.benchmarks.flops import icp_flop_count
-    from icp_influence.icp import IcpScorer
-    from icp_influence.synthetic import make_synthetic_pool
-
-    model, tok = tiny
-    ex = list(make_synthetic_pool(5, seed=1))
-    cands, probes = ex[:2], ex[2:]
-    scorer = IcpScorer(model, tok, probes)
-    c = icp_flop_count(model, scorer, cands)
-    manual_prefix = sum(len(scorer.encode(probes[0], z).prefix_ids) for z in cands)
-    manual_suffix = sum(len(scorer.encode(p, z).query_ids) + len(scorer.encode(p, z).answer_ids)
-                        for z in cands for p in probes)
-    assert c["prefix_tokens"] == manual_prefix and c["suffix_tokens"] == manual_suffix
-    n_emb = model.get_input_embeddings().weight.numel()
-    assert c["n_nonembed_params"] == sum(p.numel() for p in model.parameters()) - n_emb - (
-        0 if model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        else model.get_output_embeddings().weight.numel())
-
-
-def test_autograd_loop_equals_vmap(tiny):
-    from icp_influence.benchmarks.grads import autograd_loop_grads, max_rel_diff
-    from icp_influence.gradients import encode_examples, lm_objective
-    from icp_influence.synthetic import make_synthetic_pool
-
-    model, tok = tiny
-    encs = encode_examples(tok, list(make_synthetic_pool(4, seed=2)))
-    obj = lm_objective(model, tok, params="paper")
-    loop = autograd_loop_grads(model, obj.names, encs)
-    batched = obj.per_example_grads(encs, chunk_size=4)
-    assert loop.shape == batched.shape == (4, obj.dim)
-    assert max_rel_diff(batched, loop) < 1e-4
-    assert all(p.grad is None for p in model.parameters())
 
 
 def test_captum_tracin_equals_our_inner_product(tiny, tmp_path):
@@ -173,19 +184,26 @@ def test_cost_widget_recomputes():
     assert c["icp_naive_gpu_hours"] == pytest.approx(2 * b["icp_naive_gpu_hours"])
     d = update(projection_dim=4096)
     assert d["ip_gpu_hours"] > c["ip_gpu_hours"]
+    e = update(projection="countsketch")  # O(D) instead of 2Dk per example; dot products in k dims
+    assert e["ip_gpu_hours"] < min(c["ip_gpu_hours"], d["ip_gpu_hours"])
 
 
 def test_plots_have_labelled_axes():
     from icp_course.plots import cost as P
 
-    res = {"icp-throughput": {"speedup": 6.0}, "grads": {"speedup": 1.2}, "captum": {"speedup": 2.0}}
+    res = {"icp-throughput": {"speedup": 6.0}, "captum": {"speedup": 2.0}}
+    proj = {k: {"k": 8192, "seconds_per_example_qv": v, "seconds_per_example_paper": 8 * v, "D_qv": 13_271_040,
+                "D_paper": 106_168_320} for k, v in (("gaussian", 20.0), ("countsketch", 0.05))}
     figs = [P.plot_speedups(res),
-            P.plot_flops({"achieved_gflops": 10.0, "matmul_gflops": 40.0, "matmul_n": 1024, "efficiency": 0.25}),
+            P.plot_grad_throughput({"achieved_gflops": 40.0, "matmul_gflops": 80.0, "matmul_n": 2048,
+                                    "efficiency": 0.5}),
+            P.plot_projection_cost({"projection": proj}),
             P.plot_cost_vs_probes({"rows": [{"n_probes": p, "icp_s": 0.01 * p, "inner_product_s": 0.05,
-                                             "ekfac_s": 0.2} for p in (1, 10, 100)]}),
-            P.plot_scaling({"rows": [{"pool_size": n, "icp_s": n * 0.1, "ip_s": 1 + n * 0.01, "icp_peak_mb": 1.0,
-                                      "ip_peak_mb": n * 0.5} for n in (2, 4, 8)], "icp_exponent": 1.0,
-                            "ip_exponent": 0.3}),
+                                             "ekfac_s": 0.2, "one_step_s": 0.02 * p} for p in (1, 8, 64, 100)]}),
+            P.plot_memory({"rows": [{"n_candidates": 100, "peak_mb": 2000.0}, {"n_candidates": 400, "peak_mb": 2100.0}],
+                           "peak_ratio": 1.05, "expected_mb": {"if_the_pool_were_held": 20000.0,
+                                                               "probe_gradients": 800.0,
+                                                               "one_chunk_of_gradients": 800.0}}),
             P.plot_profile([{"name": "aten::mm", "self_ms": 5.0}, {"name": "aten::add", "self_ms": 1.0}]),
             P.plot_extrapolation(extrapolate())]
     for fig in figs:
@@ -206,11 +224,13 @@ def test_exercises_nb07():
 
 
 @pytest.mark.slow
-def test_grads_benchmark_smoke_fields():
+def test_grad_throughput_benchmark_smoke_fields():
     from icp_influence.registry import get
 
-    r = get("benchmark", "grads").func(smoke=True)
-    for k in ("loop_s", "batched_s", "speedup", "max_rel_diff"):
+    r = get("benchmark", "grad-throughput").func(smoke=True)
+    for k in ("efficiency", "achieved_gflops", "matmul_gflops", "tokens", "seconds_per_example", "projection",
+              "threads", "load_avg_1min"):
         assert k in r
-    assert r["speedup"] == pytest.approx(r["loop_s"] / r["batched_s"])
-    assert r["max_rel_diff"] < 1e-4
+    assert r["efficiency"] == pytest.approx(r["achieved_gflops"] / r["matmul_gflops"])
+    assert r["max_rel_diff_vs_vmap"] < 1e-4
+    assert set(r["projection"]) == {"countsketch", "gaussian"}

@@ -52,17 +52,43 @@ def _loop_grads(model, tok, encs, names):
 # ---------------------------------------------------------------- gradients
 
 
+@pytest.mark.parametrize("method", ["hooks", "vmap"])
 @pytest.mark.parametrize("spec", ["tiny-gpt-neox", "tiny-llama", "tiny-gpt2"])
-def test_vmap_grads_equal_autograd_loop(tiny_models, spec):
+def test_per_example_grads_equal_autograd_loop(tiny_models, spec, method):
     model, tok = tiny_models[spec]
     pool = make_synthetic_pool(5, seed=1)
     obj = lm_objective(model, tok, params="paper")
+    assert obj.grad_methods[0] == "hooks"  # the default for linear layers with lm_objective
     encs = encode_examples(tok, list(pool))
-    G = obj.per_example_grads(encs, chunk_size=3).double()
+    flags = [p.requires_grad for p in model.parameters()]
+    G = obj.per_example_grads(encs, chunk_size=3, method=method).double()
+    assert [p.requires_grad for p in model.parameters()] == flags and all(p.grad is None for p in model.parameters())
     ref = _loop_grads(model, tok, encs, obj.names)
     np.testing.assert_allclose(G.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5 * ref.abs().max().item())
     ip, ip_ref = (G @ G.T).numpy(), (ref @ ref.T).numpy()
     np.testing.assert_allclose(ip, ip_ref, rtol=1e-4)
+
+
+def test_hooks_grads_mean_reduction_and_attention_selection(tiny_models):
+    model, tok = tiny_models["tiny-llama"]
+    encs = encode_examples(tok, list(make_synthetic_pool(4, seed=5)))
+    obj = lm_objective(model, tok, params=r"regex:self_attn\.(q_proj|v_proj)\.weight$", reduction="mean")
+    G = obj.per_example_grads(encs, chunk_size=4, method="hooks").double()
+    params = dict(model.named_parameters())
+    rows = []
+    for e in encs:  # independent reference: a plain forward and backward of the mean answer loss
+        model.zero_grad()
+        ids, mask, labels = pad_batch([e], tok.pad_token_id)
+        answer_nll(model(input_ids=ids, attention_mask=mask).logits[0], labels[0], "mean").backward()
+        rows.append(torch.cat([params[n].grad.reshape(-1) for n in obj.names]).double())
+    model.zero_grad()
+    ref = torch.stack(rows)
+    np.testing.assert_allclose(G.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    # LayerNorm weights are not linear layers: no hooks path, a ConfigError that says what to use
+    last = lm_objective(model, tok, params="last:1")
+    assert last.grad_methods == ["vmap", "loop"]
+    with pytest.raises(ConfigError, match="vmap"):
+        last.per_example_grads(encs, method="hooks")
 
 
 def test_inner_products_equal_captum_tracincp(neox, tmp_path):
@@ -150,6 +176,53 @@ def test_projection_k4096_spearman(neox):
     np.testing.assert_array_equal(Projector(obj.sizes, 4096, seed=0).project(Gc).numpy(), Pc.numpy())
     rad = Projector(obj.sizes, 1024, seed=0, kind="rademacher")
     assert spearman(exact, (rad.project(Gc).double() @ rad.project(Gp).double().T).numpy()) >= 0.9
+
+
+def test_countsketch_projection(neox):
+    model, tok = neox
+    obj = lm_objective(model, tok, params="paper")
+    encs = encode_examples(tok, list(make_synthetic_pool(24, seed=3)))
+    G = obj.per_example_grads(encs, chunk_size=8)
+    Gc, Gp = G[:20], G[20:]
+    exact = (Gc.double() @ Gp.double().T).numpy()
+    cs = Projector(obj.sizes, 4096, seed=0, kind="countsketch")  # the k at which the Gaussian one reaches 0.95
+    Pc, Pp = cs.project(Gc), cs.project(Gp)
+    rho = spearman(exact, (Pc.double() @ Pp.double().T).numpy())
+    print(f"\ncountsketch k=4096 (D={obj.dim}): Spearman with exact inner products = {rho:.4f}")
+    assert rho >= 0.95
+    # deterministic: the same computation repeated gives the same bits (a fresh projector, same seed)
+    np.testing.assert_array_equal(Projector(obj.sizes, 4096, seed=0, kind="countsketch").project(Gc).numpy(), Pc.numpy())
+    # per tensor (inside per_example_grads, tensor by tensor) = on the flat vector
+    for method in obj.grad_methods[:2]:
+        per_tensor = obj.per_example_grads(encs[:3], chunk_size=8, projector=cs, method=method)
+        np.testing.assert_allclose(per_tensor.numpy(), Pc[:3].numpy(), rtol=1e-4, atol=1e-5 * Pc.abs().max().item())
+    # each coordinate lands in exactly one bucket with a sign ±1 (P has one nonzero ±1 per coordinate), even
+    # across the blocks in which the buckets are generated
+    small = Projector([5, 7], 4, seed=1, kind="countsketch", max_block_elems=3)
+    P = small.project(torch.eye(12, dtype=torch.float64))
+    assert torch.equal((P != 0).sum(dim=1), torch.ones(12, dtype=torch.long)) and set(P.abs().sum(dim=1).tolist()) == {1.0}
+    assert torch.equal(small.project_parts([torch.eye(12)[:, :5], torch.eye(12)[:, 5:]]), P.float())
+
+
+def test_countsketch_is_unbiased():
+    """E⟨Pa, Pb⟩ = ⟨a, b⟩: the mean over 400 seeds is within 4 standard errors of the exact value."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 300, generator=g, dtype=torch.float64)
+    b = a[1] + 0.5 * torch.randn(300, generator=g, dtype=torch.float64)  # correlated with a[1]
+    AB = torch.stack([a[0], a[1], b])
+    exact = float(AB[1] @ AB[2])
+    est = []
+    for seed in range(400):
+        P = Projector([100, 200], 16, seed=seed, kind="countsketch").project(AB)
+        est.append(float(P[1] @ P[2]))
+    est = np.array(est)
+    se = est.std(ddof=1) / np.sqrt(len(est))
+    assert abs(est.mean() - exact) < 4 * se
+    # its variance is the sketch's: about (‖a‖²‖b‖² + ⟨a,b⟩²)/k
+    var = (float(AB[1] @ AB[1]) * float(AB[2] @ AB[2]) + exact**2) / 16
+    assert 0.6 < est.var(ddof=1) / var < 1.5
+    with pytest.raises(ConfigError, match="countsketch"):
+        Projector([3], 2, kind="sparse")
 
 
 # ---------------------------------------------------------------- influence functions vs ground truth
@@ -302,6 +375,35 @@ def test_tracin_weights_checkpoints(neox, tmp_path):
 # ---------------------------------------------------------------- cache and CLI
 
 
+def test_inner_product_streams_candidates_chunk_by_chunk(neox, monkeypatch):
+    """Memory bounded by the chunk, structurally: score() never asks for more than chunk_size
+    candidate gradients at once, and each chunk's gradients are gone before the next is computed."""
+    import weakref
+
+    from icp_influence import gradients
+
+    model, tok = neox
+    pool, probes = list(make_synthetic_pool(11, seed=4)), list(make_synthetic_pool(2, seed=5))
+    real = gradients.Objective.per_example_grads
+    calls: list[int] = []
+    alive: list[weakref.ref] = []
+
+    def spying(self, items, **kw):
+        # every gradient matrix handed out before (probes excepted) must have been freed by now
+        assert all(r() is None for r in alive[1:]), "an earlier chunk's candidate gradients are still referenced"
+        calls.append(len(items))
+        G = real(self, items, **kw)
+        alive.append(weakref.ref(G))
+        return G
+
+    monkeypatch.setattr(gradients.Objective, "per_example_grads", spying)
+    sm = InnerProduct(model, tok, params="paper", chunk_size=3).score(pool, probes)
+    assert calls == [2, 3, 3, 3, 2]  # the probes once, then the candidates in chunks of ≤ 3
+    monkeypatch.setattr(gradients.Objective, "per_example_grads", real)
+    full = InnerProduct(model, tok, params="paper", chunk_size=len(pool)).score(pool, probes)
+    np.testing.assert_allclose(sm.values, full.values, rtol=1e-5, atol=1e-6 * np.abs(full.values).max())
+
+
 def test_candidate_gradients_cached_not_recomputed(neox, tmp_path, monkeypatch):
     import copy
 
@@ -383,3 +485,37 @@ def test_widget_and_plots_recompute():
     assert "LOO" in ax.get_xlabel() and "nats" in ax.get_ylabel() and "Pearson" in ax.get_title()
     fig2 = sweep_plot([0.01, 0.1], {"r": [0.9, 0.8]}, xlabel="damping λ", ylabel="Pearson r")
     assert fig2.axes[0].get_xlabel() == "damping λ"
+
+
+def test_inner_product_scores_blocked_equals_float64():
+    from icp_influence.influence import inner_product_scores
+
+    g = torch.Generator().manual_seed(0)
+    Gc, Gp = torch.randn(5, 3000, generator=g), torch.randn(4, 3000, generator=g)
+    exact = (Gc.double() @ Gp.double().T).numpy()
+    np.testing.assert_array_equal(inner_product_scores(Gc, Gp), exact)  # up to `block` coordinates: float64
+    blocked = inner_product_scores(Gc, Gp, block=256)  # float32 products of 256 coordinates, float64 sums
+    np.testing.assert_allclose(blocked, exact, rtol=0, atol=1e-5 * np.abs(exact).max())
+    np.testing.assert_allclose(inner_product_scores(Gc.double(), Gp, block=256), exact, rtol=1e-12)
+
+
+def test_length_batches_are_optimal_buckets():
+    """Every item once, batches ≤ max_batch of consecutive sorted lengths, and the minimum of
+    Σ (size × longest + overhead) over all such partitions (brute force on small inputs)."""
+    from itertools import combinations
+
+    from icp_influence.gradients import length_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, m, c = int(rng.integers(1, 9)), int(rng.integers(1, 5)), float(rng.integers(0, 50))
+        L = rng.integers(5, 300, size=n).tolist()
+        got = length_batches(L, m, overhead_tokens=c)
+        assert sorted(i for b in got for i in b) == list(range(n)) and all(1 <= len(b) <= m for b in got)
+        cost = sum(len(b) * max(L[i] for i in b) + c for b in got)
+        srt = sorted(L)
+        best = min(sum((e - s) * srt[e - 1] + c for s, e in zip((0, *cuts), (*cuts, n)))
+                   for k in range(n) for cuts in combinations(range(1, n), k)
+                   if all(e - s <= m for s, e in zip((0, *cuts), (*cuts, n))))
+        assert cost == pytest.approx(best)
+    assert length_batches([10, 200, 11, 12], 4) == [[0, 2, 3], [1]]  # the long one alone, no padding to 200

@@ -2,7 +2,7 @@
 
 FLOP model (dense transformer, ``N`` non-embedding parameters, hidden ``d``, vocabulary
 ``V``; attention-score FLOPs ignored — they are small for contexts of a few hundred
-tokens):
+tokens), matching what the engines run:
 
 * forward of ``T`` tokens: ``2 N T`` (+ ``2 d V`` per position whose logits are computed);
 * **ICP, cached** (one candidate, ``P`` probes): the prefix once, then each probe's
@@ -14,12 +14,29 @@ tokens):
 
       P · (2 N + 2 d V) · (T_prefix + T_suffix)
 
-* **inner-product influence** (our way): one gradient per candidate (forward + backward
-  ≈ 3 forwards over the candidate's own ``T_example`` tokens), the ``P`` probe gradients
-  computed once for the whole pool, then ``2 D P`` for the dot products (``D`` = gradient
-  dimension, the "paper" set ≈ ``N``), plus ``2 D k`` per example for a projection to ``k``::
+* **one per-example gradient** over ``D`` selected parameters (the hooks path of
+  :meth:`~icp_influence.gradients.Objective.per_example_grads`): forward, the input
+  gradients back through the network, and the per-example weight gradients of the
+  selected layers only; the LM head at answer positions only::
 
-      3 · (2 N + 2 d V) · T_example + 2 D P (+ 2 D k)
+      gradient = 4 N T_example + 4 d V T_answer + 2 D T_example
+
+  (``D = N``, every linear layer, gives the familiar ``6 N T``; for the query/value
+  projections of every block ``D ≈ N / 8``.) A projection to ``k`` dimensions adds
+  ``2 D k`` per example (Gaussian; more than the gradient itself for ``k ≳ 2 N/D``) or
+  ``≈ 2 D`` (CountSketch: one signed add per coordinate);
+* **inner-product influence**: one gradient per candidate, the ``P`` probe gradients
+  computed once for the whole pool, ``2 D P`` (or ``2 k P``) for the dot products::
+
+      gradient + 2 D P (+ projection)
+
+* **EK-FAC** (kronfluence): a per-example gradient per candidate with every logit
+  (``4 N T + 4 d V T + 2 D T``) and ``2 D P`` against the preconditioned probe gradients;
+  kronfluence preconditions the probe gradients again for every chunk of candidates;
+* **one-step ground truth**: one gradient (every logit) on the candidate, then a forward
+  of every probe (every logit) at the stepped weights::
+
+      (4 N + 4 d V + 2 D) T_example + P · (2 N + 2 d V) · T_example
 
 GPU-hours = FLOPs / (peak FLOP/s × efficiency) / 3600. The authors report about
 **9 GPU-hours on one A6000 per 5,778-candidate partition** for their inner-product
@@ -43,6 +60,9 @@ PAPER = {
 
 #: Pythia-1b(-deduped): 16 layers, hidden 2048, vocabulary 50,304, untied embeddings.
 PYTHIA_1B = {"n_params": 1_011_781_632, "n_nonembed": 805_736_448, "hidden": 2048, "vocab": 50_304}
+
+#: SmolLM2-135M-Instruct (the embedded model): 30 layers, hidden 576, vocabulary 49,152, tied embeddings.
+SMOLLM2_135M = {"n_params": 134_515_008, "n_nonembed": 106_203_456, "hidden": 576, "vocab": 49_152}
 
 #: Dense peak throughput from the vendors' datasheets, in TFLOP/s (no sparsity).
 GPU_PEAK_TFLOPS = {
@@ -71,6 +91,13 @@ class CostModel:
     t_answer: float = 70.0               # probe answer tokens (scored)
     t_example: float = 130.0             # an example alone (the gradient's input)
     projection_dim: int | None = None
+    projection: str = "gaussian"         # or "countsketch"
+
+    def __post_init__(self):
+        if self.projection not in ("gaussian", "rademacher", "countsketch"):
+            from .errors import ConfigError
+
+            raise ConfigError(f"Unknown projection {self.projection!r}; use 'gaussian', 'rademacher' or 'countsketch'.")
 
     @property
     def D(self) -> int:
@@ -86,23 +113,36 @@ class CostModel:
         N, d, V = self.n_nonembed, self.hidden, self.vocab
         return n_probes * (2 * N + 2 * d * V) * (self.t_prefix + self.t_suffix)
 
-    def gradient_flops(self) -> float:
-        """FLOPs of one per-example gradient (forward + backward ≈ 3 forwards)."""
-        return 3 * (2 * self.n_nonembed + 2 * self.hidden * self.vocab) * self.t_example
+    def gradient_flops(self, *, all_logits: bool = False) -> float:
+        """FLOPs of one per-example gradient over ``D`` parameters (hooks path: LM head at answer
+        positions; ``all_logits`` for paths that compute every logit, as kronfluence and one-step do)."""
+        head_positions = self.t_example if all_logits else self.t_answer
+        return 4 * self.n_nonembed * self.t_example + 4 * self.hidden * self.vocab * head_positions \
+            + 2 * self.D * self.t_example
+
+    def projection_flops(self) -> float:
+        """Per example: ``2 D k`` (Gaussian / Rademacher) or ``2 D`` (CountSketch), 0 without projection."""
+        if not self.projection_dim:
+            return 0.0
+        return 2.0 * self.D if self.projection == "countsketch" else 2.0 * self.D * self.projection_dim
 
     def ip_flops(self, n_probes: int) -> float:
         """FLOPs per candidate of inner-product influence (probe gradients cached)."""
-        f = self.gradient_flops() + 2 * self.D * n_probes
-        if self.projection_dim:
-            f += 2 * self.D * self.projection_dim
-        return f
+        width = self.projection_dim or self.D
+        return self.gradient_flops() + self.projection_flops() + 2 * width * n_probes
 
     def ip_probe_side_flops(self, n_probes: int) -> float:
         """One-off FLOPs: the probe gradients (once per probe set)."""
-        f = n_probes * self.gradient_flops()
-        if self.projection_dim:
-            f += n_probes * 2 * self.D * self.projection_dim
-        return f
+        return n_probes * (self.gradient_flops() + self.projection_flops())
+
+    def ekfac_flops(self, n_probes: int) -> float:
+        """FLOPs per candidate of EK-FAC through kronfluence (every logit; probe side excluded)."""
+        return self.gradient_flops(all_logits=True) + 2 * self.D * n_probes
+
+    def one_step_flops(self, n_probes: int) -> float:
+        """FLOPs per candidate of the one-step ground truth: a gradient, then every probe's forward."""
+        return self.gradient_flops(all_logits=True) + n_probes * (2 * self.n_nonembed + 2 * self.hidden * self.vocab) \
+            * self.t_example
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,11 +160,15 @@ def gpu_hours(flops: float, peak_tflops: float, efficiency: float) -> float:
 def extrapolate(n_candidates: int = PAPER["n_candidates"], n_probes: int = PAPER["n_probes"], *,
                 model: CostModel | None = None, peak_tflops: float = GPU_PEAK_TFLOPS["A6000 fp32"],
                 efficiency: float = 0.5) -> dict[str, float]:
-    """GPU-hours of each valuator for a pool of ``n_candidates`` and ``n_probes`` probes."""
+    """GPU-hours of each valuator for a pool of ``n_candidates`` and ``n_probes`` probes
+    (one-off probe sides included: ICP's baselines, the probe gradients)."""
     m = model or CostModel()
+    fwd_probe = (2 * m.n_nonembed + 2 * m.hidden * m.vocab) * m.t_example
     icp = n_candidates * m.icp_cached_flops(n_probes) + n_probes * 2 * m.n_nonembed * m.t_suffix  # + baselines
     naive = n_candidates * m.icp_naive_flops(n_probes)
     ip = n_candidates * m.ip_flops(n_probes) + m.ip_probe_side_flops(n_probes)
+    ekfac = n_candidates * m.ekfac_flops(n_probes) + n_probes * m.gradient_flops(all_logits=True)
+    one_step = n_candidates * m.one_step_flops(n_probes) + n_probes * fwd_probe
     authors = paper_ip_gpu_hours(n_candidates)  # their 100 probes; scaled with the pool size only
     return {
         "n_candidates": n_candidates,
@@ -134,18 +178,24 @@ def extrapolate(n_candidates: int = PAPER["n_candidates"], n_probes: int = PAPER
         "icp_cached_flops": icp,
         "icp_naive_flops": naive,
         "ip_flops": ip,
+        "ekfac_flops": ekfac,
+        "one_step_flops": one_step,
         "icp_cached_gpu_hours": gpu_hours(icp, peak_tflops, efficiency),
         "icp_naive_gpu_hours": gpu_hours(naive, peak_tflops, efficiency),
         "ip_gpu_hours": gpu_hours(ip, peak_tflops, efficiency),
+        "ekfac_gpu_hours": gpu_hours(ekfac, peak_tflops, efficiency),
+        "one_step_gpu_hours": gpu_hours(one_step, peak_tflops, efficiency),
         "authors_ip_a6000_hours": authors,
     }
 
 
-def crossover_probes(icp_per_probe_s: float, ip_fixed_s: float, ip_per_probe_s: float = 0.0) -> float:
-    """Probes at which ICP (``a·P`` per candidate) costs as much as inner product (``b + c·P``)."""
+def crossover_probes(icp_per_probe_s: float, ip_fixed_s: float, ip_per_probe_s: float = 0.0, *,
+                     icp_fixed_s: float = 0.0) -> float:
+    """Probes at which ICP (``a₀ + a·P`` per candidate) costs as much as inner product (``b + c·P``):
+    ``P* = (b − a₀) / (a − c)``; ``inf`` when ICP never catches up."""
     if icp_per_probe_s <= ip_per_probe_s:
         return float("inf")
-    return ip_fixed_s / (icp_per_probe_s - ip_per_probe_s)
+    return (ip_fixed_s - icp_fixed_s) / (icp_per_probe_s - ip_per_probe_s)
 
 
 # ------------------------------------------------------------------ profiles
@@ -180,7 +230,8 @@ def profile_icp_batch(model, tokenizer, candidate, probes, *, batch_size: int = 
 
 def profile_grad_chunk(model, tokenizer, examples, *, params: str = "paper", template: str = "paper",
                        top: int = 10) -> list[dict[str, Any]]:
-    """Top operators of one ``vmap(grad)`` chunk of per-example gradients over ``examples``."""
+    """Top operators of one chunk of per-example gradients over ``examples`` (the default path, see
+    :meth:`~icp_influence.gradients.Objective.per_example_grads`)."""
     from .gradients import encode_examples, lm_objective
 
     obj = lm_objective(model, tokenizer, params=params)
@@ -204,3 +255,95 @@ def mean_tokens(tokenizer, examples, *, template: str = "paper") -> dict[str, fl
         alone.append(len(encode_example(tokenizer, z, template=template).input_ids))
     n = len(ex)
     return {"t_prefix": sum(pre) / n, "t_suffix": sum(suf) / n, "t_answer": sum(ans) / n, "t_example": sum(alone) / n}
+
+
+# ------------------------------------------------------------------ FLOPs of per-example gradients
+def gradient_flop_count(model, names, lengths, answer_lengths, *, padded_lengths=None) -> dict[str, Any]:
+    """FLOPs of per-example gradients on the hooks path
+    (:meth:`~icp_influence.gradients.Objective.per_example_grads`), counted from the shapes
+    that path runs, for examples of ``lengths`` tokens of which ``answer_lengths`` are scored.
+
+    Per token (``lengths``, padding excluded):
+
+    * forward: ``2·in·out`` for every linear layer of the model below the LM head;
+    * backward, input gradients: ``2·in·out`` for every linear layer whose input depends on
+      a selected parameter (autograd skips the others, e.g. block 0's projections when the
+      first selected parameter is there; found by one tiny forward with hooks);
+    * per-example weight gradients ``Σ_t δ_t a_tᵀ``: ``2·in·out`` per selected weight.
+
+    Per answer position: the LM head ``2·d·V`` forward and ``2·d·V`` for its input gradient
+    (:func:`~icp_influence.lm.batch_answer_nll` evaluates it only there).
+
+    Attention scores, per block and example of ``L`` tokens: ``4·d_attn`` FLOPs per causal
+    (query, key) pair (``QKᵀ`` and ``PV``; ``L(L+1)/2`` pairs), twice that in the backward of
+    blocks downstream of the first selected parameter. Element-wise work (norms,
+    activations, softmax, bias sums) is not counted. The matrix-product part equals what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts for an unpadded run (tested). ``padded_lengths`` (optional) gives the padded
+    tokens actually run, to report the padding waste separately.
+    """
+    import torch
+
+    from .gradients import _is_linear, find_blocks
+    from .lm import batch_answer_nll
+
+    lengths = [int(x) for x in lengths]
+    answer_lengths = [int(x) for x in answer_lengths]
+    named = dict(model.named_parameters())
+    chosen = set(names)
+    head = model.get_output_embeddings()
+    layers: dict[str, dict[str, Any]] = {}
+
+    def hook_for(mname):
+        def hook(mod, inp, out):
+            w = mod.weight
+            fan_in, fan_out = (w.shape[1], w.shape[0]) if isinstance(mod, torch.nn.Linear) else (w.shape[0], w.shape[1])
+            layers[mname] = {"in": int(fan_in), "out": int(fan_out), "input_grad": bool(inp[0].requires_grad),
+                             "head": mod is head,
+                             "w_sel": f"{mname}.weight" in chosen, "b_sel": f"{mname}.bias" in chosen}
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in model.named_modules() if _is_linear(m)]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    sel_ids = {id(named[n]) for n in names}
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in sel_ids)
+        dev = next(model.parameters()).device
+        ids = torch.full((1, 4), 1, dtype=torch.long, device=dev)
+        labels = torch.tensor([[-100, -100, 2, 3]], device=dev)
+        with torch.enable_grad():
+            batch_answer_nll(model, ids, labels)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, f in flags:
+            p.requires_grad_(f)
+    body = [v for v in layers.values() if not v["head"]]
+    fwd_tok = sum(2 * v["in"] * v["out"] for v in body)
+    bwd_tok = sum(2 * v["in"] * v["out"] for v in body if v["input_grad"])
+    wgrad_tok = sum(2 * v["in"] * v["out"] * v["w_sel"] for v in layers.values())
+    hv = [v for v in layers.values() if v["head"]]
+    head_pos = 2 * hv[0]["in"] * hv[0]["out"] if hv else 0
+    cfg = model.config
+    prefix, blocks = find_blocks(model)
+    n_heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)) or 0)
+    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)) or 0)
+    head_dim = int(getattr(cfg, "head_dim", 0) or (hidden // n_heads if n_heads else 0))
+    d_attn = n_heads * head_dim
+    first = min(int(n[len(prefix) + 1:].split(".")[0]) for n in names if n.startswith(prefix + ".")) \
+        if any(n.startswith(prefix + ".") for n in names) else len(blocks)
+    n_blocks, n_bwd_blocks = len(blocks), len(blocks) - first
+    T, A = sum(lengths), sum(answer_lengths)
+    pairs = sum(L * (L + 1) // 2 for L in lengths)
+    forward = fwd_tok * T + head_pos * A + 4 * d_attn * pairs * n_blocks
+    backward = bwd_tok * T + head_pos * A + 8 * d_attn * pairs * n_bwd_blocks
+    weight_grads = wgrad_tok * T
+    out = {"tokens": T, "answer_tokens": A, "forward_flops": forward, "backward_input_flops": backward,
+           "weight_grad_flops": weight_grads, "flops": forward + backward + weight_grads,
+           "attention_flops": 4 * d_attn * pairs * (n_blocks + 2 * n_bwd_blocks),
+           "linear_flops_per_token": {"forward": fwd_tok, "backward_input": bwd_tok, "weight_grads": wgrad_tok},
+           "head_flops_per_answer_position": head_pos, "n_nonembed": fwd_tok // 2,
+           "flops_6N": 6 * (fwd_tok // 2) * T}
+    if padded_lengths is not None:
+        out["padded_tokens"] = int(sum(padded_lengths))
+    return out

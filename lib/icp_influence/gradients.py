@@ -5,8 +5,10 @@ The central object is :class:`Objective`: a model, a subset of its parameters (t
 influence is computed for; every other parameter is frozen) and a per-example loss, in
 ``torch.func`` form. From it:
 
-* :meth:`Objective.per_example_grads` — ``vmap(grad(loss))`` over chunks of padded
-  examples, flattened to ``[n, D]`` (or projected to ``[n, k]``);
+* :meth:`Objective.per_example_grads` — over length-sorted chunks of padded examples,
+  flattened to ``[n, D]`` (or projected to ``[n, k]``): for linear layers one batched
+  forward/backward with per-example weight gradients ``Σ_t δ_t a_tᵀ`` from module hooks
+  (the fast path), otherwise ``vmap(grad(loss))``;
 * :meth:`Objective.hvp` — Hessian-vector products of the mean loss (double backward);
 * :meth:`Objective.hessian` — the explicit ``[D, D]`` Hessian (``torch.func.hessian``),
   for small ``D`` only.
@@ -68,6 +70,26 @@ def _is_linear(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Linear) or type(mod).__name__ == "Conv1D"
 
 
+def _linear_owners(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, nn.Module, str, bool]] | None:
+    """``{name: (module name, module, "weight" | "bias", is Conv1D)}`` when every parameter in
+    ``names`` is the weight or bias of an ``nn.Linear`` / ``Conv1D`` and is not shared (tied)
+    with another module; else ``None`` (the hooks gradient path does not apply)."""
+    mods = dict(model.named_modules())
+    users: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        users[id(p)] = users.get(id(p), 0) + 1
+    owners = {}
+    for n in names:
+        mname, _, pname = n.rpartition(".")
+        mod = mods.get(mname)
+        if mod is None or not _is_linear(mod) or pname not in ("weight", "bias"):
+            return None
+        if users.get(id(getattr(mod, pname)), 0) != 1:
+            return None
+        owners[n] = (mname, mod, pname, not isinstance(mod, nn.Linear))
+    return owners
+
+
 def select_parameters(model: nn.Module, selection: str | Sequence[str] = "all") -> list[str]:
     """Names of the parameters influence is computed for (in ``named_parameters`` order).
 
@@ -118,48 +140,96 @@ def select_parameters(model: nn.Module, selection: str | Sequence[str] = "all") 
 
 # ------------------------------------------------------------------ random projection
 
+PROJECTIONS = ("gaussian", "rademacher", "countsketch")
+
+
 class Projector:
     """Seeded random projection ``R^D -> R^k``, generated block by block.
 
-    ``P`` has i.i.d. entries ``N(0, 1/k)`` (``kind="gaussian"``) or ``±1/sqrt(k)``
-    (``"rademacher"``), so ``E⟨Pa, Pb⟩ = ⟨a, b⟩``. It is never materialised: the rows
-    belonging to parameter tensor ``t``, sub-block ``j`` are regenerated from the seed
-    ``(seed, t, j)`` whenever needed, ``block_rows × k`` numbers at a time, so memory stays
-    bounded for any ``D``. The same (seed, tensor sizes, k, kind, device type) always gives
-    the same ``P`` — candidates and probes are projected identically.
+    ``kind="gaussian"``: ``P`` has i.i.d. entries ``N(0, 1/k)``; ``"rademacher"``: ``±1/sqrt(k)``.
+    Projecting costs ``2·D·k`` FLOPs per example (one matrix product per block).
+
+    ``kind="countsketch"``: each coordinate ``i`` of the gradient goes to one bucket
+    ``h(i) ∈ [0, k)`` with a sign ``s(i) = ±1`` (``(Pa)_j = Σ_{h(i)=j} s(i) a_i``: one nonzero
+    per coordinate). Projecting costs ``O(D)`` per example — one scatter-add of
+    every coordinate — instead of ``O(D·k)``. Bucket and sign are drawn together, uniformly,
+    as one integer ``r ∈ [0, 2k)`` per coordinate (``h = r mod k``, ``s = +1`` if ``r < k``):
+    the rows are accumulated into ``[B, 2k]`` and the second half subtracted from the first.
+
+    For every kind ``E⟨Pa, Pb⟩ = ⟨a, b⟩`` (for countsketch: the cross terms ``s(i)s(j)`` with
+    ``i ≠ j`` vanish in expectation, and ``s(i)² = 1``). ``P`` is never materialised: the
+    part belonging to parameter tensor ``t``, sub-block ``j`` is regenerated from the seed
+    ``(seed, t, j)`` whenever needed (``block_rows × k`` Gaussian numbers, or ``max_block_elems``
+    bucket indices, at a time), so memory stays bounded for any ``D``. The same (seed,
+    tensor sizes, k, kind, device type) always gives the same ``P`` — candidates and probes
+    are projected identically, whether the gradient comes flat or tensor by tensor.
     """
 
     def __init__(self, sizes: Sequence[int], k: int, *, seed: int = 0, kind: str = "gaussian",
                  max_block_elems: int = 1 << 22):
         if k < 1:
             raise ConfigError(f"projection dimension must be ≥ 1, got {k}.")
-        if kind not in ("gaussian", "rademacher"):
-            raise ConfigError(f"Unknown projection kind {kind!r}; use 'gaussian' or 'rademacher'.")
+        if kind not in PROJECTIONS:
+            raise ConfigError(f"Unknown projection kind {kind!r}; use one of {', '.join(PROJECTIONS)}.")
         self.sizes, self.k, self.seed, self.kind = [int(s) for s in sizes], int(k), int(seed), kind
-        self.block_rows = max(1, max_block_elems // self.k)
+        # rows of P generated at once: dense kinds keep block_rows × k numbers, countsketch block_rows indices
+        self.block_rows = max(1, max_block_elems // self.k) if kind != "countsketch" else max(1, int(max_block_elems))
 
-    def _block(self, t: int, j: int, rows: int, device, dtype) -> torch.Tensor:
-        gen_device = device if torch.device(device).type == "cuda" else "cpu"
+    def _generator(self, t: int, j: int, device) -> tuple[torch.Generator, str]:
+        gen_device = "cuda" if torch.device(device).type == "cuda" else "cpu"
         g = torch.Generator(device=gen_device)
         g.manual_seed((self.seed * 1_000_003 + t * 65_537 + j) % (2**63 - 1))
+        return g, gen_device
+
+    def _block(self, t: int, j: int, rows: int, device, dtype) -> torch.Tensor:
+        """Rows ``[rows, k]`` of a dense ``P`` (gaussian / rademacher)."""
+        g, gen_device = self._generator(t, j, device)
         if self.kind == "gaussian":
             P = torch.randn(rows, self.k, generator=g, device=gen_device, dtype=torch.float32)
         else:
             P = torch.randint(0, 2, (rows, self.k), generator=g, device=gen_device).float().mul_(2).sub_(1)
         return P.to(device=device, dtype=dtype).mul_(1.0 / np.sqrt(self.k))
 
-    def project_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``parts[t]``: ``[B, sizes[t]]`` (flattened gradient of tensor ``t``) -> ``[B, k]``."""
-        B = parts[0].shape[0]
-        out = torch.zeros(B, self.k, device=parts[0].device, dtype=parts[0].dtype)
-        for t, g in enumerate(parts):
+    def _buckets(self, t: int, j: int, rows: int, device) -> torch.Tensor:
+        """Signed buckets ``r ∈ [0, 2k)`` (int64) of ``rows`` coordinates (countsketch)."""
+        g, gen_device = self._generator(t, j, device)
+        r = torch.empty(rows, dtype=torch.int64, device=gen_device).random_(0, 2 * self.k, generator=g)
+        return r.to(device)
+
+    def project_part(self, t: int, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the projection of tensor ``t``'s part ``g`` ``[B, sizes[t]]`` of the gradients to
+        ``out`` ``[B, k]`` (a new zero matrix when ``None``) and return it."""
+        if g.shape[1] != self.sizes[t]:
+            raise ConfigError(f"Projector: part {t} has {g.shape[1]} coordinates, expected {self.sizes[t]}; "
+                              "build the projector from the same parameter selection (objective.sizes).")
+        B = g.shape[0]
+        if out is None:
+            out = torch.zeros(B, self.k, device=g.device, dtype=g.dtype)
+        if self.kind == "countsketch":
+            acc = torch.zeros(B, 2 * self.k, device=g.device, dtype=g.dtype)
             for j, r0 in enumerate(range(0, g.shape[1], self.block_rows)):
                 r1 = min(r0 + self.block_rows, g.shape[1])
-                out += g[:, r0:r1] @ self._block(t, j, r1 - r0, g.device, g.dtype)
+                acc.index_add_(1, self._buckets(t, j, r1 - r0, g.device), g[:, r0:r1])
+            out += acc[:, :self.k] - acc[:, self.k:]
+            return out
+        for j, r0 in enumerate(range(0, g.shape[1], self.block_rows)):
+            r1 = min(r0 + self.block_rows, g.shape[1])
+            out += g[:, r0:r1] @ self._block(t, j, r1 - r0, g.device, g.dtype)
+        return out
+
+    def project_parts(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``parts[t]``: ``[B, sizes[t]]`` (flattened gradient of tensor ``t``) -> ``[B, k]``."""
+        if len(parts) != len(self.sizes):
+            raise ConfigError(f"Projector: got {len(parts)} parts for {len(self.sizes)} parameter tensors.")
+        out = None
+        for t, g in enumerate(parts):
+            out = self.project_part(t, g, out)
         return out
 
     def project(self, flat: torch.Tensor) -> torch.Tensor:
         """``[B, D]`` -> ``[B, k]`` (``D = sum(sizes)``)."""
+        if flat.shape[1] != sum(self.sizes):
+            raise ConfigError(f"Projector: gradients have {flat.shape[1]} coordinates, expected {sum(self.sizes)}.")
         parts, o = [], 0
         for s in self.sizes:
             parts.append(flat[:, o:o + s])
@@ -178,6 +248,34 @@ def _math_attention():
 
 def stack_collate(rows: Sequence[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack(col) for col in zip(*rows))
+
+
+def length_batches(lengths: Sequence[int], max_batch: int, *, overhead_tokens: float = 32.0) -> list[list[int]]:
+    """Split items into batches of similar length: lists of positions into ``lengths``.
+
+    Items are sorted by length and cut into consecutive batches of at most ``max_batch``
+    that minimise ``Σ_batches (size × longest + overhead_tokens)`` — the padded tokens a
+    right-padded batch runs, plus a per-batch cost (dispatch, the per-batch parts of the
+    backward) in token equivalents — exactly, by dynamic programming over the sorted
+    lengths (``O(n · max_batch)``). Few long examples among many short ones get batches of
+    their own instead of padding a whole batch to their length.
+    """
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    L = [int(lengths[i]) for i in order]
+    INF = float("inf")
+    best = [0.0] + [INF] * n
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(max(0, i - max_batch), i):
+            c = best[j] + (i - j) * L[i - 1] + overhead_tokens
+            if c < best[i]:
+                best[i], cut[i] = c, j
+    out, i = [], n
+    while i > 0:
+        out.append(order[cut[i]:i])
+        i = cut[i]
+    return out[::-1]
 
 
 class TensorItems(Sequence):
@@ -214,14 +312,21 @@ class Objective:
             padding stays small (results are returned in the original order).
         token_view: optional ``(model, batch) -> (logits [N, C], labels [N])``: the summed
             loss of a batch as a cross-entropy (what EK-FAC through kronfluence needs).
+        batch_loss: optional ``(model, *batch) -> [B]``: the loss of every item of a collated
+            batch in one batched forward, where item ``b``'s loss depends on row ``b`` only
+            (right padding, causal attention). With it, per-example gradients of parameters
+            that all belong to linear layers take the ``"hooks"`` path (see
+            :meth:`per_example_grads`).
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str], loss_fn: LossFn, *,
                  collate: Callable[[Sequence[Any]], tuple[torch.Tensor, ...]] = stack_collate,
                  sort_key: Callable[[Any], int] | None = None,
-                 token_view: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]] | None = None):
+                 token_view: Callable[[nn.Module, Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 batch_loss: Callable[..., torch.Tensor] | None = None):
         self.model, self.names, self.loss_fn = model, list(names), loss_fn
         self.collate, self.sort_key, self.token_view = collate, sort_key, token_view
+        self.batch_loss = batch_loss
         named = dict(model.named_parameters())
         missing = [n for n in self.names if n not in named]
         if missing:
@@ -232,6 +337,7 @@ class Objective:
         self.shapes = [tuple(self.params[n].shape) for n in self.names]
         self.sizes = [int(np.prod(s)) if s else 1 for s in self.shapes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int).tolist()
+        self._owners = _linear_owners(model, self.names)
 
     # -- basics
     @property
@@ -277,32 +383,81 @@ class Objective:
             return list(range(len(items)))
         return sorted(range(len(items)), key=lambda i: self.sort_key(items[i]))
 
+    def _grad_batches(self, items: Sequence[Any], chunk_size: int) -> list[list[int]]:
+        """The batches of per-example gradients: length buckets of ≤ ``chunk_size`` items
+        (:func:`length_batches`) when items have a ``sort_key``, else consecutive chunks."""
+        if self.sort_key is None:
+            return [list(range(s, min(s + chunk_size, len(items)))) for s in range(0, len(items), chunk_size)]
+        return length_batches([self.sort_key(x) for x in items], chunk_size)
+
     # -- per-example gradients
+    @property
+    def grad_methods(self) -> list[str]:
+        """The per-example gradient paths available for this objective (fastest first)."""
+        return (["hooks"] if self.batch_loss is not None and self._owners is not None else []) + ["vmap", "loop"]
+
     def per_example_grads(self, items: Sequence[Any], *, chunk_size: int = 8, projector: Projector | None = None,
-                          vectorize: bool = True, progress: bool = False, desc: str = "gradients",
-                          out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                          method: str = "auto", vectorize: bool = True, progress: bool = False,
+                          desc: str = "gradients", out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Gradients of each item's loss, ``[len(items), D]`` (or ``[len(items), k]`` projected), on CPU.
 
-        ``vmap(grad(loss))`` over chunks of ``chunk_size`` padded items; ``vectorize=False``
-        loops ``grad`` over the items instead (same numbers; for models vmap cannot trace).
+        Items are processed in batches of at most ``chunk_size``; with a ``sort_key`` (LM
+        objectives) the batches are length buckets that minimise padding plus a per-batch
+        cost (:func:`length_batches`). Rows come back in the original order. ``method``:
+
+        * ``"hooks"`` (the default when available, see :attr:`grad_methods`): one batched
+          forward and one backward per chunk. Forward hooks keep each selected linear
+          layer's input ``a`` ``[B, T, in]``; ``autograd.grad`` of the summed loss with
+          respect to the layers' outputs gives ``δ = ∂ℓ/∂(output)`` ``[B, T, out]``, row ``b``
+          being item ``b``'s own (its loss depends on its row only); then per item
+          ``∂ℓ_b/∂W = Σ_t δ_{b,t} a_{b,t}ᵀ`` (one batched matrix product, ``∂ℓ_b/∂bias = Σ_t δ_{b,t}``).
+          Padded positions have ``δ = 0`` exactly, so padding adds work but no error. No
+          weight gradient of the whole batch is ever formed, and only the layers downstream
+          of the first selected parameter are differentiated. Needs ``batch_loss`` and
+          parameters that are all weights/biases of ``nn.Linear`` (or GPT-2 ``Conv1D``)
+          layers used once per forward.
+        * ``"vmap"``: ``vmap(grad(loss))`` over the padded chunk (any parameters; torch has
+          no batching rule for the CPU flash-attention kernel and falls back to a loop
+          there, with a warning).
+        * ``"loop"`` (or ``vectorize=False``): ``grad(loss)`` item by item.
+
+        All three give the same numbers (up to float rounding; tested against a plain
+        ``loss.backward()`` per item).
         """
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be ≥ 1, got {chunk_size}.")
+        if method == "auto":
+            method = self.grad_methods[0] if vectorize else "loop"
+        if method not in self.grad_methods:
+            why = ("it needs batch_loss (lm_objective sets it) and parameters that all belong to nn.Linear/Conv1D "
+                   "layers used once per forward") if method == "hooks" else "choose 'auto', 'hooks', 'vmap' or 'loop'"
+            raise ConfigError(f"Gradient method {method!r} is not available for this objective: {why}. "
+                              f"Available: {', '.join(self.grad_methods)}.")
         n = len(items)
         width = projector.k if projector is not None else self.dim
-        out = torch.zeros(n, width, dtype=out_dtype)
-        order = self._order(items)
+        out = torch.empty(n, width, dtype=out_dtype)  # every row is written below (no zero-fill of n × D)
         g_fn = grad(self.example_loss)
-        it = range(0, n, chunk_size)
+        it = self._grad_batches(items, chunk_size)
         if progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(it, desc=desc, unit="chunk")
-        for s in it:
-            idx = order[s:s + chunk_size]
+            it = tqdm(it, desc=desc, unit="batch")
+        for idx in it:
             batch = self._to_device(self.collate([items[i] for i in idx]))
+            if method == "hooks":
+                rows_at = torch.tensor(idx, dtype=torch.long)
+                acc = None
+                for t, g in self._hooks_parts(batch):
+                    if projector is not None:
+                        acc = projector.project_part(t, g, acc)
+                    else:
+                        out[rows_at, self.offsets[t]:self.offsets[t + 1]] = g.to("cpu", out_dtype)
+                    del g
+                if acc is not None:
+                    out[rows_at] = acc.to("cpu", out_dtype)
+                continue
             with torch.no_grad():
-                if vectorize:
+                if method == "vmap":
                     gd = vmap(g_fn, in_dims=(None,) + (0,) * len(batch), randomness="different")(self.params, *batch)
                 else:
                     per = [g_fn(self.params, *(b[j] for b in batch)) for j in range(len(idx))]
@@ -311,6 +466,59 @@ class Objective:
                 rows = projector.project_parts(parts) if projector is not None else torch.cat(parts, dim=1)
             out[idx] = rows.to("cpu", out_dtype)
         return out
+
+    def _hooks_parts(self, batch: tuple[torch.Tensor, ...]):
+        """Per-example gradients of one batch by the hooks path: yields ``(t, [B, sizes[t]])``."""
+        assert self._owners is not None and self.batch_loss is not None
+        model = self.model
+        modules = {m: mod for m, mod, _, _ in self._owners.values()}
+        acts: dict[str, torch.Tensor] = {}
+        outs: dict[str, torch.Tensor] = {}
+        calls: dict[str, int] = {}
+
+        def hook_for(mname: str):
+            def hook(mod, inp, output):
+                calls[mname] = calls.get(mname, 0) + 1
+                acts[mname] = inp[0].detach()
+                outs[mname] = output
+            return hook
+
+        handles = [mod.register_forward_hook(hook_for(m)) for m, mod in modules.items()]
+        selected = {id(named) for named in (dict(model.named_parameters())[n] for n in self.names)}
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            for p, _ in flags:
+                p.requires_grad_(id(p) in selected)
+            with torch.enable_grad():
+                losses = self.batch_loss(model, *batch)
+                if any(c != 1 for c in calls.values()) or set(calls) != set(modules):
+                    raise ConfigError("The hooks gradient path needs every selected linear layer to run exactly once "
+                                      "per forward; use per_example_grads(..., method='vmap').")
+                names = list(modules)
+                used = [outs[m] for m in names if outs[m].requires_grad]
+                deltas = dict(zip([m for m in names if outs[m].requires_grad],
+                                  torch.autograd.grad(losses.sum(), used, allow_unused=True) if used else []))
+        finally:
+            for h in handles:
+                h.remove()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+        outs.clear()
+        B = batch[0].shape[0]
+        with torch.no_grad():
+            for t, n in enumerate(self.names):
+                mname, _, pname, conv = self._owners[n]
+                d = deltas.get(mname)
+                if d is None:  # the loss does not depend on this layer
+                    yield t, torch.zeros(B, self.sizes[t], device=self.device, dtype=self.dtype)
+                    continue
+                d = d.reshape(B, -1, d.shape[-1])
+                if pname == "bias":
+                    g = d.sum(dim=1)
+                else:
+                    a = acts[mname].reshape(B, -1, acts[mname].shape[-1])
+                    g = torch.bmm(a.transpose(1, 2), d) if conv else torch.bmm(d.transpose(1, 2), a)
+                yield t, g.reshape(B, -1)
 
     # -- second order
     def mean_loss(self, params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -386,6 +594,20 @@ def lm_loss_fn(reduction: str = "sum") -> LossFn:
     return loss
 
 
+def lm_batch_loss(reduction: str = "sum"):
+    """Per-example answer-only losses of a right-padded batch: ``(model, ids [B, T], labels [B, T]) -> [B]``
+    (:func:`~icp_influence.lm.batch_answer_nll`; the LM head runs at the answer positions only)."""
+    from .lm import batch_answer_nll
+
+    if reduction not in ("sum", "mean"):
+        raise ConfigError(f"Unknown loss reduction {reduction!r}; use 'sum' or 'mean'.")
+
+    def loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return batch_answer_nll(model, ids, labels, reduction)
+
+    return loss
+
+
 def encoded_collate(pad_id: int):
     """Right-pad a list of ``Encoded`` into ``(input_ids, labels)`` ``[B, T]``."""
     from .lm import pad_batch
@@ -403,7 +625,7 @@ def lm_objective(model, tokenizer, *, params: str | Sequence[str] = "paper", red
 
     names = select_parameters(model, params)
     return Objective(model, names, lm_loss_fn(reduction), collate=encoded_collate(tokenizer.pad_token_id),
-                     sort_key=len, token_view=answer_token_view)
+                     sort_key=len, token_view=answer_token_view, batch_loss=lm_batch_loss(reduction))
 
 
 def encode_examples(tokenizer, examples: Sequence[Any], *, template: str = "paper", max_length: int | None = None):

@@ -1,4 +1,5 @@
-"""Figures of notebook 07: benchmark results, cost vs probes, scaling, profiles, extrapolation."""
+"""Figures of notebook 07: benchmark results, gradient throughput, projection cost, cost vs probes,
+memory vs pool size, profiles, extrapolation."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -6,7 +7,14 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-SPEEDUP_GOALS = {"icp-throughput": 3.0, "grads": 3.0, "captum": 3.0}
+from icp_course.style import VALUATOR_COLORS
+
+SPEEDUP_GOALS = {"icp-throughput": 3.0, "captum": 3.0}
+#: The cost benchmark's valuators: (key in its rows, label, course colour, marker).
+COST_VALUATORS = (("icp", "ICP (cached)", VALUATOR_COLORS["icp_win_rate"], "o-"),
+                  ("inner_product", "inner product (probe grads cached)", VALUATOR_COLORS["ip"], "s-"),
+                  ("ekfac", "EK-FAC (factors fitted once)", VALUATOR_COLORS["ekfac"], "^-"),
+                  ("one_step", "one-step ground truth", VALUATOR_COLORS["gt_sgd_small"], "D-"))
 
 
 def plot_speedups(results: Mapping[str, Mapping[str, Any]], ax=None):
@@ -29,58 +37,81 @@ def plot_speedups(results: Mapping[str, Mapping[str, Any]], ax=None):
     return ax.figure
 
 
-def plot_flops(result: Mapping[str, Any], ax=None):
-    """Achieved ICP GFLOP/s next to the machine's dense matmul GFLOP/s."""
+def plot_grad_throughput(result: Mapping[str, Any], ax=None):
+    """Achieved GFLOP/s of per-example gradients next to the machine's dense matmul GFLOP/s."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(4.5, 3.2))
+        _, ax = plt.subplots(figsize=(4.8, 3.2))
     vals = [result["achieved_gflops"], result["matmul_gflops"]]
-    bars = ax.bar(["ICP scoring", f"matmul {result['matmul_n']}²"], vals, color=["tab:blue", "tab:grey"])
+    bars = ax.bar(["per-example gradients", f"matmul {result.get('matmul_n', 2048)}²"], vals,
+                  color=[VALUATOR_COLORS["ip"], "tab:grey"])
     ax.bar_label(bars, fmt="%.1f")
     ax.set_ylabel("throughput (GFLOP/s)")
-    ax.set_title(f"efficiency = {result['efficiency']:.2f} (goal 0.5)")
+    ax.set_title(f"efficiency = {result['efficiency']:.2f} (goal 0.4)")
     return ax.figure
 
 
-def plot_cost_vs_probes(result: Mapping[str, Any], ax=None):
-    """Seconds per candidate against the number of probes (log-log) for each valuator."""
-    rows = result["rows"]
+def plot_projection_cost(result: Mapping[str, Any], ax=None):
+    """Seconds per example to project a gradient to k dims: Gaussian vs CountSketch (log scale),
+    for the benchmark's selection and for the "paper" selection."""
+    proj = result["projection"]
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 3.6))
-    x = [r["n_probes"] for r in rows]
-    for key, label, style in (("icp_s", "ICP (cached)", "o-"), ("inner_product_s", "inner product (probe grads cached)", "s-"),
-                              ("ekfac_s", "EK-FAC (factors fitted once)", "^-")):
-        ax.plot(x, [r[key] for r in rows], style, label=label)
-    ax.set_xscale("log")
+        _, ax = plt.subplots(figsize=(6, 3.2))
+    kinds = [k for k in ("gaussian", "countsketch") if k in proj]
+    x = np.arange(2)
+    w = 0.38
+    for i, kind in enumerate(kinds):
+        p = proj[kind]
+        vals = [p["seconds_per_example_qv"], p["seconds_per_example_paper"]]
+        bars = ax.bar(x + (i - 0.5) * w, vals, w, label=f"{kind} (k = {p['k']})",
+                      color="tab:orange" if kind == "gaussian" else "tab:green")
+        ax.bar_label(bars, fmt="%.3g s", fontsize=8)
+    p0 = proj[kinds[0]]
+    ax.set_xticks(x, [f"q/v, D = {p0['D_qv'] / 1e6:.1f} M", f"all linear, D = {p0['D_paper'] / 1e6:.0f} M"])
     ax.set_yscale("log")
-    ax.set_xlabel("number of probes")
-    ax.set_ylabel("seconds per candidate")
-    ax.set_title("Cost per candidate")
+    ax.set_ylabel("seconds per example (log)")
+    ax.set_title("Projecting one gradient")
     ax.legend(fontsize=8)
     return ax.figure
 
 
-def plot_scaling(result: Mapping[str, Any]):
-    """Wall time (log-log, with fitted exponents) and peak RSS growth against pool size."""
+def plot_cost_vs_probes(result: Mapping[str, Any], ax=None):
+    """Seconds per candidate against the number of probes (log-log) for each valuator measured."""
     rows = result["rows"]
-    n = [r["pool_size"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a1.plot(n, [r["icp_s"] for r in rows], "o-", label=f"ICP (slope {result['icp_exponent']:.2f})")
-    a1.plot(n, [r["ip_s"] for r in rows], "s-", label=f"projected inner product (slope {result['ip_exponent']:.2f})")
-    a1.set_xscale("log", base=2)
-    a1.set_yscale("log")
-    a1.set_xlabel("pool size (candidates)")
-    a1.set_ylabel("wall time (s)")
-    a1.legend(fontsize=8)
-    a1.set_title("Time vs pool size")
-    a2.plot(n, [r["icp_peak_mb"] for r in rows], "o-", label="ICP")
-    a2.plot(n, [r["ip_peak_mb"] for r in rows], "s-", label="projected inner product")
-    a2.set_xscale("log", base=2)
-    a2.set_xlabel("pool size (candidates)")
-    a2.set_ylabel("peak RSS growth (MB)")
-    a2.legend(fontsize=8)
-    a2.set_title("Memory vs pool size")
-    fig.tight_layout()
-    return fig
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.8, 3.8))
+    x = [r["n_probes"] for r in rows]
+    for key, label, color, style in COST_VALUATORS:
+        if all(f"{key}_s" in r for r in rows):
+            ys = [r[f"{key}_s"] for r in rows]
+            ax.plot(x, [y if y and y > 0 else np.nan for y in ys], style, label=label, color=color)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of probes")
+    ax.set_ylabel("seconds per candidate")
+    ax.set_title("Cost per candidate (probe side excluded)")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_memory(result: Mapping[str, Any], ax=None):
+    """Peak RSS growth while scoring each pool size, against what holding the pool would take."""
+    rows = result["rows"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.4))
+    labels = [f"{r['n_candidates']} candidates" for r in rows]
+    bars = ax.bar(labels, [r["peak_mb"] for r in rows], color=VALUATOR_COLORS["ip"])
+    ax.bar_label(bars, fmt="%.0f MB")
+    exp = result.get("expected_mb", {})
+    if "if_the_pool_were_held" in exp:
+        ax.axhline(exp["if_the_pool_were_held"], color="k", ls="--", lw=1,
+                   label=f"{rows[-1]['n_candidates']} gradients held ({exp['if_the_pool_were_held']:.0f} MB)")
+    if "probe_gradients" in exp and "one_chunk_of_gradients" in exp:
+        ax.axhline(exp["probe_gradients"] + exp["one_chunk_of_gradients"], color="tab:grey", ls=":", lw=1,
+                   label="probe gradients + one chunk")
+    ax.set_ylabel("peak RSS growth (MB)")
+    ax.set_title(f"Memory vs pool size: ratio {result['peak_ratio']:.2f} (goal ≤ 1.2)")
+    ax.legend(fontsize=8)
+    return ax.figure
 
 
 def plot_profile(ops: Sequence[Mapping[str, Any]], title: str = "profile", ax=None):
@@ -98,10 +129,15 @@ def plot_profile(ops: Sequence[Mapping[str, Any]], title: str = "profile", ax=No
 def plot_extrapolation(est: Mapping[str, Any], ax=None):
     """GPU-hours at the chosen scale: our estimates vs the authors' reported inner product."""
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.4))
-    labels = ["ICP cached", "ICP naive", "IP (ours)", "IP (authors, A6000)"]
-    vals = [est["icp_cached_gpu_hours"], est["icp_naive_gpu_hours"], est["ip_gpu_hours"], est["authors_ip_a6000_hours"]]
-    bars = ax.bar(labels, vals, color=["tab:blue", "tab:cyan", "tab:orange", "tab:red"])
+        _, ax = plt.subplots(figsize=(7, 3.4))
+    keys = [("icp_cached_gpu_hours", "ICP cached", VALUATOR_COLORS["icp_win_rate"]),
+            ("icp_naive_gpu_hours", "ICP naive", "tab:cyan"),
+            ("ip_gpu_hours", "IP (ours)", VALUATOR_COLORS["ip"]),
+            ("ekfac_gpu_hours", "EK-FAC", VALUATOR_COLORS["ekfac"]),
+            ("one_step_gpu_hours", "one-step", VALUATOR_COLORS["gt_sgd_small"]),
+            ("authors_ip_a6000_hours", "IP (authors, A6000)", "tab:red")]
+    keys = [k for k in keys if k[0] in est]
+    bars = ax.bar([k[1] for k in keys], [est[k[0]] for k in keys], color=[k[2] for k in keys])
     ax.bar_label(bars, fmt="%.1f")
     ax.set_yscale("log")
     ax.set_ylabel("GPU-hours (log scale)")

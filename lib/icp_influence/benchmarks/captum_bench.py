@@ -4,7 +4,7 @@ Both compute ``⟨∇ℓ(p), ∇ℓ(z)⟩`` for every (candidate, probe) pair ov
 parameters (the "paper" set: every linear layer of every block, weights and biases) of
 the same model on the same examples, with one checkpoint (learning rate 1), so the
 scores must be equal. Ours = :class:`~icp_influence.valuators.InnerProduct`
-(``vmap`` gradients, probe gradients computed once, one matrix product; a fresh gradient
+(batched per-example gradients, probe gradients computed once, one matrix product; a fresh gradient
 cache each repetition, so nothing is reused across repetitions). captum = ``TracInCP``
 with a per-example loss (its default per-example ``autograd.grad`` loop over a batched
 forward), sequences padded to a common length. Goal: ``speedup ≥ 3`` at equal scores.
@@ -68,7 +68,7 @@ def captum_tracin_scores(model, tokenizer, names, cand_encs, probe_encs, batch_s
     return scores.detach().double().T.numpy()
 
 
-@benchmark("captum", "inner-product influence: ours (vmap, cached probe grads) vs captum TracInCP")
+@benchmark("captum", "inner-product influence: ours (batched gradients, cached probe grads) vs captum TracInCP")
 def run(*, smoke: bool = False, seed: int = 0) -> dict:
     from ..encoding import encode_example
     from ..gradients import select_parameters

@@ -49,7 +49,8 @@ class GradientValuator(Valuator):
             :func:`~icp_influence.gradients.select_parameters`).
         reduction: ``"sum"`` (the default: ``ℓ = −ll``, ICP's summed log-likelihood) or ``"mean"``.
         projection_dim, projection: optional seeded projection to ``k`` dimensions.
-        grad_chunk: examples per ``vmap(grad(...))`` call.
+        grad_chunk: examples per batched gradient computation (one forward/backward on the hooks path,
+            one ``vmap(grad(...))`` call otherwise; see :meth:`~icp_influence.gradients.Objective.per_example_grads`).
         cache_dir: keep candidate gradients on disk (a :class:`GradientCache`).
         objective: instead of ``model``/``tokenizer``, any
             :class:`~icp_influence.gradients.Objective`; its items are scored as given.
