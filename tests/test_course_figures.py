@@ -72,15 +72,11 @@ def test_lsa_diagram_shows_the_construction_update_and_prediction():
 
 def test_token_plots_show_whitespace_visibly():
     from icp_course.plots.icp import plot_token_view
-    from icp_course.plots.start import plot_token_logprobs
 
     comp = {"tokens": [" 4", "\n", "2"], "zero_shot": np.array([-2.0, -1.0, -0.5]),
-            "with_demo": np.array([-1.0, -0.8, -0.4]), "ll_zero_shot": -3.5, "ll_with_demo": -2.2, "delta": 1.3}
-    fig = plot_token_logprobs(comp)
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
-    assert "␣" in fig.axes[0].get_xlabel()
-    plt.close(fig)
+            "with_demo": np.array([-1.0, -0.8, -0.4])}
     fig = plot_token_view(comp["tokens"], comp["with_demo"], comp["zero_shot"])
+    assert "␣" in fig.axes[0].get_xlabel()
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["␣4", "↵", "2"]
     plt.close(fig)
 

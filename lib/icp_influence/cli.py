@@ -36,20 +36,9 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
                 value = value[:197] + "..."
         print(f"{key:>32}: {value}")
     if as_json:
-        print(json.dumps(result, default=_jsonable, sort_keys=False))
+        from .utils import jsonable
 
-
-def _jsonable(o: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(o)
+        print(json.dumps(jsonable(result), sort_keys=False))
 
 
 def cmd_list(args: argparse.Namespace) -> None:

@@ -308,7 +308,9 @@ class Outcome:
     higher_is_better: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean(asdict(self))
+        from .utils import jsonable
+
+        return jsonable(asdict(self))
 
     def save(self, path: str | Path) -> Path:
         atomic_write_json(path, self.to_dict())
@@ -322,19 +324,6 @@ class Outcome:
     @classmethod
     def load(cls, path: str | Path) -> "Outcome":
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def _clean(o: Any) -> Any:
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        f = float(o)
-        return f if math.isfinite(f) else None
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
 
 
 Selection = Sequence[str] | Callable[[int], Sequence[str]]

@@ -3,6 +3,9 @@
 * :func:`answer_logprobs` — log-probability of every answer token of encoded sequences
   (one forward pass per batch, right padding, float64 accumulation).
 * :func:`generate_answer` — greedy decoding of a probe's answer.
+
+(The per-token view of one demonstration — each answer token's log-probability with and
+without it — is :func:`icp_influence.icp.token_logprobs`.)
 """
 from __future__ import annotations
 
@@ -164,17 +167,3 @@ def generate_answer(model, tokenizer, probe: Example, demo: Example | None = Non
     if template != "chat":
         text = text.split("\n")[0]
     return text.strip()
-
-
-def token_logprob_comparison(model, tokenizer, probe: Example, demo: Example, *, template: str = "paper") -> dict:
-    """Per answer token: its text and log-probability without and with the demonstration.
-
-    Returns ``{"tokens": [str], "zero_shot": ndarray, "with_demo": ndarray,
-    "ll_zero_shot": float, "ll_with_demo": float, "delta": float}`` (nats).
-    """
-    base = encode_pair(tokenizer, probe, None, template=template)
-    with_demo = encode_pair(tokenizer, probe, demo, template=template)
-    lp0, lp1 = answer_logprobs(model, [base, with_demo], pad_id=tokenizer.pad_token_id, batch_size=1)
-    tokens = [tokenizer.decode([t]) for t in base.answer_ids]
-    return {"tokens": tokens, "zero_shot": lp0, "with_demo": lp1, "ll_zero_shot": float(lp0.sum()),
-            "ll_with_demo": float(lp1.sum()), "delta": float(lp1.sum() - lp0.sum())}

@@ -50,16 +50,25 @@ def benchmark(name: str, summary: str) -> Callable[[Runner], Runner]:
     return _register("benchmark", name, summary)
 
 
+def import_submodules(package: str) -> list[str]:
+    """Import every public module of ``package`` (sorted by name); the project's one plugin
+    discovery (experiments, benchmarks and CLI commands register themselves on import)."""
+    pkg = importlib.import_module(package)
+    names = []
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{package}.{mod.name}")
+            names.append(mod.name)
+    return names
+
+
 def discover() -> None:
     """Import every module of the experiments and benchmarks packages (once)."""
     global _DISCOVERED
     if _DISCOVERED:
         return
     for pkg_name in ("icp_influence.experiments", "icp_influence.benchmarks"):
-        pkg = importlib.import_module(pkg_name)
-        for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
-            if not mod.name.startswith("_"):
-                importlib.import_module(f"{pkg_name}.{mod.name}")
+        import_submodules(pkg_name)
     _DISCOVERED = True
 
 

@@ -123,25 +123,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as pretty JSON to ``path`` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as pretty, standard JSON to ``path`` atomically (see :func:`jsonable`)."""
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
+def jsonable(o: Any) -> Any:
+    """``o`` with NumPy scalars and arrays as Python numbers and lists, tuples as lists, paths as
+    strings and non-finite floats as ``None`` — standard JSON, the one conversion the project uses."""
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [jsonable(v) for v in o]
     if isinstance(o, np.ndarray):
-        return o.tolist()
+        return jsonable(o.tolist())
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, (np.integer, int)):
+        return int(o)
+    if isinstance(o, (np.floating, float)):
+        f = float(o)
+        return f if np.isfinite(f) else None
     if isinstance(o, Path):
         return str(o)
+    if o is None or isinstance(o, str):
+        return o
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """A stable short hash of a JSON-serialisable configuration."""
-    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
+    blob = json.dumps(jsonable(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
