@@ -364,3 +364,18 @@ def test_smollm2_engine_equals_naive_short_and_tokenises_once(smollm2, short_poo
         got = loglik_matrix(model, tok, cands, probes, template=template, token_budget=256)
         ref = naive_loglik_matrix(model, tok, cands, probes, template=template, batch_size=1)
         assert _max_diff(got, ref) <= TOL, f"smollm2/{template}: {_max_diff(got, ref):.3g} nats"
+
+
+# ----------------------------------------------------------------- benchmark
+def test_icp_throughput_smoke_fields():
+    """The benchmark's JSON has the promised fields; its FLOP count matches the shapes run."""
+    from icp_influence.registry import get
+
+    res = get("benchmark", "icp-throughput").func(smoke=True)
+    for key in ("efficiency", "speedup_vs_reference", "max_abs_diff", "tokens", "matmul_gflops", "achieved_gflops",
+                "seconds_per_pair", "pairs", "flop_ratio", "threads"):
+        assert key in res, key
+    assert res["max_abs_diff"] <= TOL and res["engine"] == "packed"
+    assert res["efficiency"] > 0 and res["pairs"] == res["n_candidates"] * res["n_probes"]
+    assert res["flop_ratio"] > 1  # the cache saves work: the prefix runs once per candidate
+    assert len(res["rounds"]) == res["n_candidates"]

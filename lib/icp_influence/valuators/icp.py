@@ -28,12 +28,12 @@ class Icp(Valuator):
     default_aggregate = "win_rate"
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, score: str = "win_rate", baseline_demo: Any = None,
-                 batch_size: int = 8, truncation: str = "left", chunk_size: int = 16, **common: Any):
+                 batch_size: int | None = None, truncation: str = "left", chunk_size: int = 16, **common: Any):
         super().__init__(model, tokenizer, chunk_size=chunk_size, **common)
         self.score_kind = check_method(score)
         self.default_aggregate = "win_rate" if score == "win_rate" else "mean"  # type: ignore[misc]
         self.baseline_demo = baseline_demo
-        self.batch_size, self.truncation = int(batch_size), truncation
+        self.batch_size, self.truncation = (int(batch_size) if batch_size else None), truncation
         self._scorer: IcpScorer | None = None
 
     def settings(self) -> dict[str, Any]:
