@@ -183,15 +183,32 @@ def read_chunk(out_dir: str | Path, k: int, n_rows: int, n_probes: int) -> np.nd
     return values
 
 
-def write_chunk(out_dir: str | Path, k: int, values: np.ndarray) -> Path:
+def write_chunk(out_dir: str | Path, k: int, values: np.ndarray, *, seconds: float | None = None) -> Path:
+    """Write chunk ``k`` atomically with its checksum (and, in the file's metadata, the
+    seconds it took to compute)."""
     from safetensors.numpy import save_file
 
     values = np.ascontiguousarray(values, dtype=np.float64)
     checksum = np.frombuffer(_checksum(values).encode(), dtype=np.uint8).copy()
     path = _chunk_path(Path(out_dir), k)
+    meta = {"seconds": f"{seconds:.3f}"} if seconds is not None else None
     with atomic_path(path) as tmp:
-        save_file({"values": values, "checksum": checksum}, str(tmp))
+        save_file({"values": values, "checksum": checksum}, str(tmp), metadata=meta)
     return path
+
+
+def chunk_seconds(out_dir: str | Path) -> float:
+    """Total compute seconds recorded by the chunks of a run (0 when none recorded any)."""
+    from safetensors import safe_open
+
+    total = 0.0
+    for f in sorted((Path(out_dir) / CHUNK_DIR).glob("chunk-*.safetensors")):
+        try:
+            with safe_open(str(f), framework="numpy") as fh:
+                total += float((fh.metadata() or {}).get("seconds", 0.0))
+        except Exception:  # noqa: BLE001 - an unreadable chunk is reported by the checksum check, not here
+            continue
+    return total
 
 
 def chunk_done(out_dir: str | Path, k: int) -> bool:
@@ -268,10 +285,11 @@ def _compute_chunks(out: Path, todo: list[int], n_cand: int, n_probe: int, chunk
                 stop.raise_interrupt(out, total)
             idx = chunk_indices(k, n_cand, chunk_size)
             stop.in_flight = k
+            t_chunk = time.perf_counter()
             values = np.asarray(compute(idx), dtype=np.float64)
             if values.shape != (len(idx), n_probe):
                 raise ConfigError(f"compute() returned shape {values.shape}, expected {(len(idx), n_probe)}.")
-            write_chunk(out, k, values)
+            write_chunk(out, k, values, seconds=time.perf_counter() - t_chunk)
             stop.in_flight = None
             if _THROTTLE_S:
                 time.sleep(_THROTTLE_S)  # testing hook: lets the kill/interrupt tests stop a run part-way

@@ -90,7 +90,7 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
         log(f"{name}: one step per candidate, {len(cands)} candidates × {len(probes)} probes")
         t0 = time.perf_counter()
         sm = v.score(cands, probes, out_dir=out / "runs" / name)
-        sm.meta["seconds"] = round(time.perf_counter() - t0, 1)
+        sm.meta["seconds"] = A._run_seconds(out / "runs" / name, time.perf_counter() - t0)
         sm.meta["config_hash"] = want
         sm.save(path)
         found[name] = sm

@@ -173,11 +173,13 @@ def _hash_of(v) -> str:
 
 def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out: Path, *,
               only: list[str] | None = None, progress: bool = True, log: Callable[[str], None] = print,
-              grad_cache: Path | None = None) -> dict[str, Any]:
+              grad_cache: Path | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Every valuator's ScoreMatrix, cached in ``out`` (``<name>.json`` + ``.safetensors``).
 
     A cached matrix is reused only when its ``config_hash`` equals the valuator's and its
     ids match; otherwise it is recomputed, resumably (chunks under ``out/runs/<name>``).
+    With ``shard=(rank, world)`` this process scores only its share of the chunks; the
+    shard that finishes last assembles and saves the matrix (the others skip it).
     """
     from ..scores import ScoreMatrix
     from ..valuators import make
@@ -207,12 +209,24 @@ def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out:
             log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
         log(f"{name}: scoring {len(cands)} candidates × {len(probes)} probes")
         t0 = time.perf_counter()
-        sm = v.score(cands, probes, out_dir=out / "runs" / name)
-        sm.meta["seconds"] = round(time.perf_counter() - t0, 1) + float(sm.meta.get("seconds_before_resume", 0.0))
+        sm = v.score(cands, probes, out_dir=out / "runs" / name, shard=shard)
+        if sm is None:
+            log(f"{name}: shard {shard[0] + 1}/{shard[1]} done; the last shard to finish assembles the matrix")
+            continue
+        sm.meta["seconds"] = _run_seconds(out / "runs" / name, time.perf_counter() - t0)
         sm.meta["config_hash"] = want
         sm.save(path)
         mats[name] = sm
     return mats
+
+
+def _run_seconds(run: Path, this_call: float) -> float:
+    """Compute time of a chunked run: the sum of its chunks' times when they recorded them
+    (several shards, resumed runs), else the time of this call."""
+    from ..store import chunk_seconds
+
+    total = chunk_seconds(run)
+    return round(total if total else this_call, 1)
 
 
 # ---------------------------------------------------------------- the analysis
@@ -393,7 +407,7 @@ def same_all(ids: list[str], probes: list[str], info: dict[str, Any]) -> np.ndar
 # ---------------------------------------------------------------- running and loading
 
 def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: list[str] | None = None,
-        progress: bool = True, model=None, tokenizer=None) -> dict[str, Any]:
+        progress: bool = True, model=None, tokenizer=None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Build the data, score every valuator (cached), summarise, write the JSON result."""
     from ..models import load_model
     from ..utils import atomic_write_json, cache_dir, code_version, config_hash, seed_everything
@@ -409,7 +423,7 @@ def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: 
     info = data_info(d)
     atomic_write_json(out / "data.json", info)
     grad_cache = cache_dir() / "gradients" / f"{out.name}-{config_hash(cfg.to_dict())}"
-    mats = score_all(cfg, d, model, tokenizer, out, only=only, progress=progress, grad_cache=grad_cache)
+    mats = score_all(cfg, d, model, tokenizer, out, only=only, progress=progress, grad_cache=grad_cache, shard=shard)
     if only is not None:
         return {"scored": sorted(mats), "seconds": round(time.perf_counter() - t0, 1)}
     res = summarise(cfg, mats, info)
