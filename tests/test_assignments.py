@@ -1,6 +1,6 @@
 """nbgrader exercises: the rules every graded notebook follows, the course directory built by
 code, and (marked `notebooks`, a few minutes) the full round trip — release, a solved copy
-autograded to full marks, one wrong answer losing exactly its exercise's points."""
+autograded to full marks, a wrong answer (in 01, and in 02) losing exactly its exercise's points."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from icp_course.colab import BADGE_RE
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 GRADED = A.graded_notebooks(NOTEBOOKS)
-CONVERTED = ("00", "01", "03", "04")
+CONVERTED = ("00", "01", "02", "03", "04", "07")
 
 
 def _read(p):
@@ -197,9 +197,14 @@ WRONG_GD_STEP = '''def gd_step(xs, ys, W0, lr):
     return lr / N * torch.einsum("tn,tnd->td", ys, xs)
 '''
 
+WRONG_FIRST_ORDER = '''def first_order(x_z, y_z, x_p, y_p, s, W=None):
+    """s·⟨∇ℓ(p), ∇ℓ(z)⟩ — wrong: ignores W (passes the visible test at W₀ = 0, fails the hidden ones at W ≠ 0)."""
+    return float(s * float(y_z) * float(y_p) * (x_z @ x_p))
+'''
+
 
 @pytest.mark.notebooks
-def test_release_then_autograde_full_marks_and_one_wrong_answer(tmp_path, capsys):
+def test_release_then_autograde_full_marks_and_wrong_answers_lose_only_their_points(tmp_path, capsys):
     course, release_dir, subs = tmp_path / "course", tmp_path / "release", tmp_path / "submissions"
     released = A.release(NOTEBOOKS, course_dir=course, out=release_dir)
     assert [p.parent.name for p in released] == [p.stem for p in GRADED]
@@ -223,10 +228,12 @@ def test_release_then_autograde_full_marks_and_one_wrong_answer(tmp_path, capsys
         nbformat.write(solved, subs / "alice" / rel.parent.name / rel.name)
     nb01 = next(p for p in released if p.name.startswith("01_"))
     src01 = next(p for p in GRADED if p.name.startswith("01_"))
-    # bob: notebook 01 solved except one exercise, whose answer passes the visible test but not the hidden ones
-    (subs / "bob" / nb01.parent.name).mkdir(parents=True)
-    nbformat.write(A.solved_copy(_read(nb01), _read(src01), {"01-gd-step": WRONG_GD_STEP}),
-                   subs / "bob" / nb01.parent.name / nb01.name)
+    nb02 = next(p for p in released if p.name.startswith("02_"))
+    src02 = next(p for p in GRADED if p.name.startswith("02_"))
+    # bob: notebooks 01 and 02 solved except one exercise each, whose answer passes the visible test but not the hidden ones
+    for rel, src, override in ((nb01, src01, {"01-gd-step": WRONG_GD_STEP}), (nb02, src02, {"02-first-order": WRONG_FIRST_ORDER})):
+        (subs / "bob" / rel.parent.name).mkdir(parents=True)
+        nbformat.write(A.solved_copy(_read(rel), _read(src), override), subs / "bob" / rel.parent.name / rel.name)
     # carol: hands in notebook 01 untouched (nothing solved)
     (subs / "carol" / nb01.parent.name).mkdir(parents=True)
     shutil.copy(nb01, subs / "carol" / nb01.parent.name / nb01.name)
@@ -240,9 +247,10 @@ def test_release_then_autograde_full_marks_and_one_wrong_answer(tmp_path, capsys
     assert len(alice) == sum(len(A.exercises_of(_read(p))) for p in GRADED)
     assert all(s.score == s.max_score for s in alice), [s for s in alice if s.score != s.max_score]
     bob = [s for s in scores if s.student == "bob"]
-    assert {s.assignment for s in bob} == {nb01.parent.name}
-    assert by[("bob", "01-gd-step-tests")].score == 0.0
-    assert all(s.score == s.max_score for s in bob if s.grade_id != "01-gd-step-tests"), bob
+    assert {s.assignment for s in bob} == {nb01.parent.name, nb02.parent.name}
+    wrong = {"01-gd-step-tests", "02-first-order-tests"}
+    assert all(by[("bob", g)].score == 0.0 for g in wrong)
+    assert all(s.score == s.max_score for s in bob if s.grade_id not in wrong), bob   # each loses only its own points
     carol = [s for s in scores if s.student == "carol"]
     assert carol and all(s.score == 0.0 for s in carol), carol
     # the autograded copy of bob's notebook tells him which hidden test failed
@@ -250,13 +258,19 @@ def test_release_then_autograde_full_marks_and_one_wrong_answer(tmp_path, capsys
     cell = next(c for c in graded.cells if A.nbgrader_meta(c).get("grade_id") == "01-gd-step-tests")
     errors = [o for o in cell.outputs if o.output_type == "error"]
     assert errors and "random W0" in errors[0]["evalue"], errors
+    graded = _read(course / "autograded" / "bob" / nb02.parent.name / nb02.name)
+    cell = next(c for c in graded.cells if A.nbgrader_meta(c).get("grade_id") == "02-first-order-tests")
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    assert errors and "W ≠ 0" in errors[0]["evalue"], errors
     lines = table.splitlines()
     assert lines[0].split() == ["exercise", "alice", "bob", "carol"]
     assert any(line.startswith("01_icl_is_implicit_gradient_descent/01-gd-step-tests") and line.split()[1:] == ["2/2", "0/2", "0/2"]
                for line in lines), table
-    n01 = sum(s.max_score for s in bob)
+    n_bob = sum(s.max_score for s in bob)
+    n01 = sum(s.max_score for s in bob if s.assignment == nb01.parent.name)
+    lost = sum(by[("bob", g)].max_score for g in wrong)
     assert lines[-1].split() == ["total", f"{sum(s.max_score for s in alice):g}/{sum(s.max_score for s in alice):g}",
-                                 f"{n01 - 2:g}/{n01:g}", f"0/{n01:g}"], table
+                                 f"{n_bob - lost:g}/{n_bob:g}", f"0/{n01:g}"], table
 
 
 def test_grade_command_explains_a_missing_or_empty_folder(tmp_path, capsys):

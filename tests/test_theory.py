@@ -395,7 +395,7 @@ def test_weight_space_scores_share_the_domain_pools(tiny_tf):
     assert np.array_equal(w.sweep[1.0], ind["one_step"]) and set(w.sweep) == {1.0, 0.5}
 
 
-# ------------------------------------------------------------------ widgets, plots, exercises
+# ------------------------------------------------------------------ widgets, plots
 
 def test_widgets_recompute_real_numbers():
     from icp_course.widgets.theory import gd_vs_lsa_explorer, icp_scatter_explorer
@@ -447,21 +447,6 @@ def test_figures_have_labelled_axes():
                 continue
             assert ax.get_xlabel() and ax.get_ylabel()
         plt.close(f)
-
-
-def test_exercise_solutions_are_right_and_wrong_answers_fail():
-    """Notebook 02's self-checking exercises (notebook 01's are nbgrader exercises: tests/test_assignments.py)."""
-    from icp_course.exercises import check, solution
-
-    p = T.sample_pool(20, 6, 10, seed=2)
-    lsa = T.construct_gd_lsa(10, 6.0, 10)
-    icp = T.icp_matrix(lsa.predict, p.cand_x, p.cand_y, p.probe_x, p.probe_y)
-    assert check("02.second_order_term", icp - 0.6 * T.grad_inner_products(p.cand_x, p.cand_y, p.probe_x, p.probe_y),
-                 pool=p, step=0.6)
-    assert solution("02.small_step_pearson", pool=p, lr=6.0) > 0.9999
-    X, Gz = p.cand_x.numpy(), T.linear_grads(p.cand_x, p.cand_y).numpy()
-    Gp = T.linear_grads(p.probe_x, p.probe_y).numpy()
-    assert check("02.influence_by_hand", Gz @ np.linalg.solve(X.T @ X / 20, Gp.T), pool=p)
 
 
 # ------------------------------------------------------------------ command line

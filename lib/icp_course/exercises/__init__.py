@@ -1,6 +1,6 @@
-"""Self-checking exercises of the notebooks not yet converted to nbgrader (02, 05, 06, 07).
+"""Self-checking exercises of the notebooks not yet converted to nbgrader (05, 06).
 
-Notebooks 00, 01, 03 and 04 have nbgrader exercises instead (students write the function,
+Notebooks 00–04 and 07 have nbgrader exercises instead (students write the function,
 autograded test cells check it with visible and hidden tests; see
 :mod:`icp_course.assignments` and docs/instructor_notes.md, "Adding an exercise"). When a
 notebook is converted, delete its module here. The remaining notebooks call
