@@ -493,7 +493,7 @@ def merge_run(out_dir: str | Path, *, meta: dict[str, Any] | None = None, _recor
     if _record is None:
         path = out / RUN_FILE
         if not path.exists():
-            raise CorruptFileError(f"{out} has no {RUN_FILE}: not a run directory (run score-icp/score-influence first).")
+            raise CorruptFileError(f"{out} has no {RUN_FILE}: not a run directory (run `score VALUATOR --out DIR` first).")
         _record = json.loads(path.read_text(encoding="utf-8"))
     cs, cands, probes = _record["chunk_size"], _record["candidate_ids"], _record["probe_ids"]
     total = n_chunks(len(cands), cs)
