@@ -91,6 +91,20 @@ def test_hooks_grads_mean_reduction_and_attention_selection(tiny_models):
         last.per_example_grads(encs, method="hooks")
 
 
+def test_lm_head_selection_falls_back_from_hooks_to_vmap(tiny_models):
+    """The LM head runs on the batch's answer positions flattened together, so its input rows are not
+    one per item: ``auto`` must fall back to vmap (still equal to autograd), an explicit ``hooks`` must refuse."""
+    model, tok = tiny_models["tiny-gpt-neox"]
+    encs = encode_examples(tok, list(make_synthetic_pool(4, seed=3)))
+    obj = lm_objective(model, tok, params=r"regex:^lm_head\.")
+    assert obj.grad_methods[0] == "hooks"
+    G = obj.per_example_grads(encs, chunk_size=4).double()
+    ref = _loop_grads(model, tok, encs, obj.names)
+    np.testing.assert_allclose(G.numpy(), ref.numpy(), rtol=1e-4, atol=1e-5 * ref.abs().max().item())
+    with pytest.raises(ConfigError, match="vmap"):
+        obj.per_example_grads(encs, chunk_size=4, method="hooks")
+
+
 def test_inner_products_equal_captum_tracincp(neox, tmp_path):
     from captum.influence import TracInCP
 

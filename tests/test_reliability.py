@@ -155,7 +155,9 @@ def _influence(method, **settings):
     ("cosine", _influence("cosine")),
     ("paper_signed_log", _influence("paper_signed_log")),
     ("ekfac", _influence("ekfac", damping=0.1, hessian_examples=6)),
-    ("cg", _influence("cg", damping=1.0, hessian_examples=4, params="last:1")),
+    # CG needs H + λI positive definite: the loss is convex in the (untied) LM head, so its Hessian is PSD
+    # for any weights; over a random model's last block it is indefinite, and CI once met curvature −7.9e3.
+    ("cg", _influence("cg", damping=1.0, hessian_examples=4, params=r"regex:^lm_head\.")),
 ])
 def test_same_seed_gives_bit_identical_scores(tmp_path, tiny, name, valuator):
     model, tok = tiny

@@ -65,3 +65,14 @@ def legend_outside(ax, **kw) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kw)
+
+
+def tidy(fig) -> None:
+    """Tight layout unless the figure already has a layout engine.
+
+    After :func:`use`, figures are made with the constrained layout; asking for the tight
+    layout on one that has a colorbar raises in matplotlib ≥ 3.6. Figures made before
+    :func:`use` (or in tests that never call it) get the tight layout.
+    """
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()

@@ -143,6 +143,10 @@ def select_parameters(model: nn.Module, selection: str | Sequence[str] = "all") 
 PROJECTIONS = ("gaussian", "rademacher", "countsketch")
 
 
+
+class _HooksUnsupported(ConfigError):
+    """The hooks path cannot split this forward pass into per-item rows (``auto`` falls back to vmap)."""
+
 class Projector:
     """Seeded random projection ``R^D -> R^k``, generated block by block.
 
@@ -426,6 +430,7 @@ class Objective:
         """
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be ≥ 1, got {chunk_size}.")
+        self._hooks_fallback = method == "auto"
         if method == "auto":
             method = self.grad_methods[0] if vectorize else "loop"
         if method not in self.grad_methods:
@@ -437,6 +442,7 @@ class Objective:
         width = projector.k if projector is not None else self.dim
         out = torch.empty(n, width, dtype=out_dtype)  # every row is written below (no zero-fill of n × D)
         g_fn = grad(self.example_loss)
+        auto_hooks = method == "hooks" and self._hooks_fallback
         it = self._grad_batches(items, chunk_size)
         if progress:
             from tqdm.auto import tqdm
@@ -447,15 +453,21 @@ class Objective:
             if method == "hooks":
                 rows_at = torch.tensor(idx, dtype=torch.long)
                 acc = None
-                for t, g in self._hooks_parts(batch):
-                    if projector is not None:
-                        acc = projector.project_part(t, g, acc)
-                    else:
-                        out[rows_at, self.offsets[t]:self.offsets[t + 1]] = g.to("cpu", out_dtype)
-                    del g
-                if acc is not None:
-                    out[rows_at] = acc.to("cpu", out_dtype)
-                continue
+                try:
+                    for t, g in self._hooks_parts(batch):
+                        if projector is not None:
+                            acc = projector.project_part(t, g, acc)
+                        else:
+                            out[rows_at, self.offsets[t]:self.offsets[t + 1]] = g.to("cpu", out_dtype)
+                        del g
+                except _HooksUnsupported as e:
+                    if not auto_hooks:
+                        raise ConfigError(str(e)) from None
+                    method = "vmap"  # this model/selection cannot take the hooks path: vmap from here on
+                else:
+                    if acc is not None:
+                        out[rows_at] = acc.to("cpu", out_dtype)
+                    continue
             with torch.no_grad():
                 if method == "vmap":
                     gd = vmap(g_fn, in_dims=(None,) + (0,) * len(batch), randomness="different")(self.params, *batch)
@@ -492,8 +504,14 @@ class Objective:
             with torch.enable_grad():
                 losses = self.batch_loss(model, *batch)
                 if any(c != 1 for c in calls.values()) or set(calls) != set(modules):
-                    raise ConfigError("The hooks gradient path needs every selected linear layer to run exactly once "
-                                      "per forward; use per_example_grads(..., method='vmap').")
+                    raise _HooksUnsupported("The hooks gradient path needs every selected linear layer to run exactly "
+                                            "once per forward; use per_example_grads(..., method='vmap').")
+                B = batch[0].shape[0]
+                if any(a.ndim < 2 or a.shape[0] != B for a in acts.values()):
+                    # e.g. an LM head applied to the answer positions of the whole batch at once
+                    # ([N_answer, hidden]): rows no longer belong to one item each.
+                    raise _HooksUnsupported("The hooks gradient path needs each selected layer's input to be "
+                                            "[batch, ..., features]; use per_example_grads(..., method='vmap').")
                 names = list(modules)
                 used = [outs[m] for m in names if outs[m].requires_grad]
                 deltas = dict(zip([m for m in names if outs[m].requires_grad],

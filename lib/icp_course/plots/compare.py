@@ -1,6 +1,8 @@
 """Figures for valuator agreement and fine-tuning outcomes (notebooks 05 and 06)."""
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -60,7 +62,7 @@ def agreement_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], *
     ax.set_ylabel("valuator")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=f"{title} (unitless, −1 … 1)")
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -83,7 +85,7 @@ def overlap_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], *, metri
     ax.set_ylim(0, 1.02 if metric != "overlap" else None)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -99,7 +101,7 @@ def bin_overlap_bars(rows: Sequence[Mapping[str, Any]], *, name_a: str = "A", na
     ax.set_ylabel("count-matched overlap (fraction)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -124,5 +126,5 @@ def arms_plot(outcome: Mapping[str, Any], *, ax=None, metric_label: str | None =
     ax.set_ylabel(metric_label or str(outcome.get("metric_label", outcome.get("metric", "metric"))))
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
+    tidy(fig)
     return fig

@@ -13,6 +13,8 @@ Both return the ``matplotlib`` Figure; the tests read their text back
 """
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from typing import Mapping, Sequence
 
 from .tokens import decode_tokens
@@ -128,7 +130,7 @@ def plot_icp_layout(with_demo: Mapping[str, Sequence[str]], zero_shot: Mapping[s
     ax.set_ylim(-0.9, ys["with"] + 1.55)
     ax.axis("off")
     ax.set_title(title or "What in-context probing scores (␣ = space, ↵ = newline)", fontsize=10)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -228,5 +230,5 @@ def plot_lsa_gd_diagram(n_context: int = 4):
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title("Linear self-attention as one step of gradient descent", fontsize=11)
-    fig.tight_layout()
+    tidy(fig)
     return fig

@@ -2,6 +2,8 @@
 Figure; every axis is labelled with units (log-likelihoods are in nats)."""
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -89,7 +91,7 @@ def plot_score_distributions(win_rate: np.ndarray, mean_delta: np.ndarray, per_t
     axes[0].set_title("win-rate (the paper's score)", fontsize=10)
     axes[1].set_title("mean delta", fontsize=10)
     axes[2].set_title("per-token delta", fontsize=10)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 

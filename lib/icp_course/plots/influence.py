@@ -1,6 +1,8 @@
 """Figures of notebook 03: influence estimates against leave-one-out retraining."""
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -30,7 +32,7 @@ def scatter_vs_loo(loo: np.ndarray, scores: Mapping[str, np.ndarray], *, ncols: 
         ax.set_ylabel("influence score (nats)")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -53,5 +55,5 @@ def sweep_plot(xs: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    tidy(fig)
     return fig

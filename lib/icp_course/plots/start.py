@@ -1,6 +1,8 @@
 """Figures for notebook 00 (start here)."""
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -19,5 +21,5 @@ def plot_family_lengths(pool, tokenizer, *, ax=None):
     ax.set_xlabel("mean answer length (tokens)")
     ax.set_ylabel("task family")
     ax.invert_yaxis()
-    fig.tight_layout()
+    tidy(fig)
     return fig

@@ -2,6 +2,8 @@
 influence). Each returns the ``matplotlib`` Figure; every axis is labelled with units."""
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -183,7 +185,7 @@ def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int
     ax.set_xlabel(f"bin of |IP| ({n_bins} equal-count bins; 1 = closest to 0)")
     ax.set_ylabel("pairs with sign(Δ) ≠ sign(IP) (%)")
     ax.set_title(f"sign flips: {100 * float(fl['overall']):.1f}% of all pairs", fontsize=10)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -216,7 +218,7 @@ def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
         ax.set_title(f"{level} level" + (" (mean over probes)" if level == "candidate" else " (every (z, p) pair)"),
                      fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from icp_course.style import tidy
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -199,7 +201,7 @@ def plot_reliability_view(cache: PairCache, view: dict[str, Any], others: dict[s
     ax.set_xlabel("aggregation")
     ax.set_ylabel("split-half reliability (Spearman–Brown)")
     ax.set_title(f"Reliability with {view['n_probes']} probes (95% interval)", fontsize=9)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
@@ -303,7 +305,7 @@ def plot_demonstration_scores(res: dict[str, Any], *, groups: Sequence[str] | No
     ax.set_xlabel("answer token position t (token and its Δ_t in nats; ␣ = space)")
     ax.set_ylabel("probe p")
     ax.set_title("Δ per answer token: log p(y_t | z, x, y_<t) − log p(y_t | x, y_<t)", fontsize=9)
-    fig.tight_layout()
+    tidy(fig)
     return fig
 
 
