@@ -125,11 +125,11 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
 
         model, tok = load_model("tiny-llama", device="cpu")
         name, n, chunk, sweep, repeats, mm_n, n_vmap = "tiny-llama (random, hidden 32, 2 layers)", 8, 4, (8,), 1, 512, 2
-        proj_k, proj_coords = 256, 1 << 12
+        proj_k, proj_coords = 256, 1 << 10
     else:
         model, tok = load_smollm2()
         name, n, chunk, sweep, repeats, mm_n, n_vmap = "smollm2-135m-instruct", 32, 8, (4, 16), 1, 2048, 4
-        proj_k, proj_coords = 8192, 1 << 19
+        proj_k, proj_coords = 8192, 1 << 17
     examples = instruction_sample(n, seed=seed, shortest=4 * n if smoke else None)
     encs = encode_examples(tok, examples, template="paper")
     obj = lm_objective(model, tok, params=QV)
@@ -190,7 +190,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     paper_sizes = [int(p.numel()) for nm, p in model.named_parameters() if nm in paper]
     projections = {}
     for kind in ("countsketch", "gaussian"):
-        coords = proj_coords * (8 if kind == "countsketch" else 1)
+        coords = proj_coords * (32 if kind == "countsketch" else 1)
         qv = projection_cost(obj.sizes, proj_k, kind, batch=chunk, max_coords=coords, seed=seed)
         projections[kind] = {"k": proj_k, "ns_per_coordinate": qv["ns_per_coordinate"],
                              "generation_share": qv["generation_share"],
