@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark (or the ones named) and save each JSON result to benchmarks/results/NAME.json.
-#   benchmarks/run_all.sh                 # full sizes (about 35 min on a 2-core CPU: cost ~10, memory ~15)
+#   benchmarks/run_all.sh                 # full sizes (about 45 min on a 2-core CPU: cost ~20, memory ~15)
 #   benchmarks/run_all.sh --smoke         # seconds each
 #   benchmarks/run_all.sh grad-throughput memory   # a subset
 # ICP_BENCH_THREADS=1 pins torch to one thread (use it on a shared, oversubscribed CPU).

@@ -226,3 +226,19 @@ def test_grad_throughput_benchmark_smoke_fields():
     assert r["efficiency"] == pytest.approx(r["achieved_gflops"] / r["matmul_gflops"])
     assert r["max_rel_diff_vs_vmap"] < 1e-4
     assert set(r["projection"]) == {"countsketch", "gaussian"}
+
+
+@pytest.mark.slow
+def test_cost_and_memory_benchmarks_smoke_fields():
+    from icp_influence.registry import get
+
+    r = get("benchmark", "cost").func(smoke=True)
+    for row in r["rows"]:
+        for k in ("icp_s", "inner_product_s", "ekfac_s", "one_step_s", "probe_side_s"):
+            assert k in row
+        assert all("error" not in d for d in row["details"].values())
+    assert {"assumptions", "gpu_hours", "this_machine_hours"} <= set(r["extrapolation"])
+    assert r["extrapolation"]["assumptions"]["peak_tflops"] > 0
+    m = get("benchmark", "memory").func(smoke=True)
+    assert [x["n_candidates"] for x in m["rows"]] == [4, 16]
+    assert m["peak_ratio"] == pytest.approx(m["rows"][1]["peak_mb"] / m["rows"][0]["peak_mb"])

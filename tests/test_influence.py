@@ -533,3 +533,23 @@ def test_length_batches_are_optimal_buckets():
                    if all(e - s <= m for s, e in zip((0, *cuts), (*cuts, n))))
         assert cost == pytest.approx(best)
     assert length_batches([10, 200, 11, 12], 4) == [[0, 2, 3], [1]]  # the long one alone, no padding to 200
+
+
+def test_ekfac_probe_batches_accumulated_same_scores(neox):
+    """Holding every probe batch before the pass over the candidates (one pass instead of one
+    per probe batch) gives the same scores."""
+    from icp_influence.influence import EkfacFactors
+
+    model, tok = neox
+    obj = lm_objective(model, tok, params="paper")
+    train = encode_examples(tok, list(make_synthetic_pool(6, seed=11)))
+    cands = encode_examples(tok, list(make_synthetic_pool(3, seed=12)))
+    probes = encode_examples(tok, list(make_synthetic_pool(5, seed=13)))
+    ek = EkfacFactors(obj, train, damping=0.1, batch_size=2)
+    assert ek.query_accumulation_steps(len(probes)) == 3  # all three probe batches at once
+    together = ek.scores(cands, probes)
+    ek.query_memory_gb = 1e-12  # room for one probe batch only: a pass over the candidates per batch
+    assert ek.query_accumulation_steps(len(probes)) == 1
+    apart = ek.scores(cands, probes)
+    assert together.shape == (3, 5)
+    np.testing.assert_allclose(together, apart, rtol=1e-5, atol=1e-7 * np.abs(apart).max())

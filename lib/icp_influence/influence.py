@@ -270,16 +270,26 @@ class EkfacFactors:
     for any chunk of candidates, ``f`` the probe loss — already our "positive = helps"
     sign (checked against the exact influence in the tests). Only the ``nn.Linear``
     layers among ``obj.names`` are tracked.
+
+    kronfluence iterates over the candidates once per group of preconditioned probe
+    gradients it holds; by default that group is one batch of probes, so every candidate's
+    gradient would be recomputed ``P / batch_size`` times. :meth:`scores` accumulates as many
+    probe batches as ``query_memory_gb`` holds (``4·D`` bytes per probe) before the pass over
+    the candidates — one pass for every probe set that fits.
     """
 
     def __init__(self, obj: Objective, train_items: Sequence[Any], *, damping: float, batch_size: int = 16,
-                 seed: int = 0, empirical_fisher: bool = False, output_dir: str | Path | None = None):
+                 seed: int = 0, empirical_fisher: bool = False, output_dir: str | Path | None = None,
+                 query_memory_gb: float = 8.0):
         from kronfluence.analyzer import Analyzer, prepare_model
         from kronfluence.arguments import FactorArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         self.damping = check_damping(damping)
         self.batch_size, self.seed = int(batch_size), int(seed)
+        if not query_memory_gb > 0:
+            raise ConfigError(f"query_memory_gb must be > 0, got {query_memory_gb!r}.")
+        self.query_memory_gb, self.dim = float(query_memory_gb), int(obj.dim)
         view = obj.token_view
         if view is None:
             raise ConfigError("EK-FAC needs the objective's token_view (logits and labels of a batch); build the "
@@ -298,16 +308,24 @@ class EkfacFactors:
                                           factor_args=FactorArguments(strategy="ekfac", use_empirical_fisher=empirical_fisher),
                                           overwrite_output_dir=True)
 
+    def query_accumulation_steps(self, n_probes: int) -> int:
+        """Probe batches held at once (all of them when ``query_memory_gb`` allows)."""
+        batches = -(-int(n_probes) // self.batch_size)
+        fits = int(self.query_memory_gb * 2**30 // (4 * self.dim * self.batch_size))
+        return max(1, min(batches, fits))
+
     def scores(self, candidate_items: Sequence[Any], probe_items: Sequence[Any]) -> np.ndarray:
         """``[len(candidate_items), len(probe_items)]`` float64."""
         from kronfluence.arguments import ScoreArguments
 
+        args = ScoreArguments(damping_factor=self.damping,
+                              query_gradient_accumulation_steps=self.query_accumulation_steps(len(probe_items)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.analyzer.compute_pairwise_scores(
                 "pairwise", factors_name="ekfac", query_dataset=_ItemDataset(probe_items),
                 train_dataset=_ItemDataset(candidate_items), per_device_query_batch_size=self.batch_size,
-                per_device_train_batch_size=self.batch_size, score_args=ScoreArguments(damping_factor=self.damping),
+                per_device_train_batch_size=self.batch_size, score_args=args,
                 overwrite_output_dir=True)
             scores = self.analyzer.load_pairwise_scores("pairwise")["all_modules"]  # [n_probes, n_candidates]
         return scores.double().T.cpu().numpy()

@@ -22,8 +22,11 @@ call (the probe side: baselines, probe gradients, kronfluence's probe preconditi
 ``probe_side_s`` = ``T(n) − n × per-candidate``. kronfluence redoes its probe side for every
 chunk of candidates, so ``ekfac_effective_s`` adds ``probe_side / chunk_size`` (what a long
 run pays per candidate). Few candidates (1–2 for the forward-heavy ICP and one-step, 2–4 for
-the gradient valuators) keep the default run near ten minutes; single timings, so expect
-noise of a few percent (``load_avg_1min`` says how busy the machine was).
+the gradient valuators); single timings, so expect noise of a few percent (``load_avg_1min``
+says how busy the machine was). The default run takes about 20 minutes on two cores, not
+ten: at 64 and 100 probes ICP and the one-step ground truth each need two probe sides and
+three candidates — 5 × 164 probe-sequence forwards (≈ 20 TFLOP) between them — to separate
+the per-candidate cost from the probe side. Use ``ICP_BENCH_THREADS=1`` on a busy machine.
 
 **Crossover**: the number of probes where ICP's per-candidate cost reaches the inner
 product's — log-log interpolation between measured probe counts, and from straight-line fits
@@ -140,44 +143,51 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(steps), desc="cost", unit="step")
-    for P in probe_counts:
-        probes = probes_all[:P]
-        row: dict[str, Any] = {"n_probes": P}
-        details: dict[str, Any] = {}
-        details["icp"] = marginal_cost(lambda c: icp.score(c, probes), cands[:n_fwd], cands[:2 * n_fwd])
-        if bar is not None:
-            bar.update()
+    def inner_product(probes):
         with tempfile.TemporaryDirectory(prefix="icp-cost-") as tmp:
             ipv = InnerProduct(model, tok, cache_dir=tmp, **ip_kw)
-            fill = cands[10:10 + n_grad]
             t0 = time.perf_counter()
-            ipv.score(fill, probes)  # computes and caches the probe gradients
+            ipv.score(cands[10:10 + n_grad], probes)  # computes and caches the probe gradients
             t_fill = time.perf_counter() - t0
             d = marginal_cost(lambda c: ipv.score(c, probes), cands[:n_grad], cands[2:2 + 2 * n_grad])
             d["probe_side_s"] = t_fill - n_grad * d["per_candidate_s"]  # computing the probe gradients
             d["probe_gradients_read_s"] = d["t_small_s"] - n_grad * d["per_candidate_s"]
-            details["inner_product"] = d
-        if bar is not None:
-            bar.update()
-        details["ekfac"] = marginal_cost(lambda c: ek.score(c, probes), cands[:n_grad], cands[:2 * n_grad])
-        if bar is not None:
-            bar.update()
-        details["one_step"] = marginal_cost(lambda c: one.score(c, probes), cands[:n_fwd], cands[:2 * n_fwd])
-        if bar is not None:
-            bar.update()
+            return d
+
+    measure = {
+        "icp": lambda probes: marginal_cost(lambda c: icp.score(c, probes), cands[:n_fwd], cands[:2 * n_fwd]),
+        "inner_product": inner_product,
+        "ekfac": lambda probes: marginal_cost(lambda c: ek.score(c, probes), cands[:n_grad], cands[:2 * n_grad]),
+        "one_step": lambda probes: marginal_cost(lambda c: one.score(c, probes), cands[:n_fwd], cands[:2 * n_fwd]),
+    }
+    for P in probe_counts:
+        probes = probes_all[:P]
+        row: dict[str, Any] = {"n_probes": P}
+        details: dict[str, Any] = {}
+        for k in VALUATORS:
+            try:
+                details[k] = measure[k](probes)
+            except Exception as e:  # noqa: BLE001 - one failing valuator (e.g. out of memory) must not lose the rest
+                details[k] = {"per_candidate_s": None, "probe_side_s": None, "error": f"{type(e).__name__}: {e}"}
+            if bar is not None:
+                bar.update()
         for k in VALUATORS:
             row[f"{k}_s"] = details[k]["per_candidate_s"]
-        row["ekfac_effective_s"] = details["ekfac"]["per_candidate_s"] + max(details["ekfac"]["probe_side_s"], 0) / chunk
+        ek_d = details["ekfac"]
+        row["ekfac_effective_s"] = (ek_d["per_candidate_s"] + max(ek_d["probe_side_s"], 0) / chunk
+                                    if ek_d["per_candidate_s"] is not None else None)
         row["probe_side_s"] = {k: details[k]["probe_side_s"] for k in VALUATORS}
         row["details"] = details
         rows.append(row)
     if bar is not None:
         bar.close()
 
-    cheapest = {str(r["n_probes"]): min(VALUATORS, key=lambda k: r[f"{k}_s"]) for r in rows}
-    a0, a = linear_fit(rows, "icp_s")
-    b, c = linear_fit(rows, "inner_product_s")
-    p_star = crossover_probes(a, b, c, icp_fixed_s=a0)
+    cheapest = {str(r["n_probes"]): min((k for k in VALUATORS if r[f"{k}_s"] is not None), key=lambda k: r[f"{k}_s"])
+                for r in rows}
+    ok = [r for r in rows if r["icp_s"] is not None and r["inner_product_s"] is not None]
+    a0, a = linear_fit(ok, "icp_s") if len(ok) >= 2 else (float("nan"), float("nan"))
+    b, c = linear_fit(ok, "inner_product_s") if len(ok) >= 2 else (float("nan"), float("nan"))
+    p_star = crossover_probes(a, b, c, icp_fixed_s=a0) if len(ok) >= 2 else float("nan")
     p_star = p_star if np.isfinite(p_star) and p_star > 0 else None
 
     # the FLOP model against the measurements (SmolLM2's sizes, token counts of these probes)
@@ -201,7 +211,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
             f = predicted[k](r["n_probes"])
             entry[f"{k}_predicted_gflop"] = f / 1e9
             s = r[f"{k}_s"]
-            entry[f"{k}_efficiency"] = (f / s / 1e9 / mm["gflops"]) if s > 0 else None
+            entry[f"{k}_efficiency"] = (f / s / 1e9 / mm["gflops"]) if s is not None and s > 0 else None
         check.append(entry)
 
     # extrapolation to the paper's setup
@@ -222,7 +232,8 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     est = extrapolate(PAPER["n_candidates"], PAPER["n_probes"], model=cm, peak_tflops=assumptions["peak_tflops"],
                       efficiency=assumptions["efficiency"])
     big = next((r for r in rows if r["n_probes"] == P_max), rows[-1])
-    this_machine = {k: (PAPER["n_candidates"] * big[f"{k}_s"] + big["probe_side_s"][k]) / 3600 for k in VALUATORS}
+    this_machine = {k: (PAPER["n_candidates"] * big[f"{k}_s"] + big["probe_side_s"][k]) / 3600
+                    for k in VALUATORS if big[f"{k}_s"] is not None}
     extrap = {"assumptions": assumptions, "gpu_hours": {k: est[f"{k}_gpu_hours"] for k in
                                                         ("icp_cached", "icp_naive", "ip", "ekfac", "one_step")},
               "flops": {k: est[f"{k}_flops"] for k in ("icp_cached", "icp_naive", "ip", "ekfac", "one_step")},

@@ -1,9 +1,10 @@
 """``grad-throughput``: per-example gradients against this machine's dense matmul rate.
 
 Per-example gradients of the answer loss (:meth:`~icp_influence.gradients.Objective.per_example_grads`,
-its default path — ``"hooks"``: one batched forward/backward per length-sorted chunk, per-example
-weight gradients ``Σ_t δ_t a_tᵀ`` from module hooks, the LM head evaluated at answer positions
-only) on a seeded sample of the instruction set (realistic lengths), with SmolLM2-135M-Instruct
+its default path — ``"hooks"``: one batched forward/backward per length bucket of at most
+``chunk_size`` examples (:func:`~icp_influence.gradients.length_batches`, little padding),
+per-example weight gradients ``Σ_t δ_t a_tᵀ`` from module hooks, the LM head evaluated at answer
+positions only) on a seeded sample of the instruction set (realistic lengths), with SmolLM2-135M-Instruct
 and a realistic parameter selection: the query and value projections of every block
 (``regex:^model\\.layers\\.\\d+\\.self_attn\\.(q_proj|v_proj)\\.weight$``, 13.3 M numbers per example).
 
@@ -25,9 +26,12 @@ before and after the gradients; the median of all samples). Goal: ``efficiency �
 Also reported: the ``vmap(grad)`` path on the first chunk (``vmap_seconds_per_example``,
 ``speedup_vs_vmap``, ``max_rel_diff_vs_vmap``), a chunk-size sweep, and the cost of projecting one
 example's gradient to ``k = 8192`` with a Gaussian matrix (``2·D·k`` FLOPs plus generating
-``D·k`` normal numbers, amortised over a chunk) and with CountSketch (``O(D)``), for this
+``D·k`` normal numbers, shared by a chunk of 8; ``generation_share`` of the time, and the bound
+``2·D·k`` / matmul rate that no chunk size beats) and with CountSketch (``O(D)``), for this
 selection and for the "paper" selection (every linear layer of every block, 106 M numbers):
-both are linear in ``D``, so they are timed on a slice of the coordinates and scaled.
+both are linear in ``D``, so they are timed on a slice of the coordinates and scaled. Run it
+with ``ICP_BENCH_THREADS=1`` on a shared CPU: with two OpenMP threads on two busy cores the
+element-wise operators stall several-fold.
 """
 from __future__ import annotations
 
@@ -90,8 +94,22 @@ def projection_cost(sizes, k: int, kind: str, *, batch: int = 8, max_coords: int
     t = median_time(lambda: proj.project_parts(parts), repeats=repeats, warmup=1)
     D = int(sum(sizes))
     per_example = t.median / batch * D / total
-    return {"kind": kind, "k": k, "D": D, "coords_timed": total, "batch": batch, "chunk_s": t.median,
-            "seconds_per_example": per_example, "ns_per_coordinate": per_example / D * 1e9}
+    out = {"kind": kind, "k": k, "D": D, "coords_timed": total, "batch": batch, "chunk_s": t.median,
+           "seconds_per_example": per_example, "ns_per_coordinate": per_example / D * 1e9}
+    # what the time is made of: generating P (or the buckets) on the fly, shared by the chunk's rows
+    if kind == "countsketch":
+        def generate():
+            for i, s in enumerate(part_sizes):
+                for j, r0 in enumerate(range(0, s, proj.block_rows)):
+                    proj._buckets(i, j, min(proj.block_rows, s - r0), "cpu")
+    else:
+        def generate():
+            for i, s in enumerate(part_sizes):
+                for j, r0 in enumerate(range(0, s, proj.block_rows)):
+                    proj._block(i, j, min(proj.block_rows, s - r0), "cpu", torch.float32)
+    g_t = median_time(generate, repeats=repeats, warmup=0)
+    out["generation_share"] = min(1.0, g_t.median / t.median)
+    return out
 
 
 @benchmark("grad-throughput", "per-example gradients (SmolLM2, q/v of every block): achieved GFLOP/s vs dense matmul")
@@ -107,11 +125,11 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
 
         model, tok = load_model("tiny-llama", device="cpu")
         name, n, chunk, sweep, repeats, mm_n, n_vmap = "tiny-llama (random, hidden 32, 2 layers)", 8, 4, (8,), 1, 512, 2
-        proj_k, proj_coords = 256, 1 << 12
+        proj_k, proj_coords = 256, 1 << 10
     else:
         model, tok = load_smollm2()
         name, n, chunk, sweep, repeats, mm_n, n_vmap = "smollm2-135m-instruct", 32, 8, (4, 16), 1, 2048, 4
-        proj_k, proj_coords = 8192, 1 << 19
+        proj_k, proj_coords = 8192, 1 << 17
     examples = instruction_sample(n, seed=seed, shortest=4 * n if smoke else None)
     encs = encode_examples(tok, examples, template="paper")
     obj = lm_objective(model, tok, params=QV)
@@ -120,10 +138,9 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     answers = [len(e.answer_ids) for e in encs]
 
     shortest = sorted(range(n), key=lambda i: lengths[i])
-    obj.per_example_grads([encs[i] for i in shortest[:chunk]], chunk_size=chunk, method=method)  # warm-up chunk
     mm_before = matmul_gflops(mm_n, repeats=5, warmup=2)
     t = median_time(lambda: obj.per_example_grads(encs, chunk_size=chunk, method=method, progress=not smoke,
-                                                  desc="grad-throughput"), repeats=repeats, warmup=0)
+                                                  desc="grad-throughput"), repeats=repeats, warmup=1)
     mm_after = matmul_gflops(mm_n, repeats=5, warmup=2)
     mm_s = statistics.median(mm_before["samples_s"] + mm_after["samples_s"])
     mm_gflops = 2 * mm_n**3 / mm_s / 1e9
@@ -173,13 +190,17 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     paper_sizes = [int(p.numel()) for nm, p in model.named_parameters() if nm in paper]
     projections = {}
     for kind in ("countsketch", "gaussian"):
-        coords = proj_coords * (8 if kind == "countsketch" else 1)
+        coords = proj_coords * (32 if kind == "countsketch" else 1)
         qv = projection_cost(obj.sizes, proj_k, kind, batch=chunk, max_coords=coords, seed=seed)
         projections[kind] = {"k": proj_k, "ns_per_coordinate": qv["ns_per_coordinate"],
+                             "generation_share": qv["generation_share"],
                              "coords_timed": qv["coords_timed"], "batch": chunk,
                              "seconds_per_example_qv": qv["seconds_per_example"], "D_qv": obj.dim,
                              "seconds_per_example_paper": qv["ns_per_coordinate"] * sum(paper_sizes) / 1e9,
                              "D_paper": int(sum(paper_sizes))}
+    # a Gaussian projection can never beat its 2·D·k FLOPs at the matmul rate, however big the chunk
+    projections["gaussian"]["matmul_bound_seconds_per_example_paper"] = 2 * sum(paper_sizes) * proj_k / (mm_gflops * 1e9)
+    projections["gaussian"]["matmul_bound_seconds_per_example_qv"] = 2 * obj.dim * proj_k / (mm_gflops * 1e9)
     eff = achieved / mm_gflops
     return {
         "model": name,
