@@ -76,3 +76,18 @@ def tidy(fig) -> None:
     """
     if fig.get_layout_engine() is None:
         fig.tight_layout()
+
+
+def labels(ax, xlabel: str, ylabel: str, title: str | None = None, *, legend: bool = False,
+           xscale: str | None = None, yscale: str | None = None) -> None:
+    """Axis labels (with units), an optional title, log scales and a small legend, in one call."""
+    if xscale:
+        ax.set_xscale(xscale)
+    if yscale:
+        ax.set_yscale(yscale)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)

@@ -127,18 +127,25 @@ def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- intervals
 
+class _Bounded:
+    """``ci`` = ``[lo, hi]`` for the dataclasses below that carry an interval."""
+
+    lo: float
+    hi: float
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.lo, self.hi]
+
+
 @dataclass(frozen=True)
-class Interval:
+class Interval(_Bounded):
     """A point estimate with a confidence interval ``[lo, hi]`` at ``level``."""
 
     value: float
     lo: float
     hi: float
     level: float = 0.95
-
-    @property
-    def ci(self) -> list[float]:
-        return [self.lo, self.hi]
 
     def excludes(self, x: float = 0.0) -> bool:
         return bool(self.lo > x or self.hi < x)
@@ -298,7 +305,7 @@ def _per_probe(V: np.ndarray, how: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Reliability:
+class Reliability(_Bounded):
     """Split-half reliability of a candidate score (Spearman–Brown corrected) with its interval.
 
     ``value``: reliability of the score over all ``n_probes`` probes; ``half``: the mean
@@ -313,10 +320,6 @@ class Reliability:
     n_candidates: int
     aggregate: str
     level: float = 0.95
-
-    @property
-    def ci(self) -> list[float]:
-        return [self.lo, self.hi]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..style import colors, label, legend_outside
+from ..style import colors, label
 
 
 def _fig(figsize):
@@ -77,8 +77,12 @@ def rank_joint(a: np.ndarray, b: np.ndarray, *, name_a: str, name_b: str, highli
     kind = np.where(highlight, highlight_label, "clean") if highlight is not None else np.array(["candidate"] * len(a))
     df = pd.DataFrame({f"percentile rank under {name_a} (%)": ra, f"percentile rank under {name_b} (%)": rb,
                        "": kind})
-    g = sns.jointplot(data=df, x=df.columns[0], y=df.columns[1], hue="", height=4.6, s=14, alpha=0.7,
-                      marginal_kws={"common_norm": False})
+    import warnings
+
+    with warnings.catch_warnings():  # seaborn switches style.use()'s constrained layout to tight, and says so
+        warnings.filterwarnings("ignore", message="The figure layout has changed to tight")
+        g = sns.jointplot(data=df, x=df.columns[0], y=df.columns[1], hue="", height=4.6, s=14, alpha=0.7,
+                          marginal_kws={"common_norm": False})
     g.ax_joint.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
     g.figure.suptitle(f"Spearman ρ = {spearman(a, b):.3f} (n = {len(a)})", y=1.02, fontsize=10)
     if g.ax_joint.get_legend() is not None:
@@ -121,8 +125,13 @@ def within_category(per_probe: Sequence[Mapping[str, Any]]):
     import seaborn as sns
 
     df = pd.DataFrame(per_probe)
-    order = sorted(df["category"].unique())
     fig, ax = _fig((7.5, 3.8))
+    if df.empty:  # no category has enough candidates for a within-category correlation
+        ax.text(0.5, 0.5, "no probe's category has enough candidates", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("probe category")
+        ax.set_ylabel("Spearman(Δ, IP) over same-category candidates")
+        return fig
+    order = sorted(df["category"].unique())
     sns.stripplot(data=df, x="category", y="spearman", order=order, hue="category", palette=colors(order),
                   legend=False, ax=ax, size=5, jitter=0.15)
     ax.axhline(0, color="black", lw=0.6)

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from icp_course.style import VALUATOR_COLORS
+from icp_course.style import VALUATOR_COLORS, labels
 
 SPEEDUP_GOALS = {"icp-throughput": 3.0, "captum": 3.0}
 #: The cost benchmark's valuators: (key in its rows, label, course colour, marker).
@@ -67,10 +67,8 @@ def plot_projection_cost(result: Mapping[str, Any], ax=None):
         ax.bar_label(bars, fmt="%.3g s", fontsize=8)
     p0 = proj[kinds[0]]
     ax.set_xticks(x, [f"q/v, D = {p0['D_qv'] / 1e6:.1f} M", f"all linear, D = {p0['D_paper'] / 1e6:.0f} M"])
-    ax.set_yscale("log")
-    ax.set_ylabel("seconds per example (log)")
-    ax.set_title("Projecting one gradient")
-    ax.legend(fontsize=8)
+    labels(ax, "parameters whose gradient is projected", "seconds per example (log)", "Projecting one gradient",
+           legend=True, yscale="log")
     return ax.figure
 
 
@@ -84,12 +82,8 @@ def plot_cost_vs_probes(result: Mapping[str, Any], ax=None):
         if all(f"{key}_s" in r for r in rows):
             ys = [r[f"{key}_s"] for r in rows]
             ax.plot(x, [y if y and y > 0 else np.nan for y in ys], style, label=label, color=color)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("number of probes")
-    ax.set_ylabel("seconds per candidate")
-    ax.set_title("Cost per candidate (probe side excluded)")
-    ax.legend(fontsize=8)
+    labels(ax, "number of probes", "seconds per candidate", "Cost per candidate (probe side excluded)", legend=True,
+           xscale="log", yscale="log")
     return ax.figure
 
 

@@ -2,7 +2,7 @@
 influence). Each returns the ``matplotlib`` Figure; every axis is labelled with units."""
 from __future__ import annotations
 
-from icp_course.style import tidy
+from icp_course.style import labels, tidy
 
 from typing import Any, Mapping, Sequence
 
@@ -119,10 +119,8 @@ def plot_agreement_vs_distance(curves: Mapping[str, tuple[Sequence[float], Seque
             ax.fill_between(dist, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.15)
     if in_domain is not None:
         ax.axhline(in_domain, color="black", ls="--", lw=0.8, label=f"in-domain ({in_domain:.3f})")
-    ax.set_xlabel("distance from the probe's domain (dimensionless: shift in std units)")
-    ax.set_ylabel("Spearman ρ(ICP, implicit-weight inner product)")
-    ax.set_title("Agreement vs distance from the probe's domain")
-    ax.legend(fontsize=8)
+    labels(ax, "distance from the probe's domain (dimensionless: shift in std units)",
+           "Spearman ρ(ICP, implicit-weight inner product)", "Agreement vs distance from the probe's domain", legend=True)
     return fig
 
 
@@ -133,10 +131,8 @@ def plot_error_by_position(model_err: Sequence[float], ls_err: Sequence[float], 
     ax.plot(k, model_err, marker="o", label="softmax transformer")
     ax.plot(k, ls_err, marker="s", ls="--", label="least squares (optimal)")
     ax.axhline(1.0, color="grey", ls=":", label="predict 0")
-    ax.set_xlabel("number of in-context demonstrations")
-    ax.set_ylabel("squared error / d (dimensionless)")
-    ax.set_title("In-context regression by the transformer")
-    ax.legend(fontsize=8)
+    labels(ax, "number of in-context demonstrations", "squared error / d (dimensionless)",
+           "In-context regression by the transformer", legend=True)
     return fig
 
 

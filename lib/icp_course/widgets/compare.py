@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
 
 
 def agreement_explorer(valuators: Mapping[str, Any], *, noisy_ids=None, default_a: str | None = None,

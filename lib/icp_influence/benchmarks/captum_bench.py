@@ -11,7 +11,6 @@ forward), sequences padded to a common length. Goal: ``speedup ≥ 3`` at equal 
 """
 from __future__ import annotations
 
-import tempfile
 
 import numpy as np
 import torch

@@ -44,7 +44,6 @@ seconds × 52,002 for SmolLM2 (``this_machine_hours``).
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from typing import Any, Callable

@@ -236,12 +236,7 @@ def summarise(ecfg: EquivalenceConfig, done: dict[tuple, dict[str, Any]], margin
 
 
 def load(mode: str = "full") -> dict[str, Any]:
-    from ..errors import ConfigError
-
-    path = results_dir() / f"{NAME}-{mode}.json"
-    if not path.exists():
-        raise ConfigError(f"No cached results at {path}; run `python -m icp_influence run {NAME}`.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return A.load_result(NAME, mode)
 
 
 @experiment(NAME, "LoRA fine-tuning on ICP-top / IP-top / ground-truth-top / random / ICP-bottom: paired seeds, "

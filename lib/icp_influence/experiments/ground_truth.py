@@ -19,7 +19,6 @@ synthetic pool.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,6 +42,9 @@ class GroundTruthConfig:
     lr_adam: float = 1e-5            # adam_sign: step per parameter
     n_boot: int = 1000
     seed: int = 0
+    n_candidates: int | None = None  # the first n ablation candidates (None = all of them)
+    pools: tuple[str, ...] = ("instructions", "synthetic")
+    valuators: tuple[str, ...] = ("icp", "icp_neutral", "ip", "cosine", "ekfac")
 
     @classmethod
     def for_mode(cls, mode: str, seed: int = 0) -> "GroundTruthConfig":
@@ -63,36 +65,31 @@ def gt_specs(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, eta: float) -> di
 
 
 def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: dict[str, Any], mats: dict[str, Any],
-                       model, tokenizer, out, *, progress: bool = True, log=print) -> dict[str, Any]:
-    """The three OneStep matrices (cached by configuration hash, like the agreement run's)."""
-    from ..scores import ScoreMatrix
+                       model, tokenizer, out, *, progress: bool = True, log=print, only: list[str] | None = None,
+                       shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """The three OneStep matrices (cached by configuration hash, like the agreement run's).
+
+    ``only``: these ground truths; ``shard=(rank, world)``: this process's share of the
+    chunks (the shard that finishes last assembles a matrix; the others return without it).
+    """
     from ..utils import config_hash
     from ..valuators import OneStep
 
     probes = list(data["probes"])
-    abl = [data["pool"].by_id(i) for i in data["ablation_ids"]]
+    abl = [data["pool"].by_id(i) for i in data["ablation_ids"]][: gcfg.n_candidates]
     ip = mats["ip"].subset([c.id for c in abl]).values
     eta = float(gcfg.eta_scale / np.median(np.abs(ip)))
     specs = gt_specs(gcfg, acfg, eta)
     found: dict[str, Any] = {}
     for name, settings in specs.items():
+        if only is not None and name not in only:
+            continue
         cands = abl[: gcfg.n_first_order] if name == "gt_sgd_small" else abl
         v = OneStep(model, tokenizer, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
                     progress=progress, **settings)
-        want = config_hash(v.config())
-        path = out / name
-        if path.with_suffix(".json").exists():
-            sm = ScoreMatrix.load(path)
-            if sm.meta.get("config_hash") == want and sm.candidate_ids == [c.id for c in cands] \
-                    and sm.probe_ids == [p.id for p in probes]:
-                found[name] = sm
-                continue
-        log(f"{name}: one step per candidate, {len(cands)} candidates × {len(probes)} probes")
-        t0 = time.perf_counter()
-        sm = v.score(cands, probes, out_dir=out / "runs" / name)
-        sm.meta["seconds"] = A._run_seconds(out / "runs" / name, time.perf_counter() - t0)
-        sm.meta["config_hash"] = want
-        sm.save(path)
+        sm = A.scored_matrix(v, config_hash(v.config()), cands, probes, out, name, shard=shard, log=log)
+        if sm is None:
+            continue
         found[name] = sm
     return found
 
@@ -139,28 +136,33 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
             "seconds": float(sum(float(g.meta.get("seconds", 0.0)) for g in gts.values()))}
 
 
-def run(mode: str = "full", *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    from ..models import load_model
-    from ..utils import atomic_write_json, code_version, config_hash, seed_everything
+def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Score the ground truths and write the result; ``overrides`` set fields of the
+    configuration (``n_candidates``, ``pools``, ``valuators``) and are recorded in it."""
+    from dataclasses import replace
 
-    gcfg = GroundTruthConfig.for_mode(mode, seed)
+    from ..models import load_model
+    from ..utils import atomic_write_json, cache_dir, code_version, config_hash, seed_everything
+
+    gcfg = replace(GroundTruthConfig.for_mode(mode, seed), **overrides)
     out_parts = {}
     t0 = time.perf_counter()
-    for data_name in ("instructions", "synthetic"):
+    for data_name in gcfg.pools:
         acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
         seed_everything(acfg.seed)
         model, tok = load_model(acfg.model, device="cpu")
         d = A.build_data(acfg, model, tok)
         out = A.run_dir(mode, data_name)
-        mats = A.score_all(acfg, d, model, tok, out, only=["icp", "icp_neutral", "ip", "cosine", "ekfac"],
-                           progress=progress)
+        grad_cache = cache_dir() / "gradients" / f"{out.name}-{config_hash(acfg.to_dict())}"
+        mats = A.score_all(acfg, d, model, tok, out, only=list(gcfg.valuators), progress=progress,
+                           grad_cache=grad_cache)
         gts = score_ground_truth(gcfg, acfg, d, mats, model, tok, out, progress=progress)
         out_parts[data_name] = summarise(gcfg, mats, gts, data_name)
     res = {
         "config": gcfg.to_dict(), "config_hash": config_hash(gcfg.to_dict()), "code_version": code_version(),
         "first_order": out_parts["instructions"]["first_order"],
-        "first_order_synthetic": out_parts["synthetic"]["first_order"],
-        "table": out_parts["instructions"]["rows"] + out_parts["synthetic"]["rows"],
+        "first_order_synthetic": out_parts["synthetic"]["first_order"] if "synthetic" in out_parts else None,
+        "table": [r for part in out_parts.values() for r in part["rows"]],
         "reliability": {k: v["reliability"] for k, v in out_parts.items()},
         "magnitude": {k: v["magnitude"] for k, v in out_parts.items()},
         "seconds": sum(v["seconds"] for v in out_parts.values()),
@@ -171,12 +173,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True) -> dict[str
 
 
 def load(mode: str = "full") -> dict[str, Any]:
-    from ..errors import ConfigError
-
-    path = results_dir() / f"{NAME}-{mode}.json"
-    if not path.exists():
-        raise ConfigError(f"No cached results at {path}; run `python -m icp_influence run {NAME}`.")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return A.load_result(NAME, mode)
 
 
 @experiment(NAME, "one-step training ground truth (SGD small/all, Adam β=0) vs ICP, IP, cosine, EK-FAC; "

@@ -181,7 +181,6 @@ def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out:
     With ``shard=(rank, world)`` this process scores only its share of the chunks; the
     shard that finishes last assembles and saves the matrix (the others skip it).
     """
-    from ..scores import ScoreMatrix
     from ..valuators import make
 
     specs = valuator_specs(cfg, grad_cache)
@@ -198,26 +197,48 @@ def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out:
         cands = subsets[spec["candidates"]]
         if v.needs_fit:
             v.fit(pool)
-        want = _hash_of(v)
-        path = out / name
-        if path.with_suffix(".json").exists():
-            sm = ScoreMatrix.load(path)
-            if sm.meta.get("config_hash") == want and sm.candidate_ids == [c.id for c in cands] \
-                    and sm.probe_ids == [p.id for p in probes]:
-                mats[name] = sm
-                continue
-            log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
-        log(f"{name}: scoring {len(cands)} candidates × {len(probes)} probes")
-        t0 = time.perf_counter()
-        sm = v.score(cands, probes, out_dir=out / "runs" / name, shard=shard)
+        sm = scored_matrix(v, _hash_of(v), cands, probes, out, name, shard=shard, log=log)
         if sm is None:
-            log(f"{name}: shard {shard[0] + 1}/{shard[1]} done; the last shard to finish assembles the matrix")
             continue
-        sm.meta["seconds"] = _run_seconds(out / "runs" / name, time.perf_counter() - t0)
-        sm.meta["config_hash"] = want
-        sm.save(path)
         mats[name] = sm
     return mats
+
+
+def scored_matrix(v, want: str, cands: list[Any], probes: list[Any], out: Path, name: str, *,
+                  shard: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> Any:
+    """``out/<name>`` when it was made with configuration hash ``want`` on these ids; else
+    ``v.score`` (resumable: chunks under ``out/runs/<name>``), saved with the hash. ``None``
+    for a shard that is not the last to finish (the last one assembles the matrix)."""
+    from ..scores import ScoreMatrix
+
+    path = out / name
+    if path.with_suffix(".json").exists():
+        sm = ScoreMatrix.load(path)
+        if sm.meta.get("config_hash") == want and sm.candidate_ids == [c.id for c in cands] \
+                and sm.probe_ids == [p.id for p in probes]:
+            return sm
+        log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
+    log(f"{name}: scoring {len(cands)} candidates × {len(probes)} probes")
+    t0 = time.perf_counter()
+    sm = v.score(cands, probes, out_dir=out / "runs" / name, shard=shard)
+    if sm is None:
+        log(f"{name}: shard {shard[0] + 1}/{shard[1]} done; the last shard to finish assembles the matrix")
+        return None
+    sm.meta["seconds"] = _run_seconds(out / "runs" / name, time.perf_counter() - t0)
+    sm.meta["config_hash"] = want
+    sm.save(path)
+    return sm
+
+
+def load_result(name: str, mode: str) -> dict[str, Any]:
+    """The committed JSON result ``<results>/<name>-<mode>.json`` of an experiment (no computation)."""
+    from ..errors import ConfigError
+
+    path = results_dir() / f"{name}-{mode}.json"
+    if not path.exists():
+        raise ConfigError(f"No cached results at {path}; run `python -m icp_influence run {name}`"
+                          + (" --smoke" if mode == "smoke" else "") + ".")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _run_seconds(run: Path, this_call: float) -> float:
@@ -407,8 +428,14 @@ def same_all(ids: list[str], probes: list[str], info: dict[str, Any]) -> np.ndar
 # ---------------------------------------------------------------- running and loading
 
 def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: list[str] | None = None,
-        progress: bool = True, model=None, tokenizer=None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
-    """Build the data, score every valuator (cached), summarise, write the JSON result."""
+        skip: tuple[str, ...] = (), progress: bool = True, model=None, tokenizer=None,
+        shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Build the data, score every valuator (cached), summarise, write the JSON result.
+
+    ``only``: score just these valuators and return without a summary (for sharded
+    workers). ``skip``: leave these ablations out of the run and the summary; the result
+    lists them under ``"skipped"`` so no reader takes a missing row for a measured one.
+    """
     from ..models import load_model
     from ..utils import atomic_write_json, cache_dir, code_version, config_hash, seed_everything
 
@@ -423,10 +450,20 @@ def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: 
     info = data_info(d)
     atomic_write_json(out / "data.json", info)
     grad_cache = cache_dir() / "gradients" / f"{out.name}-{config_hash(cfg.to_dict())}"
+    if skip and only is None:
+        only = [n for n in valuator_specs(cfg, grad_cache) if n not in skip]
+        if not {"icp", "ip"} <= set(only):
+            from ..errors import ConfigError
+
+            raise ConfigError("skip may leave out ablations, not the measurement itself (icp and ip).")
+        partial = False
+    else:
+        partial = only is not None
     mats = score_all(cfg, d, model, tokenizer, out, only=only, progress=progress, grad_cache=grad_cache, shard=shard)
-    if only is not None:
+    if partial:
         return {"scored": sorted(mats), "seconds": round(time.perf_counter() - t0, 1)}
     res = summarise(cfg, mats, info)
+    res["skipped"] = sorted(skip)
     res["config_hash"] = config_hash(cfg.to_dict())
     res["code_version"] = code_version()
     path = results_dir() / (f"{NAME}-{mode}.json" if data == "instructions" else f"synthetic-agreement-{mode}.json")
@@ -474,11 +511,15 @@ def with_synthetic(res: dict[str, Any], syn: dict[str, Any]) -> dict[str, Any]:
 
 @experiment(NAME, "ICP vs inner product / cosine / EK-FAC on SmolLM2 and the instruction set: reliability, "
                   "two-way CIs, ablations, noise AUC (plus the synthetic pool)")
-def instruction_agreement(*, smoke: bool = False, seed: int = 0) -> dict:
+def instruction_agreement(*, smoke: bool = False, seed: int = 0, skip: tuple[str, ...] = (),
+                          synthetic: bool = True) -> dict:
+    """``skip``: ablations to leave out (listed in the result); ``synthetic=False``: no data ablation."""
     from ..utils import atomic_write_json
 
     mode = "smoke" if smoke else "full"
-    res = with_synthetic(run(mode, "instructions", seed=seed), run(mode, "synthetic", seed=seed))
+    res = run(mode, "instructions", seed=seed, skip=skip)
+    if synthetic:
+        res = with_synthetic(res, run(mode, "synthetic", seed=seed, skip=skip))
     atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
     return _result_keys(res)
 
@@ -551,8 +592,10 @@ def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
                      f"{c['synthetic_mean_delta_vs_ip']}.")
     if gt is not None:
         fo = gt["first_order"]
-        lines.append(f"- The referee: one small SGD step reproduces the inner product pair by pair (Spearman "
-                     f"{fo['pair_spearman_ip']:.4f}, η = {fo['eta']:.2g}).")
+        holds = "reproduces" if c["first_order_holds"] else "does **not** reproduce (goal: Spearman ≥ 0.99)"
+        lines.append(f"- The referee: one small SGD step {holds} the inner product pair by pair (Spearman "
+                     f"{fo['pair_spearman_ip']:.4f}, η = {fo['eta']:.2g}, {fo['n_candidates']} candidates × "
+                     f"{fo['n_probes']} probes).")
         if "best_tracker_of_training" in c:
             v, g = c["best_tracker_of_training"]
             row = next(r for r in gt["table"] if r["valuator"] == v and r["ground_truth"] == g
