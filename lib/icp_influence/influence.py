@@ -74,8 +74,10 @@ def inner_product_scores(Gc: torch.Tensor, Gp: torch.Tensor, *, block: int = 1 <
 def cosine_scores(Gc: torch.Tensor, Gp: torch.Tensor, candidate_ids: Sequence[str] | None = None,
                   probe_ids: Sequence[str] | None = None) -> np.ndarray:
     """Cosine similarity of gradients; a zero-norm gradient raises :class:`ConfigError`."""
-    Gc, Gp = Gc.double(), Gp.double()
-    nc, np_ = Gc.norm(dim=1), Gp.norm(dim=1)
+    # float64 accuracy without float64 copies of the gradients: norms accumulate in float64, and the
+    # products run over blocks of coordinates (a [P, D] float64 copy of 64 probes × 13 M numbers is 7 GB)
+    nc = torch.linalg.vector_norm(Gc, dim=1, dtype=torch.float64)
+    np_ = torch.linalg.vector_norm(Gp, dim=1, dtype=torch.float64)
     for norms, ids, what in ((nc, candidate_ids, "candidate"), (np_, probe_ids, "probe")):
         bad = torch.nonzero(norms == 0).flatten().tolist()
         if bad:
@@ -85,7 +87,11 @@ def cosine_scores(Gc: torch.Tensor, Gp: torch.Tensor, candidate_ids: Sequence[st
                 "selected parameters (e.g. answers fully masked, or parameters that do not affect the loss); "
                 "use method='inner_product' or another parameter selection."
             )
-    return ((Gc / nc[:, None]) @ (Gp / np_[:, None]).T).numpy()
+    dots = torch.zeros(Gc.shape[0], Gp.shape[0], dtype=torch.float64)
+    block = 1 << 20
+    for a in range(0, Gc.shape[1], block):
+        dots += Gc[:, a:a + block].double() @ Gp[:, a:a + block].double().T
+    return (dots / nc[:, None] / np_[None, :]).numpy()
 
 
 def paper_signed_log_scores(Gc: torch.Tensor, Gp: torch.Tensor, offsets: Sequence[int]) -> np.ndarray:
