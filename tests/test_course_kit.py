@@ -3,16 +3,13 @@ self-checking exercise registry of the notebooks not yet converted to nbgrader."
 from __future__ import annotations
 
 import ast
-import inspect
 import shutil
 import sys
 import types
 from pathlib import Path
 
 import nbformat
-import pytest
 
-from icp_course import exercises
 from icp_course.colab import COLAB_SOURCE, REPO_URL, add_colab_to_folder
 from icp_course.instructor_notes import NOTES_END, NOTES_START, executed_seconds, update_notes
 from icp_course.nbrun import list_notebooks
@@ -93,23 +90,7 @@ def _check_names(path: Path) -> list[str]:
     return names
 
 
-def test_every_notebook_check_is_registered_and_every_registered_exercise_is_used():
-    used = {n: p.name for p in NOTEBOOKS for n in _check_names(p)}
-    registered = set(exercises.names())
-    assert not set(used) - registered, f"unregistered exercises in notebooks: {sorted(set(used) - registered)}"
-    prefixes = {p.name[:2] for p in NOTEBOOKS}
-    orphans = sorted(n for n in registered - set(used) if n.split(".")[0] in prefixes)
-    assert not orphans, f"registered exercises that their notebook never checks: {orphans}"
-
-
-def test_registered_exercises_without_notebook_data_pass_their_own_check(capsys):
-    for name in exercises.names():
-        ex = exercises.get(name)
-        assert ex.hint, f"{name} has a hint"
-        params = inspect.signature(ex.solution_fn).parameters.values()
-        if any(p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
-            continue  # needs the notebook's data: checked when the notebook runs
-        assert exercises.check(name, exercises.solution(name)) is True
-        assert f"✓ {name}" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="no answer yet"):
-        exercises.check(exercises.names()[0], ...)
+def test_no_notebook_uses_the_old_check_exercises():
+    """Every exercise is an nbgrader exercise now (tests/test_assignments.py): no ``check(...)`` call is left."""
+    used = {p.name: _check_names(p) for p in NOTEBOOKS}
+    assert not any(used.values()), used
