@@ -86,3 +86,15 @@ def pytest_terminal_summary(terminalreporter):
         for name, s in sorted(_NOTEBOOK_TIMES.items()):
             tr.write_line(f"{name:<48} {s:7.1f} s  (budget 120 s){'  OVER BUDGET' if s > 120 else ''}")
         tr.write_line(f"{'total':<48} {sum(_NOTEBOOK_TIMES.values()):7.1f} s")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (tiny models run fastest so, and the test machine is shared);
+    use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from icp_influence.data import Example
 from icp_influence.errors import ConfigError
@@ -14,12 +13,7 @@ from icp_influence.stats import aggregate, spearman, split_half
 from icp_influence.synthetic import make_synthetic_pool
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

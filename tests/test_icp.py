@@ -3,17 +3,11 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from icp_influence.cli import main
 from icp_influence.encoding import Encoded, encode_pair
 from icp_influence.errors import EmptyPoolError, MethodError
 from icp_influence.icp import (
@@ -36,13 +30,7 @@ TOL = 1e-4  # nats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
