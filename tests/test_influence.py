@@ -170,12 +170,18 @@ def test_parameter_selections(tiny_models):
             select_parameters(model, "bogus")
 
 
-def test_projection_k4096_spearman(neox):
+@pytest.fixture(scope="module")
+def paper_grads(neox):
+    """Per-example gradients over the paper's parameters of 24 synthetic examples: 20 candidates, 4 probes."""
     model, tok = neox
     obj = lm_objective(model, tok, params="paper")
     encs = encode_examples(tok, list(make_synthetic_pool(24, seed=3)))
     G = obj.per_example_grads(encs, chunk_size=8)
-    Gc, Gp = G[:20], G[20:]
+    return obj, encs, G[:20], G[20:]
+
+
+def test_projection_k4096_spearman(paper_grads):
+    obj, encs, Gc, Gp = paper_grads
     proj = Projector(obj.sizes, 4096, seed=0)
     Pc, Pp = proj.project(Gc), proj.project(Gp)
     exact = (Gc.double() @ Gp.double().T).numpy()
@@ -192,12 +198,8 @@ def test_projection_k4096_spearman(neox):
     assert spearman(exact, (rad.project(Gc).double() @ rad.project(Gp).double().T).numpy()) >= 0.9
 
 
-def test_countsketch_projection(neox):
-    model, tok = neox
-    obj = lm_objective(model, tok, params="paper")
-    encs = encode_examples(tok, list(make_synthetic_pool(24, seed=3)))
-    G = obj.per_example_grads(encs, chunk_size=8)
-    Gc, Gp = G[:20], G[20:]
+def test_countsketch_projection(paper_grads):
+    obj, encs, Gc, Gp = paper_grads
     exact = (Gc.double() @ Gp.double().T).numpy()
     cs = Projector(obj.sizes, 4096, seed=0, kind="countsketch")  # the k at which the Gaussian one reaches 0.95
     Pc, Pp = cs.project(Gc), cs.project(Gp)

@@ -78,3 +78,77 @@ def test_ground_truth_records_its_settings_and_the_first_order_identity_holds(re
 def test_skipping_the_measurement_itself_is_refused(results):
     with pytest.raises(ConfigError, match="icp and ip"):
         A.run("tiny", "instructions", skip=("ip",), progress=False)
+
+
+def test_a_grown_candidate_list_keeps_the_cached_rows_and_scores_only_the_new_ones(results, monkeypatch):
+    """Ground truth on 5 candidates, then on all of them: the first 5 rows are kept bit for bit
+    and only the others are scored (the full run extended 16 candidates to 96 this way)."""
+    from icp_influence.models import load_model
+    from icp_influence.valuators.one_step import OneStep
+
+    acfg = A.AgreementConfig.for_mode("tiny", "instructions")
+    model, tok = load_model(acfg.model, device="cpu")
+    d = A.build_data(acfg, model, tok)
+    out = A.run_dir("tiny", "instructions")
+    mats = A.load("tiny")["mats"]
+    full = mats["gt_sgd_all"]
+    gcfg = GT.GroundTruthConfig.for_mode("tiny")
+    out5 = out.parent / "grown"
+    out5.mkdir()
+    first = GT.score_ground_truth(GT.GroundTruthConfig(**{**gcfg.to_dict(), "n_candidates": 5}), acfg, d, mats,
+                                  model, tok, out5, progress=False, only=["gt_sgd_all"])["gt_sgd_all"]
+    asked: list[list[str]] = []
+    real = OneStep.score
+
+    def spy(self, cands, probes, **k):
+        asked.append([c.id for c in cands])
+        return real(self, cands, probes, **k)
+
+    monkeypatch.setattr(OneStep, "score", spy)
+    grown = GT.score_ground_truth(gcfg, acfg, d, mats, model, tok, out5, progress=False,
+                                  only=["gt_sgd_all"])["gt_sgd_all"]
+    assert asked == [full.candidate_ids[5:]], "only the new candidates are scored"
+    assert grown.candidate_ids == full.candidate_ids
+    assert np.array_equal(grown.values[:5], first.values)
+    # the new rows are what a run over every candidate at once gives (same model, same probes)
+    np.testing.assert_allclose(grown.values, full.values, rtol=1e-6, atol=1e-9)
+
+
+def test_finetune_equivalence_in_two_shards_pilot_margin_and_paired_tost(results):
+    """The fine-tuning equivalence run on the tiny model, as two shards run one after the
+    other: rank 0 (pilot + its half) returns nothing, rank 1 completes and summarises.
+    The summary is recomputed from runs.jsonl by hand."""
+    from icp_influence import selection as S
+    from icp_influence import stats
+    from icp_influence.experiments import finetune_equivalence as FE
+
+    assert FE.run("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
+    res = FE.run("tiny", pools=("instructions",), progress=False, shard=(1, 2))
+    out = A.run_dir("tiny", "instructions").parent / f"{FE.NAME}-tiny"
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    ecfg = FE.EquivalenceConfig.for_mode("tiny")
+    assert list(res["config"]["pools"]) == ["instructions"]
+    # every model trained exactly once: base + pilot (5 arms) + budgets × seeds × arms
+    keys = [(r["budget"], r["arm"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 1 + len(FE.ARMS) * (1 + len(ecfg.budgets) * len(ecfg.seeds))
+    # the margin: half the gap between the base model and the best pilot arm
+    base = next(r for r in rows if r["arm"] == "base")["answer_loglik_per_token"]
+    pilot = [r["answer_loglik_per_token"] for r in rows if r.get("pilot")]
+    assert res["margin"]["instructions"] == pytest.approx(max(abs(max(pilot) - base) / 2, 1e-6), rel=1e-12)
+    by = {(r["budget"], r["arm"], r["seed"]): r["answer_loglik_per_token"] for r in rows if not r.get("pilot")}
+    for e in res["equivalence"]:
+        a = [by[(e["budget"], e["a"], s)] for s in ecfg.seeds]
+        b = [by[(e["budget"], e["b"], s)] for s in ecfg.seeds]
+        assert e["diff"] == pytest.approx(float(np.mean(np.subtract(a, b))), abs=1e-12)
+        t = stats.tost_paired(a, b, res["margin"]["instructions"], alpha=ecfg.alpha)
+        assert e["verdict"] == t.verdict and e["p_tost"] == pytest.approx(t.p_tost)
+    # the arms select what their scores say, from the ground-truth candidates
+    mats = A.load("tiny")["mats"]
+    gt = mats["gt_sgd_all"]
+    sels = FE.selections(ecfg, mats, {"gt_sgd_all": gt}, max(ecfg.budgets))
+    icp_mean = mats["icp"].subset(gt.candidate_ids).values.mean(axis=1)
+    order = np.argsort(-icp_mean, kind="stable")
+    assert set(sels["icp-top"]) == {gt.candidate_ids[i] for i in order[: max(ecfg.budgets)]}
+    assert not set(sels["icp-top"]) & set(sels["icp-bottom"])
+    assert set(sels["random"](0)) <= set(gt.candidate_ids) and sels["random"](0) != sels["random"](1)
+    assert S.top_k((gt, "mean"), 2) == sels["gt-top"][:2]

@@ -117,16 +117,9 @@ def sliced_poll_execute():
     """
     from nbgrader.preprocessors import Execute
 
-    from icp_course.nbrun import _sliced
+    from icp_course.nbrun import sliced_poll
 
-    class SlicedPollExecute(Execute):
-        async def async_start_new_kernel_client(self):
-            kc = await super().async_start_new_kernel_client()
-            kc.shell_channel.get_msg = _sliced(kc.shell_channel.get_msg)
-            kc.iopub_channel.get_msg = _sliced(kc.iopub_channel.get_msg)
-            return kc
-
-    return SlicedPollExecute
+    return sliced_poll(Execute)
 
 
 def autograde_preprocessors() -> list:

@@ -48,19 +48,25 @@ def _sliced(get_msg, step: float = 1.0):
     return wrapper
 
 
-def _client_class():
-    import nbclient
+def sliced_poll(base: type) -> type:
+    """A subclass of the kernel-running class ``base`` (nbclient's ``NotebookClient``,
+    nbgrader's ``Execute``) whose shell and IOPub reads re-poll every second (see ``_sliced``)."""
 
-    class SlicedPollClient(nbclient.NotebookClient):
-        """``NotebookClient`` whose shell and IOPub reads re-poll every second (see ``_sliced``)."""
-
+    class SlicedPoll(base):
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
             kc.shell_channel.get_msg = _sliced(kc.shell_channel.get_msg)
             kc.iopub_channel.get_msg = _sliced(kc.iopub_channel.get_msg)
             return kc
 
-    return SlicedPollClient
+    SlicedPoll.__name__ = SlicedPoll.__qualname__ = f"SlicedPoll{base.__name__}"
+    return SlicedPoll
+
+
+def _client_class():
+    import nbclient
+
+    return sliced_poll(nbclient.NotebookClient)
 
 
 def run_in_kernel(nb, cwd: str | Path, *, smoke: bool = True, timeout: int = 900, allow_errors: bool = False) -> None:

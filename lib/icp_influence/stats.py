@@ -138,6 +138,18 @@ class _Bounded:
         return [self.lo, self.hi]
 
 
+class _Record:
+    """``to_dict`` for the result dataclasses below: their fields, every interval a list."""
+
+    _intervals: tuple[str, ...] = ("ci",)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for name in self._intervals:
+            d[name] = list(getattr(self, name))
+        return d
+
+
 @dataclass(frozen=True)
 class Interval(_Bounded):
     """A point estimate with a confidence interval ``[lo, hi]`` at ``level``."""
@@ -305,7 +317,7 @@ def _per_probe(V: np.ndarray, how: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Reliability(_Bounded):
+class Reliability(_Record, _Bounded):
     """Split-half reliability of a candidate score (Spearman–Brown corrected) with its interval.
 
     ``value``: reliability of the score over all ``n_probes`` probes; ``half``: the mean
@@ -320,11 +332,6 @@ class Reliability(_Bounded):
     n_candidates: int
     aggregate: str
     level: float = 0.95
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ci"] = self.ci
-        return d
 
 
 def split_half(V: np.ndarray, how: str = "mean", *, n_splits: int = 200, n_boot: int = 500, boot_splits: int = 10,
@@ -416,7 +423,7 @@ def disattenuate(rho: float, rel_a: float, rel_b: float) -> float:
 # ---------------------------------------------------------------- agreement of two valuators
 
 @dataclass(frozen=True)
-class Agreement:
+class Agreement(_Record):
     """Rank agreement of two candidate scores: raw Spearman with a two-way bootstrap CI,
     Kendall, the reliabilities and the attenuation-corrected value (with its own CI)."""
 
@@ -431,11 +438,7 @@ class Agreement:
     n_probes: int
     level: float = 0.95
     two_way: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ci"], d["disattenuated_ci"] = list(self.ci), list(self.disattenuated_ci)
-        return d
+    _intervals = ("ci", "disattenuated_ci")
 
 
 def agreement(Va: np.ndarray, Vb: np.ndarray, how_a: str = "mean", how_b: str = "mean", *, n_boot: int = 1000,
@@ -515,7 +518,7 @@ def pair_agreement(Va: np.ndarray, Vb: np.ndarray, *, n_boot: int = 1000, level:
 # ---------------------------------------------------------------- equivalence
 
 @dataclass(frozen=True)
-class Equivalence:
+class Equivalence(_Record):
     """Paired comparison of two arms: mean difference, its CI, TOST p-value and the verdict.
 
     ``verdict``: ``"equivalent"`` when the two one-sided tests reject a difference of
@@ -530,11 +533,6 @@ class Equivalence:
     n: int
     verdict: str
     alpha: float = 0.05
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["ci"] = list(self.ci)
-        return d
 
 
 def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha: float = 0.05,

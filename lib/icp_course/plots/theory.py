@@ -18,6 +18,16 @@ def _fig(ncols: int = 1, figsize: tuple[float, float] | None = None, ax: Any = N
     return fig, (axes[0, 0] if ncols == 1 else list(axes[0]))
 
 
+def _point_cloud(x: np.ndarray, y: np.ndarray, ax: Any, max_points: int, seed: int):
+    """A scatter of at most ``max_points`` random points of (x, y) with the two zero lines."""
+    fig, ax = _fig(ax=ax)
+    idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
+    ax.scatter(x[idx], y[idx], s=4, alpha=0.4)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    return fig, ax
+
+
 def plot_lr_line_search(lrs: Sequence[float], losses: Sequence[float], best_lr: float, best_loss: float, *,
                         zero_loss: float | None = None, ax: Any = None):
     """One-step GD loss as a function of the learning rate, with the line-search optimum."""
@@ -93,11 +103,7 @@ def plot_icp_scatter(inner_product: Any, icp: Any, *, title: str = "",
     from icp_influence.stats import pearson, spearman
 
     x, y = np.asarray(inner_product, float).ravel(), np.asarray(icp, float).ravel()
-    fig, ax = _fig(ax=ax)
-    idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
-    ax.scatter(x[idx], y[idx], s=4, alpha=0.4)
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.axvline(0, color="grey", lw=0.6)
+    fig, ax = _point_cloud(x, y, ax, max_points, seed)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("ICP = ℓ(p) − ℓ(p | z) (units of y²)")
     ax.set_title(f"{title}\nPearson {pearson(x, y):.4f}, Spearman {spearman(x, y):.4f}".strip(), fontsize=10)
@@ -224,11 +230,7 @@ def plot_kernel_vs_linear(xdot: Any, kernel: Any, *, ax: Any = None, max_points:
     from icp_influence.stats import pearson
 
     x, y = np.asarray(xdot, float).ravel(), np.asarray(kernel, float).ravel()
-    fig, ax = _fig(ax=ax)
-    idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
-    ax.scatter(x[idx], y[idx], s=4, alpha=0.4)
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.axvline(0, color="grey", lw=0.6)
+    fig, ax = _point_cloud(x, y, ax, max_points, seed)
     ax.set_xlabel("x_zᵀx_p: implicit-weight kernel (units of x²)")
     ax.set_ylabel("⟨∇_θ f(x_z), ∇_θ f(x_p)⟩: network kernel (units of y²)")
     ax.set_title(f"Pearson {pearson(x, y):.3f}; kernel > 0 on {100 * float((y > 0).mean()):.1f}% of pairs", fontsize=10)

@@ -36,7 +36,7 @@ def token_explorer(model, tokenizer, candidates: Sequence[Example], probes: Sequ
     from icp_influence.errors import ConfigError
     from icp_influence.icp import token_logprobs
     from icp_course.plots.icp import plot_token_view
-    from .theory import _driver
+    from .theory import explorer
 
     cands = {c.id: c for c in candidates}
     prbs = {p.id: p for p in probes}
@@ -68,11 +68,7 @@ def token_explorer(model, tokenizer, candidates: Sequence[Example], probes: Sequ
             plt.close(fig)
         return res
 
-    update, state = _driver(controls, recompute)
-    state["last"] = recompute()
-    box = W.VBox([W.HBox([controls["candidate"], controls["probe"]]), text, status, out])
-    box.add_class("icp-explorer")
-    return box, update
+    return explorer(controls, recompute, [W.HBox([controls["candidate"], controls["probe"]]), text, status, out])
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +212,7 @@ def reliability_explorer(cache: PairCache, *, n_probes: int | None = None, aggre
     ``update(n_probes=..., aggregation=..., baseline=...)`` → the :func:`icp_view` of the
     chosen setting, plus ``"others"`` (the view of every aggregation).
     """
-    from .theory import _driver
+    from .theory import explorer, show
 
     P = len(cache.probe_ids)
     baselines = list(BASELINES) if cache.neutral is not None else ["zero-shot"]
@@ -236,19 +232,11 @@ def reliability_explorer(cache: PairCache, *, n_probes: int | None = None, aggre
         view = dict(others[controls["aggregation"].value])
         view["others"] = {a: {"reliability": o["reliability"], "lo": o["lo"], "hi": o["hi"]} for a, o in others.items()}
         status.value = _summary_html(view)
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_reliability_view(cache, view, others, top=top)
-            display(fig)
-            plt.close(fig)
+        show(out, plot_reliability_view(cache, view, others, top=top))
         return view
 
-    update, state = _driver(controls, recompute)
-    state["last"] = recompute()
-    box = W.VBox([controls["n_probes"], controls["aggregation"], controls["baseline"], status, out])
-    box.add_class("icp-explorer")
-    box.add_class("icp-explorer-each-control")  # the browser test moves every control of this explorer
-    return box, update
+    return explorer(controls, recompute,
+                    [controls["n_probes"], controls["aggregation"], controls["baseline"], status, out], each_control=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +307,7 @@ def own_demo_explorer(model, tokenizer, probes: Sequence[Example], *, template: 
     :func:`score_demonstration`'s result (or ``{"error": message}`` for an unusable demonstration).
     """
     from icp_influence.errors import ConfigError, IcpError
-    from .theory import _driver
+    from .theory import explorer, show
 
     probes = list(probes)
     if not probes:
@@ -347,15 +335,7 @@ def own_demo_explorer(model, tokenizer, probes: Sequence[Example], *, template: 
                         f"mean Δ <b>{res['mean_delta']:+.3f} nats</b> over {len(probes)} probes, "
                         f"wins {res['wins']}/{len(probes)} · Δ per probe: "
                         + ", ".join(f"{pid} {d:+.2f}" for pid, d in zip(res["probe_ids"], res["delta_per_probe"])))
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_demonstration_scores(res, groups=groups)
-            display(fig)
-            plt.close(fig)
+        show(out, plot_demonstration_scores(res, groups=groups))
         return res
 
-    update, state = _driver(controls, recompute)
-    state["last"] = recompute()
-    box = W.VBox([controls["instruction"], controls["input"], controls["output"], status, out])
-    box.add_class("icp-explorer")
-    return box, update
+    return explorer(controls, recompute, [controls["instruction"], controls["input"], controls["output"], status, out])

@@ -39,6 +39,28 @@ def _driver(controls: Mapping[str, Any], recompute: Callable[[], dict]) -> tuple
     return update, state
 
 
+def explorer(controls: Mapping[str, Any], recompute: Callable[[], dict], children: list, *,
+             each_control: bool = False) -> tuple[Any, Callable[..., dict]]:
+    """The ``(widget, update)`` of an explorer: ``recompute`` runs once now and on every
+    change; ``children`` are laid out in a column. ``each_control``: the browser check moves
+    every control of this explorer, not only the first."""
+    update, state = _driver(controls, recompute)
+    state["last"] = recompute()
+    box = W.VBox(children)
+    box.add_class("icp-explorer")
+    if each_control:
+        box.add_class("icp-explorer-each-control")
+    return box, update
+
+
+def show(out: Any, fig: Any) -> None:
+    """Replace what the output area ``out`` shows by the figure ``fig`` (and free it)."""
+    with out:
+        out.clear_output(wait=True)
+        display(fig)
+        plt.close(fig)
+
+
 def gd_vs_lsa_explorer(trained: Any = None, *, n_tasks: int = 400, seed: int = 0, lr: float = 6.0):
     """Sliders for the learning rate η, context length N, dimension d and label noise.
 
@@ -85,11 +107,8 @@ def gd_vs_lsa_explorer(trained: Any = None, *, n_tasks: int = 400, seed: int = 0
             plt.close(fig)
         return res
 
-    update, state = _driver(controls, recompute)
-    state["last"] = recompute()
-    box = W.VBox([W.HBox([controls["lr"], controls["n_points"]]), W.HBox([controls["d"], controls["noise"]]), status, out])
-    box.add_class("icp-explorer")
-    return box, update
+    return explorer(controls, recompute,
+                    [W.HBox([controls["lr"], controls["n_points"]]), W.HBox([controls["d"], controls["noise"]]), status, out])
 
 
 def icp_scatter_explorer(models: Mapping[str, tuple[Any, int, str]], *, n_tasks: int = 4, n_candidates: int = 40,
@@ -119,15 +138,8 @@ def icp_scatter_explorer(models: Mapping[str, tuple[Any, int, str]], *, n_tasks:
         r = next(iter(res.values()))
         num = {**v, "pearson": pearson(r["icp"], r["inner_product"]), "spearman": spearman(r["icp"], r["inner_product"])}
         status.value = f"Pearson {num['pearson']:.4f} · Spearman {num['spearman']:.4f} ({r['icp'].size} pairs)"
-        with out:
-            out.clear_output(wait=True)
-            fig = plot_icp_scatter(r["inner_product"], r["icp"], title=f"{v['model']} · {v['kind']} · shift {v['distance']}")
-            display(fig)
-            plt.close(fig)
+        show(out, plot_icp_scatter(r["inner_product"], r["icp"], title=f"{v['model']} · {v['kind']} · shift {v['distance']}"))
         return num
 
-    update, state = _driver(controls, recompute)
-    state["last"] = recompute()
-    box = W.VBox([W.HBox([controls["model"], controls["kind"], controls["distance"]]), status, out])
-    box.add_class("icp-explorer")
-    return box, update
+    return explorer(controls, recompute,
+                    [W.HBox([controls["model"], controls["kind"], controls["distance"]]), status, out])

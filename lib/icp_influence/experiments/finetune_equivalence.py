@@ -51,16 +51,17 @@ class EquivalenceConfig:
     batch_size: int = 4
     lr: float = 1e-3
     template: str = "paper"
-    max_length: int = 384
+    max_length: int = 512              # every instruction example fits (the longest is 407 SmolLM2 tokens)
     alpha: float = 0.05
     margin: dict[str, float] | None = None   # per pool; None = fixed by the pilot (margin.json)
+    pools: tuple[str, ...] = ("instructions", "synthetic")
     seed: int = 0
 
     @classmethod
     def for_mode(cls, mode: str, seed: int = 0) -> "EquivalenceConfig":
         if mode == "full":
             return cls(seed=seed)
-        return cls(budgets=[4, 6], seeds=[0, 1], epochs=1, seed=seed)
+        return cls(budgets=[4, 6], seeds=[0, 1], epochs=1, max_length=1024, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,16 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def _wait_for_margin(path: Path, pool: str, poll: float = 10.0) -> dict[str, float]:
+    """Block until rank 0 has written the pilot's margin for ``pool``."""
+    while True:
+        if path.exists():
+            m = json.loads(path.read_text(encoding="utf-8"))["margin"]
+            if pool in m:
+                return m
+        time.sleep(poll)
+
+
 def train_and_evaluate(model, tok, pool, ids, heldout, *, ecfg: EquivalenceConfig, seed: int,
                        exact_match: bool) -> dict[str, float]:
     from ..finetune import FinetuneConfig, evaluate, finetune
@@ -114,13 +125,24 @@ def train_and_evaluate(model, tok, pool, ids, heldout, *, ecfg: EquivalenceConfi
     return {**ev.summary(), "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) -> dict[str, Any]:
+def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
+        **overrides: Any) -> dict[str, Any] | None:
+    """Fine-tune every (pool, budget, arm, seed) not yet in ``runs.jsonl`` and summarise.
+
+    ``overrides`` set fields of the configuration (e.g. ``pools``) and are recorded in it.
+    ``shard=(rank, world)``: this process trains every ``world``-th main model (the pilot
+    runs in rank 0 only; the other ranks wait for its margin); a rank returns ``None`` until
+    every model is in ``runs.jsonl``, and the call that finds them all writes the summary.
+    """
+    from dataclasses import replace
+
     from ..finetune import evaluate
     from ..models import load_model
     from ..utils import atomic_write_json, code_version, config_hash, seed_everything
     from .ground_truth import GroundTruthConfig, score_ground_truth
 
-    ecfg = EquivalenceConfig.for_mode(mode, seed)
+    ecfg = replace(EquivalenceConfig.for_mode(mode, seed), **overrides)
+    rank, world = shard
     out = results_dir() / f"{NAME}-{mode}"
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.jsonl"
@@ -131,7 +153,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) 
         margins.update(json.loads(margin_path.read_text(encoding="utf-8"))["margin"])
     pools: dict[str, Any] = {}
     t0 = time.perf_counter()
-    for data_name in ("instructions", "synthetic"):
+    for data_name in ecfg.pools:
         acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
         seed_everything(acfg.seed)
         model, tok = load_model(acfg.model, device="cpu")
@@ -139,10 +161,13 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) 
         adir = A.run_dir(mode, data_name)
         mats = A.score_all(acfg, d, model, tok, adir, only=["icp", "ip"], progress=progress)
         gts = score_ground_truth(GroundTruthConfig.for_mode(mode, seed), acfg, d, mats, model, tok, adir,
-                                 progress=progress)
+                                 progress=progress, only=[ecfg.ground_truth])
         exact = data_name == "synthetic"
         heldout = list(d["eval"])
         key_base = (data_name, 0, "base", -1)
+        if rank != 0:
+            margins.update(_wait_for_margin(margin_path, data_name))
+            done = _runs(runs_path)
         if key_base not in done:
             ev = evaluate(model, tok, heldout, template=ecfg.template, exact_match_eval=exact,
                           max_length=ecfg.max_length).summary()
@@ -178,12 +203,13 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=f"fine-tune [{data_name}]", unit="model")
+        jobs = [(budget, s, arm) for budget in ecfg.budgets for s in ecfg.seeds for arm in ARMS]
         for budget in ecfg.budgets:
             sels = selections(ecfg, mats, gts, budget)
             for s in ecfg.seeds:
                 for arm in ARMS:
                     key = (data_name, budget, arm, s)
-                    if key not in done:
+                    if key not in done and jobs.index((budget, s, arm)) % world == rank:
                         sel = sels[arm]
                         ids = sel(s) if callable(sel) else sel
                         ev = train_and_evaluate(model, tok, d["pool"], ids, heldout, ecfg=ecfg, seed=s,
@@ -198,6 +224,12 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print) 
         if bar is not None:
             bar.close()
         pools[data_name] = {"base": base, "exact": exact}
+    done = _runs(runs_path)
+    missing = [(p, b, a, s) for p in pools for b in ecfg.budgets for s in ecfg.seeds for a in ARMS
+               if (p, b, a, s) not in done]
+    if missing:
+        log(f"shard {rank + 1}/{world} done; {len(missing)} models are still to come from the other shards")
+        return None
     res = summarise(ecfg, done, margins, pools)
     res.update({"config": ecfg.to_dict(), "config_hash": config_hash(ecfg.to_dict()), "code_version": code_version(),
                 "wall_seconds_this_call": round(time.perf_counter() - t0, 1)})

@@ -208,26 +208,47 @@ def scored_matrix(v, want: str, cands: list[Any], probes: list[Any], out: Path, 
                   shard: tuple[int, int] = (0, 1), log: Callable[[str], None] = print) -> Any:
     """``out/<name>`` when it was made with configuration hash ``want`` on these ids; else
     ``v.score`` (resumable: chunks under ``out/runs/<name>``), saved with the hash. ``None``
-    for a shard that is not the last to finish (the last one assembles the matrix)."""
+    for a shard that is not the last to finish (the last one assembles the matrix).
+
+    When the cached matrix has the same hash and probes but only some of the candidates
+    (the candidate list grew), its rows are kept and only the missing candidates are
+    scored (chunks under ``out/runs/<name>+<n>``, ``n`` = how many are new).
+    """
     from ..scores import ScoreMatrix
 
     path = out / name
+    ids = [c.id for c in cands]
+    probe_ids = [p.id for p in probes]
+    have = None
     if path.with_suffix(".json").exists():
         sm = ScoreMatrix.load(path)
-        if sm.meta.get("config_hash") == want and sm.candidate_ids == [c.id for c in cands] \
-                and sm.probe_ids == [p.id for p in probes]:
-            return sm
-        log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
-    log(f"{name}: scoring {len(cands)} candidates × {len(probes)} probes")
+        if sm.meta.get("config_hash") == want and sm.probe_ids == probe_ids:
+            if sm.candidate_ids == ids:
+                return sm
+            cached = set(sm.candidate_ids)
+            kept = [i for i in ids if i in cached]
+            if kept:
+                have = sm.subset(kept)
+        if have is None:
+            log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
+    done_ids = set(have.candidate_ids) if have is not None else set()
+    todo = [c for c in cands if c.id not in done_ids]
+    run = out / "runs" / (name if have is None else f"{name}+{len(todo)}")
+    log(f"{name}: scoring {len(todo)} candidates × {len(probes)} probes"
+        + (f" ({len(have.candidate_ids)} kept from the cached matrix)" if have is not None else ""))
     t0 = time.perf_counter()
-    sm = v.score(cands, probes, out_dir=out / "runs" / name, shard=shard)
-    if sm is None:
+    new = v.score(todo, probes, out_dir=run, shard=shard)
+    if new is None:
         log(f"{name}: shard {shard[0] + 1}/{shard[1]} done; the last shard to finish assembles the matrix")
         return None
-    sm.meta["seconds"] = _run_seconds(out / "runs" / name, time.perf_counter() - t0)
-    sm.meta["config_hash"] = want
-    sm.save(path)
-    return sm
+    seconds = _run_seconds(run, time.perf_counter() - t0)
+    if have is not None:
+        seconds += float(have.meta.get("seconds", 0.0))
+        new = ScoreMatrix.concat([have, new], meta=new.meta).subset(ids)
+    new.meta["seconds"] = round(seconds, 1)
+    new.meta["config_hash"] = want
+    new.save(path)
+    return new
 
 
 def load_result(name: str, mode: str) -> dict[str, Any]:
