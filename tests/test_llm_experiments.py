@@ -135,6 +135,7 @@ def test_finetune_equivalence_in_two_shards_pilot_margin_and_paired_tost(results
     base = next(r for r in rows if r["arm"] == "base")["answer_loglik_per_token"]
     pilot = [r["answer_loglik_per_token"] for r in rows if r.get("pilot")]
     assert res["margin"]["instructions"] == pytest.approx(max(abs(max(pilot) - base) / 2, 1e-6), rel=1e-12)
+    assert sorted(res["margin_record"]["pilot"]["instructions"].values()) == sorted(pilot)
     by = {(r["budget"], r["arm"], r["seed"]): r["answer_loglik_per_token"] for r in rows if not r.get("pilot")}
     for e in res["equivalence"]:
         a = [by[(e["budget"], e["a"], s)] for s in ecfg.seeds]

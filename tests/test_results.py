@@ -102,7 +102,8 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
 
     res = _committed("ground-truth-full.json")
     base = GT.GroundTruthConfig.for_mode("full")
-    overrides = {k: res["config"][k] for k in ("n_candidates", "n_first_order", "pools", "valuators")}
+    overrides = {k: res["config"][k] for k in ("n_candidates", "n_candidates_per", "n_first_order", "pools", "valuators")
+                 if k in res["config"]}
     cfg = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     assert res["config"] == json.loads(json.dumps(cfg.to_dict())), "the committed run used other settings"
     assert res["first_order"]["pair_spearman_ip"] >= 0.99
@@ -124,3 +125,4 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
     assert [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in again["rows"]] == \
         [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in res["table"]
          if r["pool"] == "instructions"]
+

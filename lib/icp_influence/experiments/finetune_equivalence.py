@@ -231,6 +231,8 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
         log(f"shard {rank + 1}/{world} done; {len(missing)} models are still to come from the other shards")
         return None
     res = summarise(ecfg, done, margins, pools)
+    if margin_path.exists():  # how the margin was fixed, and the pilot it came from
+        res["margin_record"] = json.loads(margin_path.read_text(encoding="utf-8"))
     res.update({"config": ecfg.to_dict(), "config_hash": config_hash(ecfg.to_dict()), "code_version": code_version(),
                 "wall_seconds_this_call": round(time.perf_counter() - t0, 1)})
     atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)

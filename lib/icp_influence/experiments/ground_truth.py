@@ -8,7 +8,7 @@ every probe (the LLM counterpart of notebook 03's leave-one-out check).
 * ``sgd_small`` — SGD on the inner product's parameters (q/v of every block) at a small
   step ``η``: the first-order identity ``Δ ≈ η ⟨∇ℓ(p), ∇ℓ(z)⟩`` must hold (pair-level
   Spearman with the inner product ≥ 0.99). ``η`` is set from the data before the run:
-  ``eta_scale`` nats divided by the median |inner product| of the pairs;
+  ``eta_scale`` nats divided by the median |inner product| of the first-order check's pairs;
 * ``sgd_all`` — SGD on every parameter at the fine-tuning learning rate (per-token loss);
 * ``adam_sign`` — the authors' single Adam step with β₁ = β₂ = 0 on every parameter.
 
@@ -43,6 +43,7 @@ class GroundTruthConfig:
     n_boot: int = 1000
     seed: int = 0
     n_candidates: int | None = None  # the first n ablation candidates (None = all of them)
+    n_candidates_per: dict[str, int] | None = None  # per ground truth, e.g. {"gt_adam_sign": 16} (overrides the above)
     pools: tuple[str, ...] = ("instructions", "synthetic")
     valuators: tuple[str, ...] = ("icp", "icp_neutral", "ip", "cosine", "ekfac")
 
@@ -77,7 +78,8 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
 
     probes = list(data["probes"])
     abl = [data["pool"].by_id(i) for i in data["ablation_ids"]][: gcfg.n_candidates]
-    ip = mats["ip"].subset([c.id for c in abl]).values
+    # η from the pairs of the first-order check itself: eta_scale nats at the median |IP|
+    ip = mats["ip"].subset([c.id for c in abl[: gcfg.n_first_order]]).values
     eta = float(gcfg.eta_scale / np.median(np.abs(ip)))
     specs = gt_specs(gcfg, acfg, eta)
     found: dict[str, Any] = {}
@@ -85,6 +87,8 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
         if only is not None and name not in only:
             continue
         cands = abl[: gcfg.n_first_order] if name == "gt_sgd_small" else abl
+        if gcfg.n_candidates_per and name in gcfg.n_candidates_per:
+            cands = abl[: gcfg.n_candidates_per[name]]
         v = OneStep(model, tokenizer, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
                     progress=progress, **settings)
         sm = A.scored_matrix(v, config_hash(v.config()), cands, probes, out, name, shard=shard, log=log)
@@ -138,7 +142,8 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
 
 def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Score the ground truths and write the result; ``overrides`` set fields of the
-    configuration (``n_candidates``, ``pools``, ``valuators``) and are recorded in it."""
+    configuration (``n_candidates``, ``n_candidates_per``, ``pools``, ``valuators``) and are
+    recorded in it."""
     from dataclasses import replace
 
     from ..models import load_model
