@@ -120,8 +120,15 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
     small = mats["gt_sgd_small"]
     fo = S.pair_agreement(small.values, mats["ip"].subset(small.candidate_ids).values, n_boot=cfg.n_boot, seed=cfg.seed)
     assert fo.value == pytest.approx(res["first_order"]["pair_spearman_ip"], abs=1e-12)
-    again = GT.summarise(cfg, {k: m for k, m in mats.items() if k in cfg.valuators}, {g: mats[g] for g in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign")},
-                         "instructions")
+    from icp_influence.models import load_model
+
+    acfg = A.AgreementConfig.for_mode("full")
+    _, pool = A.build_pool(acfg)
+    _, tok = load_model(acfg.model, device="cpu")
+    n_tokens = GT.answer_tokens(tok, pool, mats["gt_sgd_all"].candidate_ids, acfg.template)
+    again = GT.summarise(cfg, {k: m for k, m in mats.items() if k in cfg.valuators},
+                         {g: mats[g] for g in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign")}, "instructions", n_tokens)
+    assert again["length"] == res["length"]["instructions"]
     assert [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in again["rows"]] == \
         [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in res["table"]
          if r["pool"] == "instructions"]

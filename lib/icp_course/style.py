@@ -11,15 +11,16 @@ from typing import Sequence
 #: The colour of each valuator, the same in every figure of the course.
 VALUATOR_COLORS = {
     "icp_win_rate": "#1f77b4", "icp_mean_delta": "#2ca02c", "icp_per_token": "#17becf",
-    "icp_win_rate_neutral": "#9edae5", "ip": "#d62728", "cosine": "#ff7f0e", "psl": "#8c564b",
-    "ip_last2": "#e377c2", "ip_linear": "#bcbd22", "ekfac": "#9467bd",
+    "icp_win_rate_neutral": "#9edae5", "ip": "#d62728", "ip_per_token": "#ff9896", "cosine": "#ff7f0e",
+    "psl": "#8c564b", "ip_last2": "#e377c2", "ip_linear": "#bcbd22", "ekfac": "#9467bd",
     "gt_sgd_small": "#7f7f7f", "gt_sgd_all": "#393b79", "gt_adam_sign": "#637939",
 }
 #: Readable names of the valuators and ground truths.
 VALUATOR_LABELS = {
     "icp_win_rate": "ICP win-rate", "icp_mean_delta": "ICP mean Δ", "icp_per_token": "ICP per-token Δ",
-    "icp_win_rate_neutral": "ICP win-rate (neutral baseline)", "ip": "inner product", "cosine": "cosine",
-    "psl": "paper_signed_log", "ip_last2": "IP, last two blocks", "ip_linear": "IP, all linear (sketch)",
+    "icp_win_rate_neutral": "ICP win-rate (neutral baseline)", "ip": "inner product",
+    "ip_per_token": "inner product ÷ candidate tokens", "cosine": "cosine", "psl": "paper_signed_log",
+    "ip_last2": "IP, last two blocks", "ip_linear": "IP, all linear (sketch)",
     "ekfac": "EK-FAC", "gt_sgd_small": "one SGD step (small η, q/v)", "gt_sgd_all": "one SGD step (all)",
     "gt_adam_sign": "one Adam step (β=0)",
 }

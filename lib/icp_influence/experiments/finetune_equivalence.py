@@ -10,10 +10,11 @@ initialisation and the order of the training steps in every arm. Each model is s
 the held-out evaluation set (answer log-likelihood per token; exact match where answers
 are checkable).
 
-The **margin** of the equivalence test is fixed before the main seeds run: a pilot with
-its own seed (excluded from the analysis) fine-tunes every arm once at the largest budget;
-the margin is half the gap between the base model and the best pilot arm, written to
-``margin.json`` and never changed afterwards. Then for every pair of arms and budget:
+The **margin** of the equivalence test is fixed by a rule written in the configuration
+before the run and a pilot that the main seeds never enter: the pilot, with its own seed
+(excluded from the analysis), fine-tunes every arm once at the largest budget; the margin is
+half the gap between the base model and the best pilot arm, written to ``margin.json``
+before any main model of rank 0 and never changed afterwards. Then for every pair of arms and budget:
 the paired difference with its CI, two one-sided tests against ±margin, and a verdict —
 "equivalent within the margin", "different" or "inconclusive".
 
@@ -130,9 +131,10 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
     """Fine-tune every (pool, budget, arm, seed) not yet in ``runs.jsonl`` and summarise.
 
     ``overrides`` set fields of the configuration (e.g. ``pools``) and are recorded in it.
-    ``shard=(rank, world)``: this process trains every ``world``-th main model (the pilot
-    runs in rank 0 only; the other ranks wait for its margin); a rank returns ``None`` until
-    every model is in ``runs.jsonl``, and the call that finds them all writes the summary.
+    ``shard=(rank, world)``: this process trains every ``world``-th main model; the base model
+    and the pilot run in rank 0 before its main models (the margin depends on them alone), and
+    the other ranks wait for the margin only before they summarise. A rank returns ``None``
+    until every model is in ``runs.jsonl``; the call that finds them all writes the summary.
     """
     from dataclasses import replace
 
@@ -165,18 +167,16 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
         exact = data_name == "synthetic"
         heldout = list(d["eval"])
         key_base = (data_name, 0, "base", -1)
-        if rank != 0:
-            margins.update(_wait_for_margin(margin_path, data_name))
-            done = _runs(runs_path)
-        if key_base not in done:
+        if rank == 0 and key_base not in done:
             ev = evaluate(model, tok, heldout, template=ecfg.template, exact_match_eval=exact,
                           max_length=ecfg.max_length).summary()
             row = {"pool": data_name, "budget": 0, "arm": "base", "seed": -1, **ev}
             _append(runs_path, row)
             done[key_base] = row
-        base = done[key_base]["answer_loglik_per_token"]
-        # the margin, fixed by a pilot before the main seeds (and never changed afterwards)
-        if data_name not in margins:
+        # the margin, fixed by a pilot before the main seeds of rank 0 (and never changed afterwards);
+        # the main seeds never enter it, so the other ranks start their share at once
+        if rank == 0 and data_name not in margins:
+            base = done[key_base]["answer_loglik_per_token"]
             bmax = max(ecfg.budgets)
             sels = selections(ecfg, mats, gts, bmax)
             pilot = {}
@@ -193,7 +193,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
             best = max(pilot.values())
             margins[data_name] = max(abs(best - base) / 2, 1e-6)
             atomic_write_json(margin_path, {"margin": margins, "rule": "half the gap between the base model and the "
-                                            "best arm of a pilot (seed %d, budget %d), fixed before the main seeds"
+                                            "best arm of a pilot (seed %d, budget %d), which no main seed enters"
                                             % (ecfg.pilot_seed, bmax), "pilot": {data_name: pilot}})
             log(f"{data_name}: margin fixed at {margins[data_name]:.4f} nats/token (base {base:.4f}, best pilot {best:.4f})")
         # the main runs
@@ -223,7 +223,10 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
                         bar.update(1)
         if bar is not None:
             bar.close()
-        pools[data_name] = {"base": base, "exact": exact}
+        if data_name not in margins:  # a rank other than 0: the pilot's margin, once rank 0 has fixed it
+            margins.update(_wait_for_margin(margin_path, data_name))
+        done = _runs(runs_path)
+        pools[data_name] = {"base": done[key_base]["answer_loglik_per_token"], "exact": exact}
     done = _runs(runs_path)
     missing = [(p, b, a, s) for p in pools for b in ecfg.budgets for s in ecfg.seeds for a in ARMS
                if (p, b, a, s) not in done]

@@ -98,8 +98,23 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
     return found
 
 
-def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any], pool_name: str) -> dict[str, Any]:
-    """The table rows and the first-order check for one pool."""
+def answer_tokens(tokenizer, pool, ids: list[str], template: str) -> dict[str, int]:
+    """Answer length in tokens of each candidate (what a per-token loss divides its gradient by)."""
+    from ..encoding import encode_example
+
+    return {i: len(encode_example(tokenizer, pool.by_id(i), template=template, max_length=None).answer_ids)
+            for i in ids}
+
+
+def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any], pool_name: str,
+              n_tokens: dict[str, int] | None = None) -> dict[str, Any]:
+    """The table rows and the first-order check for one pool.
+
+    ``n_tokens`` (candidate id -> answer tokens) adds ``ip_per_token``: the inner product of
+    the probe's gradient with the candidate's **per-token** loss gradient, ``IP / n_tokens(z)``
+    — the first-order prediction of a step on the per-token loss, as ``sgd_all`` and
+    ``adam_sign`` take (the plain inner product predicts a step on the summed loss).
+    """
     from .. import stats as S
 
     rows = []
@@ -118,6 +133,8 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
         for name in ("ip", "cosine", "ekfac"):
             if name in mats:
                 val[name] = (mats[name].subset(ids).values, "mean")
+        if n_tokens is not None and "ip" in mats:
+            val["ip_per_token"] = (mats["ip"].subset(ids).values / np.array([n_tokens[i] for i in ids])[:, None], "mean")
         for vname, (V, how) in val.items():
             pair = S.pair_agreement(V if how == "mean" else (V > 0).astype(float), gt.values, n_boot=gcfg.n_boot,
                                     seed=gcfg.seed)
@@ -136,7 +153,14 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
                         "self_consistency_sign_agreement_with_ip": float(np.mean(
                             np.sign(g.values) == np.sign(mats["ip"].subset(g.candidate_ids).values)))}
                  for name, g in gts.items()}
+    length = {}
+    if n_tokens is not None:  # how each candidate-level score follows the candidate's answer length
+        for gt_name, g in gts.items():
+            n = np.array([n_tokens[i] for i in g.candidate_ids], dtype=float)
+            length[gt_name] = {"n_candidates": len(n), "spearman_tokens_vs_ground_truth": S.spearman(n, g.values.mean(1)),
+                               "spearman_tokens_vs_ip": S.spearman(n, mats["ip"].subset(g.candidate_ids).values.mean(1))}
     return {"first_order": first_order, "rows": rows, "reliability": reliability, "magnitude": magnitude,
+            "length": length,
             "seconds": float(sum(float(g.meta.get("seconds", 0.0)) for g in gts.values()))}
 
 
@@ -162,7 +186,8 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides
         mats = A.score_all(acfg, d, model, tok, out, only=list(gcfg.valuators), progress=progress,
                            grad_cache=grad_cache)
         gts = score_ground_truth(gcfg, acfg, d, mats, model, tok, out, progress=progress)
-        out_parts[data_name] = summarise(gcfg, mats, gts, data_name)
+        n_tokens = answer_tokens(tok, d["pool"], list(d["ablation_ids"]), acfg.template)
+        out_parts[data_name] = summarise(gcfg, mats, gts, data_name, n_tokens)
     res = {
         "config": gcfg.to_dict(), "config_hash": config_hash(gcfg.to_dict()), "code_version": code_version(),
         "first_order": out_parts["instructions"]["first_order"],
@@ -170,6 +195,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides
         "table": [r for part in out_parts.values() for r in part["rows"]],
         "reliability": {k: v["reliability"] for k, v in out_parts.items()},
         "magnitude": {k: v["magnitude"] for k, v in out_parts.items()},
+        "length": {k: v["length"] for k, v in out_parts.items()},
         "seconds": sum(v["seconds"] for v in out_parts.values()),
         "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
     }

@@ -110,8 +110,21 @@ def run_dir(mode: str, data: str = "instructions") -> Path:
 
 def build_data(cfg: AgreementConfig, model, tokenizer) -> dict[str, Any]:
     """Pool (with labelled corruptions), probes (stratified k-means), evaluation set."""
-    from ..instructions import corrupt, load_instructions, split_by_category
     from ..probes import select_probes_kmeans
+
+    parts, pool = build_pool(cfg)
+    probes = select_probes_kmeans(model, tokenizer, parts["probe_candidates"], cfg.n_probes, seed=cfg.seed,
+                                  max_fraction_per_group=cfg.max_probe_fraction)
+    rng = np.random.default_rng(cfg.seed)
+    ablation = sorted(rng.choice(len(pool), size=min(cfg.n_ablation, len(pool)), replace=False).tolist())
+    return {"pool": pool, "probes": Pool(list(probes), name="probes"), "eval": Pool(list(parts["eval"]), name="eval"),
+            "ablation_ids": [pool[i].id for i in ablation]}
+
+
+def build_pool(cfg: AgreementConfig) -> tuple[dict[str, Any], Pool]:
+    """The split of the data by category and the candidate pool with its labelled corruptions
+    (no model needed: :func:`build_data` adds the probes, which need one)."""
+    from ..instructions import corrupt, load_instructions, split_by_category
     from ..synthetic import family_names, make_synthetic_pool
 
     if cfg.data == "instructions":
@@ -124,13 +137,7 @@ def build_data(cfg: AgreementConfig, model, tokenizer) -> dict[str, Any]:
 
         raise ConfigError(f"data must be 'instructions' or 'synthetic', got {cfg.data!r}.")
     parts = split_by_category(full, cfg.split, seed=cfg.seed)
-    pool = corrupt(Pool(list(parts["pool"]), name="pool"), cfg.noise, seed=cfg.seed)
-    probes = select_probes_kmeans(model, tokenizer, parts["probe_candidates"], cfg.n_probes, seed=cfg.seed,
-                                  max_fraction_per_group=cfg.max_probe_fraction)
-    rng = np.random.default_rng(cfg.seed)
-    ablation = sorted(rng.choice(len(pool), size=min(cfg.n_ablation, len(pool)), replace=False).tolist())
-    return {"pool": pool, "probes": Pool(list(probes), name="probes"), "eval": Pool(list(parts["eval"]), name="eval"),
-            "ablation_ids": [pool[i].id for i in ablation]}
+    return parts, corrupt(Pool(list(parts["pool"]), name="pool"), cfg.noise, seed=cfg.seed)
 
 
 def data_info(data: dict[str, Any]) -> dict[str, Any]:
@@ -583,8 +590,9 @@ def claims(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> dict[st
         out["first_order_holds"] = gt["first_order"]["pair_spearman_ip"] >= 0.99
         cand = [r for r in gt["table"] if r["level"] == "candidate" and r["pool"] == "instructions"
                 and r["ground_truth"] != "gt_sgd_small"]
-        if cand:
-            best = max(cand, key=lambda r: r["spearman"])
+        if cand:  # among the rows of the ground truth scored on the most candidates (the narrowest intervals)
+            most = max(r["n_candidates"] for r in cand)
+            best = max((r for r in cand if r["n_candidates"] == most), key=lambda r: r["spearman"])
             out["best_tracker_of_training"] = (best["valuator"], best["ground_truth"])
     return out
 
@@ -621,6 +629,9 @@ def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
             v, g = c["best_tracker_of_training"]
             row = next(r for r in gt["table"] if r["valuator"] == v and r["ground_truth"] == g
                        and r["level"] == "candidate" and r["pool"] == "instructions")
-            lines.append(f"- What tracks a real training step best at the candidate level: {v} against {g} "
-                         f"(Spearman {ci(row)}).")
+            others = [r for r in gt["table"] if r["ground_truth"] == g and r["level"] == "candidate"
+                      and r["pool"] == "instructions" and r["valuator"] != v]
+            lines.append(f"- What tracks a real training step best at the candidate level ({g}, "
+                         f"{row['n_candidates']} candidates × {row['n_probes']} probes): {v}, Spearman {ci(row)}; "
+                         + ", ".join(f"{r['valuator']} {ci(r)}" for r in others) + ".")
     return "\n".join(lines)
