@@ -133,3 +133,37 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
         [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in res["table"]
          if r["pool"] == "instructions"]
 
+
+def test_finetune_equivalence_result_follows_from_its_runs_and_the_pilot_fixed_the_margin():
+    from dataclasses import replace
+
+    from icp_influence.experiments import finetune_equivalence as FE
+
+    res = _committed("finetune-equivalence-full.json")
+    cfg = replace(FE.EquivalenceConfig.for_mode("full"), pools=tuple(res["config"]["pools"]))
+    assert res["config"] == json.loads(json.dumps(cfg.to_dict())), "the committed run used other settings"
+    assert res["config_hash"] == config_hash(cfg.to_dict())
+    assert len(cfg.seeds) >= 5 and len(cfg.budgets) >= 2 and "instructions" in cfg.pools
+    runs = FE._runs(results_dir() / "finetune-equivalence-full" / "runs.jsonl")
+    # the margin: half the gap between the base model and the best arm of the pilot (its own seed)
+    for pool in cfg.pools:
+        pilot = [r["answer_loglik_per_token"] for k, r in runs.items() if k[0] == pool and r.get("pilot")]
+        assert len(pilot) == len(FE.ARMS) and cfg.pilot_seed not in cfg.seeds
+        base = runs[(pool, 0, "base", -1)]["answer_loglik_per_token"]
+        assert res["margin"][pool] == pytest.approx(max(abs(max(pilot) - base) / 2, 1e-6), rel=1e-12)
+    # every number of the summary follows from runs.jsonl
+    again = FE.summarise(cfg, runs, res["margin"], {p: {"base": res["base"][p], "exact": p == "synthetic"}
+                                                     for p in cfg.pools})
+    assert again["n_models"] == res["n_models"] == len(cfg.pools) * len(FE.ARMS) * (1 + len(cfg.budgets) * len(cfg.seeds))
+    for pool in cfg.pools:
+        for b, arms in res["arms"][pool].items():
+            for arm, v in arms.items():
+                assert v["mean"] == pytest.approx(again["arms"][pool][b][arm]["mean"], abs=1e-12)
+                assert np.allclose(v["ci"], again["arms"][pool][b][arm]["ci"])
+    assert [(e["a"], e["b"], e["budget"], e["verdict"]) for e in res["equivalence"]] == \
+        [(e["a"], e["b"], e["budget"], e["verdict"]) for e in again["equivalence"]]
+    # the verdict paragraph notebook 06 displays states each icp-top comparison's verdict
+    text = FE.verdict(res)
+    for e in res["equivalence"]:
+        if "icp-top" in (e["a"], e["b"]):
+            assert f"{e['a']} vs {e['b']}: difference {e['diff']:+.4f}" in text and e["verdict"] in text

@@ -319,7 +319,9 @@ def verdict(res: dict[str, Any]) -> str:
                          f"{base:.3f}); margin {res['margin'][pool]:.4f}.")
             for e in res["equivalence"]:
                 if e["pool"] == pool and e["budget"] == budget and ("icp-top" in (e["a"], e["b"])):
+                    also = " (and the 95% CI excludes 0: a real difference, smaller than the margin)" \
+                        if e["verdict"] == "equivalent" and (e["ci"][0] > 0 or e["ci"][1] < 0) else ""
                     lines.append(f"  - {e['a']} vs {e['b']}: difference {e['diff']:+.4f} "
                                  f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], TOST p = {e['p_tost']:.3f} → "
-                                 f"**{e['verdict']}**")
+                                 f"**{e['verdict']}**{also}")
     return "\n".join(lines)
