@@ -14,8 +14,8 @@ The **margin** of the equivalence test is fixed by a rule written in the configu
 before the run and a pilot that the main seeds never enter: the pilot, with its own seed
 (excluded from the analysis), fine-tunes every arm once at the largest budget; the margin is
 half the gap between the base model and the best pilot arm, written to ``margin.json``
-before any main model of rank 0 and never changed afterwards. Then for every pair of arms and budget:
-the paired difference with its CI, two one-sided tests against ±margin, and a verdict —
+before any main model of rank 0 and never changed afterwards. Then for every pair of arms
+and budget: the paired difference with its CI, two one-sided tests against ±margin, and a verdict —
 "equivalent within the margin", "different" or "inconclusive".
 
 Every (pool, budget, arm, seed) result is appended to ``runs.jsonl`` as it finishes, so an
@@ -173,8 +173,8 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
             row = {"pool": data_name, "budget": 0, "arm": "base", "seed": -1, **ev}
             _append(runs_path, row)
             done[key_base] = row
-        # the margin, fixed by a pilot before the main seeds of rank 0 (and never changed afterwards);
-        # the main seeds never enter it, so the other ranks start their share at once
+        # the margin, fixed by the pilot alone (never changed afterwards); no main seed enters it,
+        # so the other ranks start their share at once
         if rank == 0 and data_name not in margins:
             base = done[key_base]["answer_loglik_per_token"]
             bmax = max(ecfg.budgets)
@@ -203,13 +203,14 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc=f"fine-tune [{data_name}]", unit="model")
-        jobs = [(budget, s, arm) for budget in ecfg.budgets for s in ecfg.seeds for arm in ARMS]
+        job = -1  # the main models in a fixed order; this rank trains every world-th one
         for budget in ecfg.budgets:
             sels = selections(ecfg, mats, gts, budget)
             for s in ecfg.seeds:
                 for arm in ARMS:
                     key = (data_name, budget, arm, s)
-                    if key not in done and jobs.index((budget, s, arm)) % world == rank:
+                    job += 1
+                    if key not in done and job % world == rank:
                         sel = sels[arm]
                         ids = sel(s) if callable(sel) else sel
                         ev = train_and_evaluate(model, tok, d["pool"], ids, heldout, ecfg=ecfg, seed=s,
