@@ -45,6 +45,7 @@ def _sliced(get_msg, step: float = 1.0):
                 if deadline is not None and monotonic() >= deadline:
                     raise
 
+    wrapper.sliced_step = step  # how a test (or a reader) tells a re-polling channel from nbclient's own
     return wrapper
 
 
@@ -52,12 +53,20 @@ def sliced_poll(base: type) -> type:
     """A subclass of the kernel-running class ``base`` (nbclient's ``NotebookClient``,
     nbgrader's ``Execute``) whose shell and IOPub reads re-poll every second (see ``_sliced``)."""
 
+    from jupyter_core.utils import run_sync
+
     class SlicedPoll(base):
         async def async_start_new_kernel_client(self):
             kc = await super().async_start_new_kernel_client()
             kc.shell_channel.get_msg = _sliced(kc.shell_channel.get_msg)
             kc.iopub_channel.get_msg = _sliced(kc.iopub_channel.get_msg)
             return kc
+
+        # nbclient binds its synchronous twin to the *base* coroutine at class creation
+        # (``start_new_kernel_client = run_sync(async_start_new_kernel_client)``), and
+        # nbconvert's ExecutePreprocessor — hence nbgrader's autograding — starts its client
+        # through that twin: without this line the override above never runs there.
+        start_new_kernel_client = run_sync(async_start_new_kernel_client)
 
     SlicedPoll.__name__ = SlicedPoll.__qualname__ = f"SlicedPoll{base.__name__}"
     return SlicedPoll
