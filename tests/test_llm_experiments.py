@@ -153,3 +153,27 @@ def test_finetune_equivalence_in_two_shards_pilot_margin_and_paired_tost(results
     assert not set(sels["icp-top"]) & set(sels["icp-bottom"])
     assert set(sels["random"](0)) <= set(gt.candidate_ids) and sels["random"](0) != sels["random"](1)
     assert S.top_k((gt, "mean"), 2) == sels["gt-top"][:2]
+
+
+def test_a_deferred_fit_names_its_data_at_once_and_fits_only_when_it_scores(tiny_models, small_pool, monkeypatch):
+    """``fit(train, defer=True)`` (what the experiments use, so a cached EK-FAC matrix never pays for its
+    factors): the same configuration hash at once, the fit at the first ``score`` only, the same scores."""
+    from icp_influence.valuators import make
+    from icp_influence.valuators.influence_functions import ExactInfluence
+
+    calls = []
+    original = ExactInfluence._after_fit
+    monkeypatch.setattr(ExactInfluence, "_after_fit", lambda self: (calls.append(id(self)), original(self))[1])
+    model, tok = tiny_models["tiny-llama"]
+    items = list(small_pool)
+    train, cands, probes = items[:8], items[8:11], items[11:13]
+    kw = dict(params=r"regex:^model\.layers\.0\.self_attn\.v_proj\.weight$", damping=1e-2, progress=False)
+    eager = make("exact", model, tok, **kw).fit(train)
+    lazy = make("exact", model, tok, **kw).fit(train, defer=True)
+    assert len(calls) == 1 and lazy.config() == eager.config()      # the hash names the data before any work
+    a, b = eager.score(cands, probes), lazy.score(cands, probes)
+    assert len(calls) == 2                                           # fitted once, at its first score
+    lazy.score(cands, probes)
+    assert len(calls) == 2                                           # ... and not again
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-10, atol=0)
+    assert np.abs(a.values).max() > 0

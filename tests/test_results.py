@@ -102,36 +102,41 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
 
     res = _committed("ground-truth-full.json")
     base = GT.GroundTruthConfig.for_mode("full")
-    overrides = {k: res["config"][k] for k in ("n_candidates", "n_candidates_per", "n_first_order", "pools", "valuators")
-                 if k in res["config"]}
+    overrides = {k: res["config"][k] for k in ("n_candidates", "n_candidates_per", "n_first_order", "pools", "valuators",
+                                              "valuators_per_pool") if k in res["config"]}
     cfg = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     assert res["config"] == json.loads(json.dumps(cfg.to_dict())), "the committed run used other settings"
     assert res["first_order"]["pair_spearman_ip"] >= 0.99
+    if "synthetic" in cfg.pools:
+        assert res["first_order_synthetic"]["pair_spearman_ip"] >= 0.99
     levels = {(r["valuator"], r["ground_truth"], r["level"], r["pool"]) for r in res["table"]}
     for pool in cfg.pools:
         for gt in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign"):
             for v in ("icp_mean_delta", "icp_win_rate", "ip"):
                 for level in ("pair", "candidate"):
                     assert (v, gt, level, pool) in levels
-    # the first-order number and every table row follow from the matrices
+    # the first-order number and every table row follow from the matrices, pool by pool
     from icp_influence import stats as S
-
-    mats = A.load("full")["mats"]
-    small = mats["gt_sgd_small"]
-    fo = S.pair_agreement(small.values, mats["ip"].subset(small.candidate_ids).values, n_boot=cfg.n_boot, seed=cfg.seed)
-    assert fo.value == pytest.approx(res["first_order"]["pair_spearman_ip"], abs=1e-12)
     from icp_influence.models import load_model
 
-    acfg = A.AgreementConfig.for_mode("full")
-    _, pool = A.build_pool(acfg)
-    _, tok = load_model(acfg.model, device="cpu")
-    n_tokens = GT.answer_tokens(tok, pool, mats["gt_sgd_all"].candidate_ids, acfg.template)
-    again = GT.summarise(cfg, {k: m for k, m in mats.items() if k in cfg.valuators},
-                         {g: mats[g] for g in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign")}, "instructions", n_tokens)
-    assert again["length"] == res["length"]["instructions"]
-    assert [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in again["rows"]] == \
-        [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in res["table"]
-         if r["pool"] == "instructions"]
+    for pool_name in cfg.pools:
+        mats = A.load("full", pool_name)["mats"]
+        small = mats["gt_sgd_small"]
+        fo = S.pair_agreement(small.values, mats["ip"].subset(small.candidate_ids).values, n_boot=cfg.n_boot,
+                              seed=cfg.seed)
+        key = "first_order" if pool_name == "instructions" else f"first_order_{pool_name}"
+        assert fo.value == pytest.approx(res[key]["pair_spearman_ip"], abs=1e-12)
+        acfg = A.AgreementConfig.for_mode("full", pool_name)
+        _, pool = A.build_pool(acfg)
+        _, tok = load_model(acfg.model, device="cpu")
+        n_tokens = GT.answer_tokens(tok, pool, mats["gt_sgd_all"].candidate_ids, acfg.template)
+        valuators = (cfg.valuators_per_pool or {}).get(pool_name, cfg.valuators)
+        again = GT.summarise(cfg, {k: m for k, m in mats.items() if k in valuators},
+                             {g: mats[g] for g in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign")}, pool_name, n_tokens)
+        assert again["length"] == res["length"][pool_name]
+        assert [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in again["rows"]] == \
+            [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in res["table"]
+             if r["pool"] == pool_name]
 
 
 def test_finetune_equivalence_result_follows_from_its_runs_and_the_pilot_fixed_the_margin():
@@ -160,6 +165,7 @@ def test_finetune_equivalence_result_follows_from_its_runs_and_the_pilot_fixed_t
             for arm, v in arms.items():
                 assert v["mean"] == pytest.approx(again["arms"][pool][b][arm]["mean"], abs=1e-12)
                 assert np.allclose(v["ci"], again["arms"][pool][b][arm]["ci"])
+                assert v.get("exact_match") == again["arms"][pool][b][arm].get("exact_match")   # synthetic: checkable answers
     assert [(e["a"], e["b"], e["budget"], e["verdict"]) for e in res["equivalence"]] == \
         [(e["a"], e["b"], e["budget"], e["verdict"]) for e in again["equivalence"]]
     # the verdict paragraph notebook 06 displays states each icp-top comparison's verdict

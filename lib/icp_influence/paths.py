@@ -32,15 +32,20 @@ def repo_root() -> Path | None:
     return None
 
 
+def _from_env(var: str) -> Path | None:
+    """The folder named by environment variable ``var``, when it is set and not empty."""
+    value = os.environ.get(var)
+    return Path(value) if value else None
+
+
 def _installed_share() -> Path:
     return Path(sys.prefix) / "share" / "icp-influence"
 
 
 def data_dir() -> Path:
     """The folder holding ``instructions/``, ``regression_transformer/`` and ``results/``."""
-    env = os.environ.get("ICP_DATA_DIR")
-    if env:
-        return Path(env)
+    if (env := _from_env("ICP_DATA_DIR")) is not None:
+        return env
     root = repo_root()
     if root is not None:
         return root / "data"
@@ -53,9 +58,8 @@ def data_dir() -> Path:
 
 def results_dir() -> Path:
     """Cached experiment results (``data/results`` in a checkout)."""
-    env = os.environ.get("ICP_RESULTS_DIR")
-    if env:
-        return Path(env)
+    if (env := _from_env("ICP_RESULTS_DIR")) is not None:
+        return env
     d = data_dir() / "results"
     if os.access(d if d.exists() else d.parent if d.parent.exists() else Path.home(), os.W_OK):
         return d
@@ -66,9 +70,8 @@ def results_dir() -> Path:
 
 def bench_results_dir() -> Path:
     """Where ``benchmarks/run_all.sh`` saves benchmark JSON (``<repo>/benchmarks/results``)."""
-    env = os.environ.get("ICP_BENCH_RESULTS")
-    if env:
-        return Path(env)
+    if (env := _from_env("ICP_BENCH_RESULTS")) is not None:
+        return env
     root = repo_root()
     if root is not None:
         return root / "benchmarks" / "results"

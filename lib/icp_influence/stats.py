@@ -268,9 +268,10 @@ def spearman_brown(r: float | np.ndarray, factor: float = 2.0) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
-def _half_masks(n_probes: int, n_splits: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``[P, S]`` 0/1 masks of random halves A and B (disjoint, sizes ⌊P/2⌋ each)."""
-    h = n_probes // 2
+def _half_masks(n_probes: int, n_splits: int, rng: np.random.Generator,
+                k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[P, S]`` 0/1 masks of random disjoint halves A and B of ``k`` probes each (default ⌊P/2⌋)."""
+    h = n_probes // 2 if k is None else k
     A = np.zeros((n_probes, n_splits))
     B = np.zeros((n_probes, n_splits))
     for s in range(n_splits):
@@ -383,12 +384,7 @@ def reliability_curve(V: np.ndarray, how: str = "mean", counts: Sequence[int] | 
         k = int(k)
         if not 1 <= k <= P // 2:
             raise ConfigError(f"k = {k} probes per half needs 1 ≤ k ≤ {P // 2} (half of {P} probes).")
-        A = np.zeros((P, n_splits))
-        B = np.zeros((P, n_splits))
-        for s in range(n_splits):
-            perm = rng.permutation(P)
-            A[perm[:k], s] = 1.0
-            B[perm[k:2 * k], s] = 1.0
+        A, B = _half_masks(P, n_splits, rng, k)
         r = columnwise_spearman((X @ A) / k, (X @ B) / k)
         r = r[np.isfinite(r)]
         out["k"].append(k)

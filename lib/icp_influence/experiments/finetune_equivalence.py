@@ -27,6 +27,7 @@ import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
     from dataclasses import replace
 
     from ..finetune import evaluate
-    from ..models import load_model
-    from ..utils import atomic_write_json, code_version, config_hash, seed_everything
+    from ..utils import atomic_write_json, code_version, config_hash
     from .ground_truth import GroundTruthConfig, score_ground_truth
 
     ecfg = replace(EquivalenceConfig.for_mode(mode, seed), **overrides)
@@ -156,11 +156,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
     pools: dict[str, Any] = {}
     t0 = time.perf_counter()
     for data_name in ecfg.pools:
-        acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
-        seed_everything(acfg.seed)
-        model, tok = load_model(acfg.model, device="cpu")
-        d = A.build_data(acfg, model, tok)
-        adir = A.run_dir(mode, data_name)
+        acfg, model, tok, d, adir = A.open_run(mode, data_name, seed)
         mats = A.score_all(acfg, d, model, tok, adir, only=["icp", "ip"], progress=progress)
         gts = score_ground_truth(GroundTruthConfig.for_mode(mode, seed), acfg, d, mats, model, tok, adir,
                                  progress=progress, only=[ecfg.ground_truth])
@@ -192,9 +188,11 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
                 pilot[arm] = done[key]["answer_loglik_per_token"]
             best = max(pilot.values())
             margins[data_name] = max(abs(best - base) / 2, 1e-6)
+            record = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.exists() else {}
             atomic_write_json(margin_path, {"margin": margins, "rule": "half the gap between the base model and the "
                                             "best arm of a pilot (seed %d, budget %d), which no main seed enters"
-                                            % (ecfg.pilot_seed, bmax), "pilot": {data_name: pilot}})
+                                            % (ecfg.pilot_seed, bmax),
+                                            "pilot": {**record.get("pilot", {}), data_name: pilot}})
             log(f"{data_name}: margin fixed at {margins[data_name]:.4f} nats/token (base {base:.4f}, best pilot {best:.4f})")
         # the main runs
         bar = None
@@ -273,8 +271,8 @@ def summarise(ecfg: EquivalenceConfig, done: dict[tuple, dict[str, Any]], margin
             "n_models": sum(1 for r in done.values() if r["arm"] != "base"), "seconds": sec}
 
 
-def load(mode: str = "full") -> dict[str, Any]:
-    return A.load_result(NAME, mode)
+#: ``load(mode="full")``: the committed result of this experiment (no computation).
+load = partial(A.load_result, NAME)
 
 
 @experiment(NAME, "LoRA fine-tuning on ICP-top / IP-top / ground-truth-top / random / ICP-bottom: paired seeds, "
@@ -308,10 +306,11 @@ def selection_report(mode: str = "full") -> list[dict[str, Any]]:
     return rows
 
 
-def verdict(res: dict[str, Any]) -> str:
-    """Markdown built from the equivalence results: per pool and budget, the verdict of each pair."""
+def verdict(res: dict[str, Any], pools: list[str] | None = None) -> str:
+    """Markdown built from the equivalence results: per pool (all, or ``pools``) and budget,
+    the verdict of each pair that involves ``icp-top``."""
     lines = []
-    for pool in res["arms"]:
+    for pool in pools or res["arms"]:
         base = res["base"][pool]
         for budget in res["budgets"]:
             arms = res["arms"][pool][str(budget)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ class GroundTruthConfig:
     n_candidates_per: dict[str, int] | None = None  # per ground truth, e.g. {"gt_adam_sign": 16} (overrides the above)
     pools: tuple[str, ...] = ("instructions", "synthetic")
     valuators: tuple[str, ...] = ("icp", "icp_neutral", "ip", "cosine", "ekfac")
+    valuators_per_pool: dict[str, list[str]] | None = None  # e.g. {"synthetic": [..., "ekfac"]} (overrides the above)
 
     @classmethod
     def for_mode(cls, mode: str, seed: int = 0) -> "GroundTruthConfig":
@@ -166,24 +168,21 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
 
 def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Score the ground truths and write the result; ``overrides`` set fields of the
-    configuration (``n_candidates``, ``n_candidates_per``, ``pools``, ``valuators``) and are
+    configuration (``n_candidates``, ``n_candidates_per``, ``pools``, ``valuators``,
+    ``valuators_per_pool``) and are
     recorded in it."""
     from dataclasses import replace
 
-    from ..models import load_model
-    from ..utils import atomic_write_json, cache_dir, code_version, config_hash, seed_everything
+    from ..utils import atomic_write_json, code_version, config_hash
 
     gcfg = replace(GroundTruthConfig.for_mode(mode, seed), **overrides)
     out_parts = {}
     t0 = time.perf_counter()
     for data_name in gcfg.pools:
-        acfg = A.AgreementConfig.for_mode(mode, data_name, seed)
-        seed_everything(acfg.seed)
-        model, tok = load_model(acfg.model, device="cpu")
-        d = A.build_data(acfg, model, tok)
-        out = A.run_dir(mode, data_name)
-        grad_cache = cache_dir() / "gradients" / f"{out.name}-{config_hash(acfg.to_dict())}"
-        mats = A.score_all(acfg, d, model, tok, out, only=list(gcfg.valuators), progress=progress,
+        acfg, model, tok, d, out = A.open_run(mode, data_name, seed)
+        grad_cache = A.grad_cache_dir(acfg, out)
+        valuators = (gcfg.valuators_per_pool or {}).get(data_name, gcfg.valuators)
+        mats = A.score_all(acfg, d, model, tok, out, only=list(valuators), progress=progress,
                            grad_cache=grad_cache)
         gts = score_ground_truth(gcfg, acfg, d, mats, model, tok, out, progress=progress)
         n_tokens = answer_tokens(tok, d["pool"], list(d["ablation_ids"]), acfg.template)
@@ -203,8 +202,8 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides
     return res
 
 
-def load(mode: str = "full") -> dict[str, Any]:
-    return A.load_result(NAME, mode)
+#: ``load(mode="full")``: the committed result of this experiment (no computation).
+load = partial(A.load_result, NAME)
 
 
 @experiment(NAME, "one-step training ground truth (SGD small/all, Adam β=0) vs ICP, IP, cosine, EK-FAC; "

@@ -106,6 +106,25 @@ def run_dir(mode: str, data: str = "instructions") -> Path:
     return results_dir() / (f"{NAME}-{mode}" if data == "instructions" else f"synthetic-agreement-{mode}")
 
 
+def grad_cache_dir(cfg: AgreementConfig, out: Path) -> Path:
+    """Where the gradient valuators of the run in ``out`` keep their per-example gradients."""
+    from ..utils import cache_dir, config_hash
+
+    return cache_dir() / "gradients" / f"{out.name}-{config_hash(cfg.to_dict())}"
+
+
+def open_run(mode: str, data: str = "instructions", seed: int = 0) -> tuple[AgreementConfig, Any, Any, dict[str, Any], Path]:
+    """``(cfg, model, tokenizer, data, out)`` of one pool's run: what the experiments built on
+    it (ground truth, fine-tuning) start from. Seeds everything first, as ``run`` does."""
+    from ..models import load_model
+    from ..utils import seed_everything
+
+    cfg = AgreementConfig.for_mode(mode, data, seed)
+    seed_everything(cfg.seed)
+    model, tokenizer = load_model(cfg.model, device="cpu")
+    return cfg, model, tokenizer, build_data(cfg, model, tokenizer), run_dir(mode, data)
+
+
 # ---------------------------------------------------------------- data
 
 def build_data(cfg: AgreementConfig, model, tokenizer) -> dict[str, Any]:
@@ -203,7 +222,7 @@ def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out:
                  model_name=cfg.model, progress=progress, **spec["settings"])
         cands = subsets[spec["candidates"]]
         if v.needs_fit:
-            v.fit(pool)
+            v.fit(pool, defer=True)   # fitted only if the matrix has to be scored (EK-FAC's factors take minutes)
         sm = scored_matrix(v, _hash_of(v), cands, probes, out, name, shard=shard, log=log)
         if sm is None:
             continue
@@ -258,7 +277,7 @@ def scored_matrix(v, want: str, cands: list[Any], probes: list[Any], out: Path, 
     return new
 
 
-def load_result(name: str, mode: str) -> dict[str, Any]:
+def load_result(name: str, mode: str = "full") -> dict[str, Any]:
     """The committed JSON result ``<results>/<name>-<mode>.json`` of an experiment (no computation)."""
     from ..errors import ConfigError
 
@@ -465,7 +484,7 @@ def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: 
     lists them under ``"skipped"`` so no reader takes a missing row for a measured one.
     """
     from ..models import load_model
-    from ..utils import atomic_write_json, cache_dir, code_version, config_hash, seed_everything
+    from ..utils import atomic_write_json, code_version, config_hash, seed_everything
 
     cfg = AgreementConfig.for_mode(mode, data, seed)
     out = run_dir(mode, data)
@@ -477,7 +496,7 @@ def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: 
     d = build_data(cfg, model, tokenizer)
     info = data_info(d)
     atomic_write_json(out / "data.json", info)
-    grad_cache = cache_dir() / "gradients" / f"{out.name}-{config_hash(cfg.to_dict())}"
+    grad_cache = grad_cache_dir(cfg, out)
     if skip and only is None:
         only = [n for n in valuator_specs(cfg, grad_cache) if n not in skip]
         if not {"icp", "ip"} <= set(only):

@@ -145,6 +145,7 @@ class Valuator:
         self.progress = bool(progress)
         self._model_name = model_name
         self._fitted_on: str | None = None
+        self._pending_fit: list[Any] | None = None
 
     # ---- description
     @property
@@ -182,12 +183,18 @@ class Valuator:
         return f"{type(self).__name__}({args})"
 
     # ---- the interface
-    def fit(self: V, train: Sequence[Any] | None = None) -> V:
-        """Fit whatever the valuator needs from training data (default: nothing). Returns ``self``."""
+    def fit(self: V, train: Sequence[Any] | None = None, *, defer: bool = False) -> V:
+        """Fit whatever the valuator needs from training data (default: nothing). Returns ``self``.
+
+        ``defer=True`` records the training data (so :meth:`config` already names it) and fits
+        at the first :meth:`score` — a caller that finds the scores cached never pays for it.
+        """
         if train is not None:
             train = list(train)
             self._fitted_on = _ids_digest([item_id(x, i) for i, x in enumerate(train)])
-            self._fit(train)
+            self._pending_fit = train if defer else None
+            if not defer:
+                self._fit(train)
         return self
 
     def score(self, candidates: Sequence[Any], probes: Sequence[Any], *, out_dir: Any = None,
@@ -203,6 +210,9 @@ class Valuator:
         probe_list = _check_items(probes, "probes")
         if self.needs_fit and self._fitted_on is None:
             raise ConfigError(f"{type(self).__name__} needs training data: call .fit(train) before .score().")
+        if self._pending_fit is not None:   # fit(..., defer=True): fit now, once
+            train, self._pending_fit = self._pending_fit, None
+            self._fit(train)
         show = self.progress if progress is None else progress
         t0 = time.perf_counter()
         self._prepare(probe_list)
