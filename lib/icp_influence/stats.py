@@ -513,7 +513,7 @@ def pair_agreement(Va: np.ndarray, Vb: np.ndarray, *, n_boot: int = 1000, level:
 
 # ---------------------------------------------------------------- equivalence
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Equivalence(_Record):
     """Paired comparison of two arms: mean difference, its CI, TOST p-value and the verdict.
 
@@ -522,13 +522,13 @@ class Equivalence(_Record):
     else ``"different"`` when the ``level`` interval excludes 0; else ``"inconclusive"``.
     """
 
-    diff: float
+    diff: float                 # the estimate: mean paired difference a − b over n seeds, and its CI
     ci: tuple[float, float]
-    p_tost: float
-    margin: float
     n: int
-    verdict: str
+    margin: float               # the test: ±margin at level alpha, its p-value and verdict
     alpha: float = 0.05
+    p_tost: float
+    verdict: str
 
 
 def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha: float = 0.05,
