@@ -177,3 +177,43 @@ def test_a_deferred_fit_names_its_data_at_once_and_fits_only_when_it_scores(tiny
     assert len(calls) == 2                                           # ... and not again
     np.testing.assert_allclose(b.values, a.values, rtol=1e-10, atol=0)
     assert np.abs(a.values).max() > 0
+
+
+def test_ablation_only_valuators_score_the_referee_candidates_and_a_cached_superset_is_never_rescored(results,
+                                                                                                     monkeypatch):
+    """``ablation_only`` (EK-FAC on the instruction set, which the agreement run skipped): scored on the
+    ablation candidates only, saved as ``<name>_ablation``, returned under ``<name>`` with the values the
+    pool-wide matrix has for those rows; and asking a cached matrix for a subset of its rows scores nothing."""
+    from icp_influence.models import load_model
+    from icp_influence.valuators.gradient import GradientValuator
+
+    acfg = A.AgreementConfig.for_mode("tiny", "instructions")
+    model, tok = load_model(acfg.model, device="cpu")
+    d = A.build_data(acfg, model, tok)
+    pool_wide = A.load("tiny")["mats"]["cosine"]
+    asked: list[list[str]] = []
+    real = GradientValuator.score
+
+    def spy(self, cands, probes, **k):
+        asked.append([c.id for c in cands])
+        return real(self, cands, probes, **k)
+
+    monkeypatch.setattr(GradientValuator, "score", spy)
+    out = A.run_dir("tiny", "instructions").parent / "ablation-only"
+    out.mkdir()
+    got = A.score_all(acfg, d, model, tok, out, only=["cosine"], progress=False, ablation_only=["cosine"])["cosine"]
+    assert asked == [list(d["ablation_ids"])] and got.candidate_ids == list(d["ablation_ids"])
+    assert (out / "cosine_ablation.json").exists() and not (out / "cosine.json").exists()
+    np.testing.assert_allclose(got.values, pool_wide.subset(got.candidate_ids).values, rtol=1e-5, atol=1e-7)
+    # the ground truth's helper finds it under its own name in a loaded run folder
+    gcfg = GT.GroundTruthConfig(valuators=("cosine",), ablation_only={"instructions": ["cosine"]})
+    assert GT.cached_valuator_mats(gcfg, {"cosine_ablation": got}, "instructions")["cosine"] is got
+    # the pool-wide cached matrix serves the ablation rows without scoring (nor fitting) anything
+    asked.clear()
+    again = A.score_all(acfg, d, model, tok, A.run_dir("tiny", "instructions"), only=["cosine"], progress=False,
+                        ablation_only=())
+    assert asked == [] and again["cosine"].candidate_ids == pool_wide.candidate_ids
+    sub = A.scored_matrix(None, pool_wide.meta["config_hash"], [d["pool"].by_id(i) for i in d["ablation_ids"]],
+                          list(d["probes"]), A.run_dir("tiny", "instructions"), "cosine")
+    assert asked == [] and sub.candidate_ids == list(d["ablation_ids"])
+    np.testing.assert_array_equal(sub.values, pool_wide.subset(sub.candidate_ids).values)

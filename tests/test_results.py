@@ -103,7 +103,7 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
     res = _committed("ground-truth-full.json")
     base = GT.GroundTruthConfig.for_mode("full")
     overrides = {k: res["config"][k] for k in ("n_candidates", "n_candidates_per", "n_first_order", "pools", "valuators",
-                                              "valuators_per_pool") if k in res["config"]}
+                                              "valuators_per_pool", "ablation_only") if k in res["config"]}
     cfg = replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     assert res["config"] == json.loads(json.dumps(cfg.to_dict())), "the committed run used other settings"
     assert res["first_order"]["pair_spearman_ip"] >= 0.99
@@ -130,8 +130,7 @@ def test_ground_truth_result_matches_its_configuration_and_the_first_order_ident
         _, pool = A.build_pool(acfg)
         _, tok = load_model(acfg.model, device="cpu")
         n_tokens = GT.answer_tokens(tok, pool, mats["gt_sgd_all"].candidate_ids, acfg.template)
-        valuators = (cfg.valuators_per_pool or {}).get(pool_name, cfg.valuators)
-        again = GT.summarise(cfg, {k: m for k, m in mats.items() if k in valuators},
+        again = GT.summarise(cfg, GT.cached_valuator_mats(cfg, mats, pool_name),
                              {g: mats[g] for g in ("gt_sgd_small", "gt_sgd_all", "gt_adam_sign")}, pool_name, n_tokens)
         assert again["length"] == res["length"][pool_name]
         assert [(r["valuator"], r["ground_truth"], r["level"], round(r["spearman"], 10)) for r in again["rows"]] == \

@@ -40,8 +40,13 @@ def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: fl
 
 
 def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the agreement?",
-           xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)"):
-    """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆)."""
+           xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)", reference: bool = True):
+    """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆).
+
+    ``reference``: a dotted line at the first row's value, labelled in a legend beside the
+    axes (the full run, which the ablation rows are read against); ``False`` for rows that
+    have no reference (several valuators side by side).
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.3))
@@ -55,8 +60,10 @@ def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the ag
         ax.plot(r["spearman"], yi, "o", color=c)
         if r.get("disattenuated") is not None and np.isfinite(r["disattenuated"]):
             ax.plot(r["disattenuated"], yi, "D", color=c, mfc="white", ms=5)
-    if rows:
-        ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1)
+    if rows and reference:
+        ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1,
+                   label=f"reference: {rows[0]['name']} ({rows[0]['spearman']:.2f})")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
     ax.set_xlabel(xlabel)

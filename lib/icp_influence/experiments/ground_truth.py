@@ -48,6 +48,8 @@ class GroundTruthConfig:
     pools: tuple[str, ...] = ("instructions", "synthetic")
     valuators: tuple[str, ...] = ("icp", "icp_neutral", "ip", "cosine", "ekfac")
     valuators_per_pool: dict[str, list[str]] | None = None  # e.g. {"synthetic": [..., "ekfac"]} (overrides the above)
+    # valuators the agreement run skipped on a pool, scored here on the ablation candidates only
+    ablation_only: dict[str, list[str]] | None = None        # e.g. {"instructions": ["ekfac"]}
 
     @classmethod
     def for_mode(cls, mode: str, seed: int = 0) -> "GroundTruthConfig":
@@ -98,6 +100,18 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
             continue
         found[name] = sm
     return found
+
+
+def pool_valuators(gcfg: GroundTruthConfig, pool_name: str) -> tuple[str, ...]:
+    """The valuators compared with the ground truths on one pool."""
+    return tuple((gcfg.valuators_per_pool or {}).get(pool_name, gcfg.valuators))
+
+
+def cached_valuator_mats(gcfg: GroundTruthConfig, mats: dict[str, Any], pool_name: str) -> dict[str, Any]:
+    """The valuators' matrices of one pool from a loaded run folder (``A.load(...)["mats"]``),
+    the ablation-only ones (``<name>_ablation``) under their own names — what :func:`run` summarises."""
+    abl = set((gcfg.ablation_only or {}).get(pool_name, ()))
+    return {k: mats[f"{k}_ablation" if k in abl else k] for k in pool_valuators(gcfg, pool_name)}
 
 
 def answer_tokens(tokenizer, pool, ids: list[str], template: str) -> dict[str, int]:
@@ -169,7 +183,7 @@ def summarise(gcfg: GroundTruthConfig, mats: dict[str, Any], gts: dict[str, Any]
 def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Score the ground truths and write the result; ``overrides`` set fields of the
     configuration (``n_candidates``, ``n_candidates_per``, ``pools``, ``valuators``,
-    ``valuators_per_pool``) and are
+    ``valuators_per_pool``, ``ablation_only``) and are
     recorded in it."""
     from dataclasses import replace
 
@@ -181,9 +195,9 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides
     for data_name in gcfg.pools:
         acfg, model, tok, d, out = A.open_run(mode, data_name, seed)
         grad_cache = A.grad_cache_dir(acfg, out)
-        valuators = (gcfg.valuators_per_pool or {}).get(data_name, gcfg.valuators)
+        valuators = pool_valuators(gcfg, data_name)
         mats = A.score_all(acfg, d, model, tok, out, only=list(valuators), progress=progress,
-                           grad_cache=grad_cache)
+                           grad_cache=grad_cache, ablation_only=(gcfg.ablation_only or {}).get(data_name, ()))
         gts = score_ground_truth(gcfg, acfg, d, mats, model, tok, out, progress=progress)
         n_tokens = answer_tokens(tok, d["pool"], list(d["ablation_ids"]), acfg.template)
         out_parts[data_name] = summarise(gcfg, mats, gts, data_name, n_tokens)

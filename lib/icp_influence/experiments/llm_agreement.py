@@ -37,7 +37,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 
@@ -199,8 +199,13 @@ def _hash_of(v) -> str:
 
 def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out: Path, *,
               only: list[str] | None = None, progress: bool = True, log: Callable[[str], None] = print,
-              grad_cache: Path | None = None, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+              grad_cache: Path | None = None, shard: tuple[int, int] = (0, 1),
+              ablation_only: Collection[str] = ()) -> dict[str, Any]:
     """Every valuator's ScoreMatrix, cached in ``out`` (``<name>.json`` + ``.safetensors``).
+
+    ``ablation_only``: valuators scored on the ablation candidates only (what the ground
+    truth compares), saved as ``<name>_ablation`` and returned under ``<name>`` — for a
+    valuator the agreement run skipped on the whole pool (EK-FAC on long examples).
 
     A cached matrix is reused only when its ``config_hash`` equals the valuator's and its
     ids match; otherwise it is recomputed, resumably (chunks under ``out/runs/<name>``).
@@ -220,10 +225,11 @@ def score_all(cfg: AgreementConfig, data: dict[str, Any], model, tokenizer, out:
             continue
         v = make(spec["valuator"], model, tokenizer, template=spec.get("template", cfg.template), seed=cfg.seed,
                  model_name=cfg.model, progress=progress, **spec["settings"])
-        cands = subsets[spec["candidates"]]
+        cands = subsets["ablation" if name in ablation_only else spec["candidates"]]
         if v.needs_fit:
             v.fit(pool, defer=True)   # fitted only if the matrix has to be scored (EK-FAC's factors take minutes)
-        sm = scored_matrix(v, _hash_of(v), cands, probes, out, name, shard=shard, log=log)
+        saved_as = f"{name}_ablation" if name in ablation_only else name
+        sm = scored_matrix(v, _hash_of(v), cands, probes, out, saved_as, shard=shard, log=log)
         if sm is None:
             continue
         mats[name] = sm
@@ -259,6 +265,8 @@ def scored_matrix(v, want: str, cands: list[Any], probes: list[Any], out: Path, 
             log(f"{name}: cached matrix is stale (configuration or ids changed); recomputing")
     done_ids = set(have.candidate_ids) if have is not None else set()
     todo = [c for c in cands if c.id not in done_ids]
+    if have is not None and not todo:  # a subset of a cached matrix: nothing to score (nor to fit)
+        return have
     run = out / "runs" / (name if have is None else f"{name}+{len(todo)}")
     log(f"{name}: scoring {len(todo)} candidates × {len(probes)} probes"
         + (f" ({len(have.candidate_ids)} kept from the cached matrix)" if have is not None else ""))
