@@ -28,6 +28,47 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def busy_cores(interval: float = 0.3) -> float:
+    """How many CPU cores other work keeps busy right now (measured over ``interval`` seconds).
+
+    Instantaneous, unlike the load average, which still counts a job that ended a minute ago.
+    """
+    import psutil
+
+    return psutil.cpu_percent(interval=interval) / 100.0 * (psutil.cpu_count() or 1)
+
+
+def fit_threads(threads: int | None = None, *, verbose: bool = True) -> int:
+    """Set torch's CPU threads to what this machine can give now, and return the number.
+
+    ``threads`` (or the environment variable ``ICP_THREADS``) fixes it; otherwise every core
+    that other work leaves idle (at least one). On a busy machine this matters more than any
+    kernel: a torch pool of 2 threads on 2 cores beside another CPU-bound process waits for a
+    descheduled worker at every operator — notebook 04 in smoke mode took over 300 s that way
+    and 53 s with one thread, beside the same 2-thread job (53 s vs 38 s alone).
+    """
+    import torch
+
+    env = os.environ.get("ICP_THREADS")
+    cores = os.cpu_count() or 1
+    if threads is None and env:
+        threads = int(env)
+    why = "set by the caller" if threads is not None else ""
+    if threads is None:
+        busy = busy_cores()
+        default = int(os.environ.get("OMP_NUM_THREADS") or cores)  # torch's own default
+        threads = max(1, min(default, cores - int(round(busy))))
+        why = f"{cores} cores, {busy:.1f} busy with other work"
+    if threads < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"threads must be ≥ 1, got {threads}.")
+    torch.set_num_threads(int(threads))
+    if verbose:
+        print(f"torch CPU threads: {threads} ({why}; ICP_THREADS=n fixes it)")
+    return int(threads)
+
+
 def pick_device(device: str | None = None) -> "Any":
     """Return ``torch.device(device)``, or CUDA when available, else CPU.
 
