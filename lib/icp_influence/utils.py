@@ -35,7 +35,7 @@ def busy_cores(interval: float = 0.3) -> float:
     """
     import psutil
 
-    return psutil.cpu_percent(interval=interval) / 100.0 * (psutil.cpu_count() or 1)
+    return psutil.cpu_percent(interval=interval) / 100.0 * (os.cpu_count() or 1)
 
 
 def fit_threads(threads: int | None = None, *, verbose: bool = True) -> int:
@@ -51,9 +51,9 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True) -> int:
 
     env = os.environ.get("ICP_THREADS")
     cores = os.cpu_count() or 1
+    why = "set by the caller"
     if threads is None and env:
-        threads = int(env)
-    why = "set by the caller" if threads is not None else ""
+        threads, why = int(env), "ICP_THREADS"
     if threads is None:
         busy = busy_cores()
         default = int(os.environ.get("OMP_NUM_THREADS") or cores)  # torch's own default
