@@ -15,6 +15,19 @@ from icp_influence.experiments import llm_agreement as A
 SKIP = ("icp_chat", "ekfac", "ip_linear")
 
 
+def _spy_on_score(monkeypatch, cls) -> list[list[str]]:
+    """Record the candidate ids of every ``cls.score`` call (the calls still run)."""
+    asked: list[list[str]] = []
+    real = cls.score
+
+    def spy(self, cands, probes, **k):
+        asked.append([c.id for c in cands])
+        return real(self, cands, probes, **k)
+
+    monkeypatch.setattr(cls, "score", spy)
+    return asked
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     mp = pytest.MonkeyPatch()
@@ -97,14 +110,7 @@ def test_a_grown_candidate_list_keeps_the_cached_rows_and_scores_only_the_new_on
     out5.mkdir()
     first = GT.score_ground_truth(GT.GroundTruthConfig(**{**gcfg.to_dict(), "n_candidates": 5}), acfg, d, mats,
                                   model, tok, out5, progress=False, only=["gt_sgd_all"])["gt_sgd_all"]
-    asked: list[list[str]] = []
-    real = OneStep.score
-
-    def spy(self, cands, probes, **k):
-        asked.append([c.id for c in cands])
-        return real(self, cands, probes, **k)
-
-    monkeypatch.setattr(OneStep, "score", spy)
+    asked = _spy_on_score(monkeypatch, OneStep)
     grown = GT.score_ground_truth(gcfg, acfg, d, mats, model, tok, out5, progress=False,
                                   only=["gt_sgd_all"])["gt_sgd_all"]
     assert asked == [full.candidate_ids[5:]], "only the new candidates are scored"
@@ -191,14 +197,7 @@ def test_ablation_only_valuators_score_the_referee_candidates_and_a_cached_super
     model, tok = load_model(acfg.model, device="cpu")
     d = A.build_data(acfg, model, tok)
     pool_wide = A.load("tiny")["mats"]["cosine"]
-    asked: list[list[str]] = []
-    real = GradientValuator.score
-
-    def spy(self, cands, probes, **k):
-        asked.append([c.id for c in cands])
-        return real(self, cands, probes, **k)
-
-    monkeypatch.setattr(GradientValuator, "score", spy)
+    asked = _spy_on_score(monkeypatch, GradientValuator)
     out = A.run_dir("tiny", "instructions").parent / "ablation-only"
     out.mkdir()
     got = A.score_all(acfg, d, model, tok, out, only=["cosine"], progress=False, ablation_only=["cosine"])["cosine"]
