@@ -98,3 +98,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that runs the command line in-process (``main(["score", ...])``) fits torch's
+    threads to the machine; the next test starts with the count it had before."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

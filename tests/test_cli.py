@@ -45,3 +45,29 @@ def test_console_script_installed():
     assert exe is not None
     r = subprocess.run([exe, "run", "nope"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
+
+
+def test_run_and_score_fit_torch_threads_and_say_so_on_stderr(capsys, monkeypatch):
+    import torch
+
+    from icp_influence import utils
+
+    monkeypatch.delenv("ICP_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(utils, "busy_cores", lambda interval=0.3: 1.0)  # one core busy elsewhere
+    monkeypatch.setattr(utils.os, "cpu_count", lambda: 2)
+    torch.set_num_threads(2)
+    assert main(["score", "--list"]) == 0
+    err = capsys.readouterr().err
+    assert torch.get_num_threads() == 1 and "torch CPU threads: 1 (2 cores, 1.0 busy" in err
+    assert main(["--threads", "2", "score", "--list"]) == 0
+    assert torch.get_num_threads() == 2 and "torch CPU threads: 2 (set by the caller" in capsys.readouterr().err
+    monkeypatch.setenv("ICP_THREADS", "1")
+    assert main(["run", "nope"]) == 2  # fitted before the unknown name fails
+    assert torch.get_num_threads() == 1 and "(ICP_THREADS;" in capsys.readouterr().err
+    torch.set_num_threads(2)
+    assert main(["list"]) == 0 and torch.get_num_threads() == 2  # no torch work: untouched
+    assert main(["--threads", "1", "list"]) == 2
+    assert "--threads applies to run and score, not 'list'" in capsys.readouterr().err
+    assert main(["--threads", "0", "score", "--list"]) == 2
+    assert "threads must be ≥ 1" in capsys.readouterr().err

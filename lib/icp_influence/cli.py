@@ -17,6 +17,10 @@ from typing import Any, Callable, Sequence
 from .errors import IcpError
 
 EXIT_BAD_INPUT = 2
+# Commands that compute with torch on the CPU: their thread count is fitted to the machine
+# (beside other CPU-bound work, torch's default pool of every core is several times slower).
+# ``bench`` keeps its own setting (ICP_BENCH_THREADS), recorded in each result.
+THREADED_COMMANDS = ("run", "score")
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
@@ -71,9 +75,22 @@ def _run_entry(kind: str, args: argparse.Namespace) -> None:
     _print_result(final, args.json)
 
 
+def _fit_threads(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+    from .utils import fit_threads
+
+    if args.command not in THREADED_COMMANDS:
+        raise ConfigError(f"--threads applies to {' and '.join(THREADED_COMMANDS)}, not '{args.command}' "
+                          "(benchmarks read ICP_BENCH_THREADS).")
+    fit_threads(args.threads, file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icp-influence", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for run/score (default: the cores other work leaves idle; "
+                        "env ICP_THREADS); benchmarks use ICP_BENCH_THREADS")
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("list", help="list known experiments and benchmarks")
@@ -100,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        if args.command in THREADED_COMMANDS or args.threads is not None:
+            _fit_threads(args)
         args.func(args)
     except IcpError as e:
         print(f"error: {e}", file=sys.stderr)

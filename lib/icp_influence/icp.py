@@ -48,24 +48,27 @@ for the simple reference (one unpadded 246-token sequence per forward, full logi
 
 The packed engine removes all of these: the same pairs cost 0.57 s per pair on a quiet
 machine (one thread). In the ``icp-throughput`` benchmark (instruction set, 3 candidates
-× 12 probes, one thread, load average 3.7–5.7, each round measured side by side) it
-takes 0.91 s per pair against 1.96 s for the reference, 3.36 s for the naive path
-(padded batches of 8) and 2.70 s for the previous engine, at 0.73 of the dense fp32
-matmul rate measured in the same rounds (the reference: 0.64). The speed-up over the
-reference (2.14×, rounds 2.07–2.25) is the FLOP ratio (1.96: reference FLOPs ÷ engine
-FLOPs) times the efficiency ratio, because one ~270-token sequence already fills the
-GEMMs well. The cache can only save the prefix's share of the work, so the speed-up at
-equal efficiency is bounded by ``(prefix + suffix) / (suffix + prefix / n_probes)`` (with
-the LM head on every position for the reference and on answer rows for the engine,
-counted as run) — about 2–2.4 at these lengths, whatever the kernel: the issue's goal
-of a 3× speed-up is out of reach here, the efficiency goal (≥ 0.6) is met. Variants
-measured: the prefix pass runs at the efficiency of the suffix passes (6.9 % of the time
-for 7.7 % of the tokens), so packing several candidates' prefixes into one pass would
-gain nothing. Each segment's attention call concatenates the context keys with its own
-(``aten::cat`` + ``aten::copy_`` ≈ 1.6 % of the time, the attention kernel 10.7 %); a
-copy-free variant — one kernel call for all queries of a pass against the context, one
-causal call per segment, merged by log-sum-exp — was as fast (11.9 % vs 12.3 % in total)
-and further from the naive path (rms 4.8e-5 vs 3.6e-5 nats), so the simpler one stays.
+× 12 probes, each round measured side by side) on a quiet machine with two threads it
+takes 0.33 s per pair against 0.67 s for the reference, 1.02 s for the naive path
+(padded batches of 8) and 0.68 s for the previous engine, at 0.71 of the dense fp32
+matmul rate measured in the same rounds (the reference: 0.68); with one thread beside
+other work (load average 3.7–5.7): 0.91, 1.96, 3.36 and 2.70 s, efficiency 0.73 (0.64).
+The speed-up over the reference (2.11× quiet, rounds 1.93–2.11; 2.14× loaded) is the
+FLOP ratio (1.96: reference FLOPs ÷ engine FLOPs) times the efficiency ratio, because
+one ~270-token sequence already fills the GEMMs well. The cache can only save the
+prefix's share of the work, so the speed-up at equal efficiency is bounded by ``(prefix
++ suffix) / (suffix + prefix / n_probes)`` (with the LM head on every position for the
+reference and on answer rows for the engine, counted as run) — about 2–2.4 at these
+lengths, whatever the kernel: the issue's goal of a 3× speed-up is out of reach here (in
+the quiet run it would need the engine to run at 0.68 × 3 / 1.96 = 1.04 of the matmul
+rate itself), the efficiency goal (≥ 0.6) is met. Variants measured: the prefix pass
+runs at the efficiency of the suffix passes (6.9 % of the time for 7.7 % of the tokens),
+so packing several candidates' prefixes into one pass would gain nothing. Each segment's
+attention call concatenates the context keys with its own (``aten::cat`` +
+``aten::copy_`` ≈ 1.6 % of the time, the attention kernel 10.7 %); a copy-free variant —
+one kernel call for all queries of a pass against the context, one causal call per
+segment, merged by log-sum-exp — was as fast (11.9 % vs 12.3 % in total) and further
+from the naive path (rms 4.8e-5 vs 3.6e-5 nats), so the simpler one stays.
 Token budgets from 256 to 4 096 positions give the same speed within noise. bfloat16
 is not an option on this CPU (Zen 3, AVX2, no AVX-512-BF16/AMX): a 2048² bf16 matmul ran
 at 0.14 GFLOP/s (fp32: 54) and bf16 ICP at 10.2 s per pair (previous engine; fp32 packed:

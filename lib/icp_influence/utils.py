@@ -38,14 +38,16 @@ def busy_cores(interval: float = 0.3) -> float:
     return psutil.cpu_percent(interval=interval) / 100.0 * (os.cpu_count() or 1)
 
 
-def fit_threads(threads: int | None = None, *, verbose: bool = True) -> int:
+def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any = None) -> int:
     """Set torch's CPU threads to what this machine can give now, and return the number.
 
     ``threads`` (or the environment variable ``ICP_THREADS``) fixes it; otherwise every core
     that other work leaves idle (at least one). On a busy machine this matters more than any
     kernel: a torch pool of 2 threads on 2 cores beside another CPU-bound process waits for a
     descheduled worker at every operator — notebook 04 in smoke mode took over 300 s that way
-    and 53 s with one thread, beside the same 2-thread job (53 s vs 38 s alone).
+    and 53 s with one thread, beside the same 2-thread job (53 s vs 38 s alone). The
+    notebooks call it in their setup cell, the command line before ``run`` and ``score``
+    (``--threads``); ``file`` is where the one-line message goes (default stdout).
     """
     import torch
 
@@ -65,7 +67,7 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True) -> int:
         raise ConfigError(f"threads must be ≥ 1, got {threads}.")
     torch.set_num_threads(int(threads))
     if verbose:
-        print(f"torch CPU threads: {threads} ({why}; ICP_THREADS=n fixes it)")
+        print(f"torch CPU threads: {threads} ({why}; ICP_THREADS=n fixes it)", file=file)
     return int(threads)
 
 
