@@ -202,13 +202,43 @@ def test_cost_widget_recomputes():
     assert e["ip_gpu_hours"] < min(c["ip_gpu_hours"], d["ip_gpu_hours"])
 
 
+def test_icp_speedup_is_flop_ratio_times_efficiency_ratio_in_every_committed_round():
+    """Notebook 07's claim about the committed icp-throughput result: each round's speed-up over
+    the reference is its FLOP ratio times its efficiency ratio, so the efficiency a 3× speed-up
+    needs follows from the measurement (and the figure draws that line)."""
+    import json
+
+    from icp_influence.benchmarks.icp_throughput import efficiency_needed, speedup_at
+    from icp_influence.paths import bench_results_dir
+
+    res = json.loads((bench_results_dir() / "icp-throughput.json").read_text())
+    assert len(res["rounds"]) == res["n_candidates"] >= 3
+    for r in res["rounds"]:
+        fr = r["reference_gflop"] / r["engine_gflop"]
+        ref_e = r["reference_gflop"] / r["reference_s"] / np.mean(r["matmul_gflops"])
+        assert speedup_at(r["efficiency"], flop_ratio=fr, reference_efficiency=ref_e) == pytest.approx(
+            r["speedup_vs_reference"], rel=1e-9)
+        assert efficiency_needed(r["speedup_vs_reference"], flop_ratio=fr, reference_efficiency=ref_e) == pytest.approx(
+            r["efficiency"], rel=1e-9)
+    assert res["flop_ratio"] == pytest.approx(res["reference_gflop"] / res["engine_gflop"])
+    # the medians sit near the line through them (a median of ratios is not a ratio of medians)
+    assert speedup_at(res["efficiency"], flop_ratio=res["flop_ratio"],
+                      reference_efficiency=res["reference_efficiency"]) == pytest.approx(res["speedup"], rel=0.1)
+
+
 def test_plots_have_labelled_axes():
     from icp_course.plots import cost as P
 
     res = {"icp-throughput": {"speedup": 6.0}, "captum": {"speedup": 2.0}}
     proj = {k: {"k": 8192, "seconds_per_example_qv": v, "seconds_per_example_paper": 8 * v, "D_qv": 13_271_040,
                 "D_paper": 106_168_320} for k, v in (("gaussian", 20.0), ("countsketch", 0.05))}
-    figs = [P.plot_speedups(res),
+    bound = {"flop_ratio": 2.0, "reference_efficiency": 0.7, "speedup": 2.1,
+             "rounds": [{"efficiency": 0.72, "speedup_vs_reference": 2.06}, {"efficiency": 0.75, "speedup_vs_reference": 2.14}]}
+    fig = P.plot_speedup_bound(bound)
+    (line,) = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("2.00 (FLOP ratio)")]
+    assert np.interp(1.05, *line.get_data()) == pytest.approx(3.0)  # 3 = 2 × 1.05 / 0.7
+    assert any("needs e = 1.05" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    figs = [P.plot_speedups(res), fig,
             P.plot_grad_throughput({"achieved_gflops": 40.0, "matmul_gflops": 80.0, "matmul_n": 2048,
                                     "efficiency": 0.5}),
             P.plot_projection_cost({"projection": proj}),

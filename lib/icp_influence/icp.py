@@ -60,7 +60,7 @@ prefix's share of the work, so the speed-up at equal efficiency is bounded by ``
 + suffix) / (suffix + prefix / n_probes)`` (with the LM head on every position for the
 reference and on answer rows for the engine, counted as run) — about 2–2.4 at these
 lengths, whatever the kernel: the issue's goal of a 3× speed-up is out of reach here (in
-the quiet run it would need the engine to run at 0.68 × 3 / 1.96 = 1.04 of the matmul
+the quiet run it would need the engine to run at 3 × 0.676 / 1.963 = 1.03 of the matmul
 rate itself), the efficiency goal (≥ 0.6) is met. Variants measured: the prefix pass
 runs at the efficiency of the suffix passes (6.9 % of the time for 7.7 % of the tokens),
 so packing several candidates' prefixes into one pass would gain nothing. Each segment's

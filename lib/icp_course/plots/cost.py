@@ -37,6 +37,33 @@ def plot_speedups(results: Mapping[str, Mapping[str, Any]], ax=None):
     return ax.figure
 
 
+def plot_speedup_bound(result: Mapping[str, Any], goal: float = SPEEDUP_GOALS["icp-throughput"], ax=None):
+    """ICP's speed-up over the one-sequence reference as a function of the engine's efficiency:
+    the line ``flop_ratio · e / reference_efficiency``, the measured rounds on it, the goal, and
+    the machine's own limit (``e = 1``: the dense matmul rate)."""
+    from icp_influence.benchmarks.icp_throughput import efficiency_needed, speedup_at
+
+    fr, ref_e = float(result["flop_ratio"]), float(result["reference_efficiency"])
+    need = efficiency_needed(goal, flop_ratio=fr, reference_efficiency=ref_e)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6))
+    e = np.linspace(0.0, max(1.2, need * 1.05), 200)
+    ax.plot(e, speedup_at(e, flop_ratio=fr, reference_efficiency=ref_e), color=VALUATOR_COLORS["icp_win_rate"],
+            label=f"{fr:.2f} (FLOP ratio) × e / {ref_e:.2f} (reference's e)")
+    ax.axvspan(1.0, e[-1], color="0.85", label="e > 1: faster than the dense matmul itself")
+    ax.axhline(goal, color="k", ls="--", label=f"goal {goal:g}× (needs e = {need:.2f})")
+    rounds = result.get("rounds") or []
+    ax.plot([r["efficiency"] for r in rounds], [r["speedup_vs_reference"] for r in rounds], "o", color="k",
+            ms=5, label=f"measured rounds (median {result['speedup']:.2f}×)")
+    ax.set_xlim(0, e[-1])
+    ax.set_ylim(0, max(goal, float(result["speedup"])) * 1.25)
+    ax.set_xlabel("engine efficiency e (achieved FLOP/s ÷ dense matmul FLOP/s)")
+    ax.set_ylabel("speed-up over the reference")
+    ax.set_title("What a cache can buy: FLOPs saved × efficiency gained")
+    ax.legend(loc="lower right", fontsize=8, framealpha=1.0)
+    return ax.figure
+
+
 def plot_grad_throughput(result: Mapping[str, Any], ax=None):
     """Achieved GFLOP/s of per-example gradients next to the machine's dense matmul GFLOP/s."""
     if ax is None:
