@@ -71,3 +71,10 @@ def test_run_and_score_fit_torch_threads_and_say_so_on_stderr(capsys, monkeypatc
     assert "--threads applies to run and score, not 'list'" in capsys.readouterr().err
     assert main(["--threads", "0", "score", "--list"]) == 2
     assert "threads must be ≥ 1" in capsys.readouterr().err
+    assert main(["score", "--list", "--threads", "1"]) == 0 and torch.get_num_threads() == 1  # after the command too
+    torch.set_num_threads(2)
+    assert main(["run", "nope", "--threads", "1"]) == 2 and torch.get_num_threads() == 1
+    monkeypatch.setenv("ICP_THREADS", "two")
+    assert main(["score", "--list"]) == 2
+    err = capsys.readouterr().err
+    assert "ICP_THREADS must be a whole number ≥ 1, got 'two'" in err and "Traceback" not in err

@@ -39,6 +39,11 @@ def test_a_fixed_count_wins_and_omp_caps_the_default(monkeypatch, restore_thread
     monkeypatch.setenv("ICP_THREADS", "3")
     assert utils.fit_threads(verbose=False) == 3 and torch.get_num_threads() == 3
     assert utils.fit_threads(1, verbose=False) == 1
+    monkeypatch.delenv("ICP_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")  # OpenMP's nested form: the first level counts
+    assert utils.fit_threads(verbose=False) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "auto")  # not a count: torch's default (every core) stands
+    assert utils.fit_threads(verbose=False) == 4
     with pytest.raises(ConfigError, match="threads must be"):
         utils.fit_threads(0)
 

@@ -1,7 +1,9 @@
 """Command line: ``python -m icp_influence`` / ``icp-influence``.
 
 Subcommands: ``list``, ``run EXPERIMENT [--smoke] [--json] [--seed N]``,
-``bench NAME [--smoke] [--json]``. With ``--json`` the last line of stdout is one JSON
+``bench NAME [--smoke] [--json]``, and those of :mod:`icp_influence.commands` (``score``,
+``merge``, ``recipe``, ``fetch-model``). ``run`` and ``score`` first fit torch's CPU threads
+to the machine (:func:`~icp_influence.utils.fit_threads`; ``--threads N`` fixes them). With ``--json`` the last line of stdout is one JSON
 object. Bad input (unknown names, malformed files, ...) prints a one-line error to
 stderr and exits with code 2 — never a traceback.
 """
@@ -75,22 +77,29 @@ def _run_entry(kind: str, args: argparse.Namespace) -> None:
     _print_result(final, args.json)
 
 
+def add_threads_option(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """``--threads N``: before the command (``icp-influence --threads 1 score …``) or after it on
+    ``run``/``score`` (there the default is suppressed, so the global value stands)."""
+    parser.add_argument("--threads", type=int, default=default, metavar="N",
+                        help="torch CPU threads for run/score (default: the cores other work leaves idle; "
+                             "env ICP_THREADS); benchmarks use ICP_BENCH_THREADS")
+
+
 def _fit_threads(args: argparse.Namespace) -> None:
     from .errors import ConfigError
     from .utils import fit_threads
 
     if args.command not in THREADED_COMMANDS:
         raise ConfigError(f"--threads applies to {' and '.join(THREADED_COMMANDS)}, not '{args.command}' "
-                          "(benchmarks read ICP_BENCH_THREADS).")
+                          "(benchmarks read ICP_BENCH_THREADS; ICP_THREADS in the environment reaches the "
+                          "scoring processes a recipe starts).")
     fit_threads(args.threads, file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="icp-influence", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads for run/score (default: the cores other work leaves idle; "
-                        "env ICP_THREADS); benchmarks use ICP_BENCH_THREADS")
+    add_threads_option(p, default=None)
     sub = p.add_subparsers(dest="command", required=True)
 
     sp = sub.add_parser("list", help="list known experiments and benchmarks")
@@ -103,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), as in CI")
         sp.add_argument("--json", action="store_true", help="print one JSON object on the last line")
         sp.add_argument("--seed", type=int, default=0)
+        if cmd in THREADED_COMMANDS:
+            add_threads_option(sp)
         sp.set_defaults(func=lambda a, kind=kind: _run_entry(kind, a))
 
     from . import commands  # noqa: F401  (each module there registers its subcommands)

@@ -53,18 +53,19 @@ takes 0.33 s per pair against 0.67 s for the reference, 1.02 s for the naive pat
 (padded batches of 8) and 0.68 s for the previous engine, at 0.71 of the dense fp32
 matmul rate measured in the same rounds (the reference: 0.68); with one thread beside
 other work (load average 3.7–5.7): 0.91, 1.96, 3.36 and 2.70 s, efficiency 0.73 (0.64).
-The speed-up over the reference (2.11× quiet, rounds 1.93–2.11; 2.14× loaded) is the
-FLOP ratio (1.96: reference FLOPs ÷ engine FLOPs) times the efficiency ratio, because
-one ~270-token sequence already fills the GEMMs well. The cache can only save the
-prefix's share of the work, so the speed-up at equal efficiency is bounded by ``(prefix
-+ suffix) / (suffix + prefix / n_probes)`` (with the LM head on every position for the
-reference and on answer rows for the engine, counted as run) — about 2–2.4 at these
-lengths, whatever the kernel: the issue's goal of a 3× speed-up is out of reach here (in
-the quiet run it would need the engine to run at 3 × 0.676 / 1.963 = 1.03 of the matmul
-rate itself), the efficiency goal (≥ 0.6) is met. Variants measured: the prefix pass
-runs at the efficiency of the suffix passes (6.9 % of the time for 7.7 % of the tokens),
-so packing several candidates' prefixes into one pass would gain nothing. Each segment's
-attention call concatenates the context keys with its own (``aten::cat`` +
+The speed-up over the reference (2.11× quiet, rounds 1.93–2.11; 2.14× loaded) is,
+exactly and round by round, the FLOP ratio (reference FLOPs ÷ engine FLOPs: 1.84–2.05
+per round, 1.96 over the run) times the efficiency ratio, because both are timed against
+the same matmul rate; one ~270-token sequence already fills the GEMMs well, so the
+second factor is small. The cache can only save the prefix's share of the work and the
+LM head at non-answer positions, so even an engine at the dense matmul rate (efficiency
+1) would be 2.81–2.97× faster than the reference in these rounds, and a 3× speed-up
+would need an efficiency of 1.01–1.07: the issue's goal of 3× is out of reach on this
+CPU in float32, the efficiency goal (≥ 0.6) is met (``round_bounds`` in the benchmark
+module computes these figures; notebook 07 plots them). Variants measured: the prefix
+pass runs at the efficiency of the suffix passes (6.9 % of the time for 7.7 % of the
+tokens), so packing several candidates' prefixes into one pass would gain nothing. Each
+segment's attention call concatenates the context keys with its own (``aten::cat`` +
 ``aten::copy_`` ≈ 1.6 % of the time, the attention kernel 10.7 %); a copy-free variant —
 one kernel call for all queries of a pass against the context, one causal call per
 segment, merged by log-sum-exp — was as fast (11.9 % vs 12.3 % in total) and further

@@ -55,10 +55,15 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any =
     cores = os.cpu_count() or 1
     why = "set by the caller"
     if threads is None and env:
+        if not env.strip().isdigit():
+            from .errors import ConfigError
+
+            raise ConfigError(f"ICP_THREADS must be a whole number ≥ 1, got {env!r}.")
         threads, why = int(env), "ICP_THREADS"
     if threads is None:
         busy = busy_cores()
-        default = int(os.environ.get("OMP_NUM_THREADS") or cores)  # torch's own default
+        omp = (os.environ.get("OMP_NUM_THREADS") or "").split(",")[0].strip()  # OpenMP allows "4,2"
+        default = int(omp) if omp.isdigit() and int(omp) > 0 else cores  # torch's own default
         threads = max(1, min(default, cores - int(round(busy))))
         why = f"{cores} cores, {busy:.1f} busy with other work"
     if threads < 1:

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_command
+from ..cli import add_command, add_threads_option
 from ..errors import ConfigError
 from ._common import parse_params
 
@@ -141,6 +141,7 @@ def register(sub) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default=None)
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(sp)
     sp.set_defaults(func=cmd_score)
 
     mp = sub.add_parser("merge", help="assemble the chunks of a (sharded) run into one ScoreMatrix")
