@@ -36,6 +36,7 @@ def test_run_json_last_line(capsys):
     assert "Paris" in result["answer"]
     assert result["ll_with_demo"] > result["ll_zero_shot"] - 50  # finite numbers
     assert result["n_answer_tokens"] >= 1
+    assert set(result["code_version"]) >= {"version", "commit"}  # the code that made a saved result
 
 
 def test_console_script_installed():

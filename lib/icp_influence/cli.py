@@ -61,7 +61,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def _run_entry(kind: str, args: argparse.Namespace) -> None:
     from .registry import entries, get
-    from .utils import seed_everything
+    from .utils import code_version, seed_everything
 
     names = list(entries(kind)) if (kind == "benchmark" and args.name == "all") else [args.name]
     results: dict[str, Any] = {}
@@ -71,7 +71,9 @@ def _run_entry(kind: str, args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         print(f"[{kind}] {name}{' (smoke)' if args.smoke else ''} ...", file=sys.stderr, flush=True)
         result = entry.func(smoke=args.smoke, seed=args.seed)
+        # every saved result records the code that made it (benchmarks/results/*.json come from here)
         result = {**result, "wall_s": round(time.perf_counter() - t0, 3)}
+        result.setdefault("code_version", code_version())
         results[name] = result
     final = results[names[0]] if len(names) == 1 else results
     _print_result(final, args.json)
