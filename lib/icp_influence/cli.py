@@ -3,9 +3,10 @@
 Subcommands: ``list``, ``run EXPERIMENT [--smoke] [--json] [--seed N]``,
 ``bench NAME [--smoke] [--json]``, and those of :mod:`icp_influence.commands` (``score``,
 ``merge``, ``recipe``, ``fetch-model``). ``run`` and ``score`` first fit torch's CPU threads
-to the machine (:func:`~icp_influence.utils.fit_threads`; ``--threads N`` fixes them). With ``--json`` the last line of stdout is one JSON
-object. Bad input (unknown names, malformed files, ...) prints a one-line error to
-stderr and exits with code 2 — never a traceback.
+to the machine (:func:`~icp_influence.utils.fit_threads`; ``--threads N`` fixes them).
+With ``--json`` the last line of stdout is one JSON object. Bad input (unknown names,
+malformed files, ...) prints a one-line error to stderr and exits with code 2 — never a
+traceback.
 """
 from __future__ import annotations
 

@@ -51,13 +51,13 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any =
     """
     import torch
 
+    from .errors import ConfigError
+
     env = os.environ.get("ICP_THREADS")
     cores = os.cpu_count() or 1
     why = "set by the caller"
     if threads is None and env:
         if not env.strip().isdigit():
-            from .errors import ConfigError
-
             raise ConfigError(f"ICP_THREADS must be a whole number ≥ 1, got {env!r}.")
         threads, why = int(env), "ICP_THREADS"
     if threads is None:
@@ -67,8 +67,6 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any =
         threads = max(1, min(default, cores - int(round(busy))))
         why = f"{cores} cores, {busy:.1f} busy with other work"
     if threads < 1:
-        from .errors import ConfigError
-
         raise ConfigError(f"threads must be ≥ 1, got {threads}.")
     torch.set_num_threads(int(threads))
     if verbose:
