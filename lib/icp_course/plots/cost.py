@@ -9,7 +9,9 @@ import numpy as np
 
 from icp_course.style import VALUATOR_COLORS, labels
 
-SPEEDUP_GOALS = {"icp-throughput": 3.0, "captum": 3.0}
+from icp_influence.benchmarks.icp_throughput import GOALS as _ICP_GOALS, round_bounds, speedup_at
+
+SPEEDUP_GOALS = {"icp-throughput": _ICP_GOALS["speedup"], "captum": 3.0}
 #: The cost benchmark's valuators: (key in its rows, label, course colour, marker).
 COST_VALUATORS = (("icp", "ICP (cached)", VALUATOR_COLORS["icp_win_rate"], "o-"),
                   ("inner_product", "inner product (probe grads cached)", VALUATOR_COLORS["ip"], "s-"),
@@ -42,8 +44,6 @@ def plot_speedup_bound(result: Mapping[str, Any], goal: float = SPEEDUP_GOALS["i
     ``e``: per round of the benchmark the line ``flop_ratio · e / reference_efficiency`` (an
     identity of the definitions) with the measured point on it, the goal, and ``e = 1`` (the
     dense matmul rate measured in the same round)."""
-    from icp_influence.benchmarks.icp_throughput import round_bounds, speedup_at
-
     bounds = round_bounds(result, goal)
     need = [b["efficiency_needed"] for b in bounds]
     if ax is None:
