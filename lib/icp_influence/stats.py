@@ -56,7 +56,9 @@ __all__ = [
     "AGGREGATES", "Interval", "Reliability", "Agreement", "Equivalence",
     "pearson", "spearman", "kendall", "rank_columns", "columnwise_spearman",
     "bootstrap_ci", "t_interval", "aggregate", "split_half", "reliability_curve",
-    "probes_needed", "spearman_brown", "disattenuate", "agreement", "pair_agreement", "tost_paired",
+    "probes_needed", "spearman_brown", "disattenuate", "agreement", "pair_agreement", "pair_agreement_difference",
+    "loglog_slope", "tost_paired",
+    "CONTROLS", "partial_spearman", "strata", "stratified_spearman", "controlled_agreement", "within_probe_spearman",
 ]
 
 
@@ -511,6 +513,61 @@ def pair_agreement(Va: np.ndarray, Vb: np.ndarray, *, n_boot: int = 1000, level:
     return Interval(rho, lo, hi, level)
 
 
+def pair_agreement_difference(Va: np.ndarray, Vb: np.ndarray, Vc: np.ndarray, *, n_boot: int = 1000,
+                              level: float = 0.95, seed: int = 0) -> Interval:
+    """``Spearman(Va, Vc) − Spearman(Va, Vb)`` at the pair level, for three aligned ``[C, P]``
+    matrices, with a two-way bootstrap interval: each replicate resamples candidates and probes
+    (the same draw for all three) and recomputes both correlations; the interval is a normal
+    interval around the point estimate with the replicates' standard error (as in
+    :func:`pair_agreement`). Positive: ``Vc`` agrees better with ``Va`` than ``Vb`` does."""
+    _check_level(level)
+    A, B, Cm = (np.asarray(v, dtype=np.float64) for v in (Va, Vb, Vc))
+    if not (A.shape == B.shape == Cm.shape) or A.ndim != 2:
+        raise ConfigError("pair_agreement_difference needs three aligned [candidates × probes] matrices, got "
+                          f"{A.shape}, {B.shape} and {Cm.shape}.")
+    if n_boot < 2:
+        raise ConfigError(f"n_boot must be ≥ 2, got {n_boot}.")
+    diff = spearman(A, Cm) - spearman(A, B)
+    rng = np.random.default_rng(seed)
+    nc, npr = A.shape
+    reps = []
+    for _ in range(n_boot):
+        r, c = rng.integers(0, nc, size=nc), rng.integers(0, npr, size=npr)
+        a, b, cc = (M[np.ix_(r, c)].ravel() for M in (A, B, Cm))
+        if np.ptp(a) > 0 and np.ptp(b) > 0 and np.ptp(cc) > 0:
+            ra = _st.rankdata(a)
+            reps.append(pearson(ra, _st.rankdata(cc)) - pearson(ra, _st.rankdata(b)))
+    if len(reps) < 2:
+        return Interval(diff, float("nan"), float("nan"), level)
+    h = float(_st.norm.ppf(0.5 + level / 2)) * float(np.std(reps, ddof=1))
+    return Interval(diff, diff - h, diff + h, level)
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float], *, level: float = 0.95) -> Interval:
+    """The exponent ``k`` of a power law ``y ∝ x^k``: the ordinary-least-squares slope of
+    ``log y`` on ``log x`` with its Student-t interval (``n − 2`` degrees of freedom).
+
+    The interval measures how far the points scatter about one straight line on log–log
+    axes; it needs at least 3 points, all ``x`` and ``y`` positive and finite.
+    """
+    _check_level(level)
+    lx, ly = _finite_pair(x, y, "loglog_slope")
+    if lx.size < 3:
+        raise ConfigError(f"loglog_slope needs at least 3 points for an interval, got {lx.size}.")
+    if np.any(lx <= 0) or np.any(ly <= 0):
+        raise ConfigError("loglog_slope: every x and y must be > 0 (they are logged).")
+    lx, ly = np.log(lx), np.log(ly)
+    dx = lx - lx.mean()
+    sxx = float(dx @ dx)
+    if sxx == 0:
+        raise ConfigError("loglog_slope: all x are equal; the slope is undefined.")
+    k = float(dx @ (ly - ly.mean()) / sxx)
+    resid = ly - ly.mean() - k * dx
+    se = math.sqrt(float(resid @ resid) / (lx.size - 2) / sxx)
+    h = float(_st.t.ppf(0.5 + level / 2, lx.size - 2)) * se
+    return Interval(k, k - h, k + h, level)
+
+
 # ---------------------------------------------------------------- equivalence
 
 @dataclass(frozen=True, kw_only=True)
@@ -565,3 +622,131 @@ def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha:
         verdict = "inconclusive"
     return Equivalence(diff=m, ci=(float(lo), float(hi)), p_tost=p, margin=float(margin), n=n, verdict=verdict,
                        alpha=alpha)
+
+
+# ---------------------------------------------------------------- confounds: agreement controlled for a variable
+
+def _rank_residuals(v: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """Residuals of the ranks of ``v`` after least squares on ``C`` (ranks of the controls, with an intercept)."""
+    r = _st.rankdata(v)
+    beta, *_ = np.linalg.lstsq(C, r, rcond=None)
+    return r - C @ beta
+
+
+def _control_design(control: Any, n: int) -> np.ndarray:
+    z = np.asarray(control, dtype=np.float64)
+    z = z[:, None] if z.ndim == 1 else z
+    if z.ndim != 2 or z.shape[0] != n:
+        raise ConfigError(f"control must have one value (or one row) per observation: got shape {np.shape(control)} "
+                          f"for {n} observations.")
+    if not np.all(np.isfinite(z)):
+        raise ConfigError("control contains NaN or inf.")
+    return np.column_stack([np.ones(n), _st.rankdata(z, axis=0)])
+
+
+def partial_spearman(x: Any, y: Any, control: Any) -> float:
+    """Spearman's ρ of ``x`` and ``y`` with ``control`` partialled out (rank-based).
+
+    All variables are replaced by their average ranks; the ranks of ``x`` and of ``y`` are
+    regressed (least squares, with an intercept) on the ranks of the control — a vector
+    ``[n]`` or several controls ``[n, k]`` — and the result is the Pearson correlation of
+    the two residuals. With one control this equals the textbook formula
+    ``(ρ_xy − ρ_xz ρ_yz) / √((1 − ρ_xz²)(1 − ρ_yz²))`` on Spearman correlations. A
+    monotone transform of any variable leaves it unchanged; NaN when a residual is constant.
+
+    Used here for "agreement given answer length": what two valuators share beyond what
+    each shares with the length of the candidate's answer.
+    """
+    x, y = _finite_pair(x, y, "partial_spearman")
+    if x.size < 4:
+        raise ConfigError(f"partial_spearman needs at least 4 observations, got {x.size}.")
+    C = _control_design(control, x.size)
+    return pearson(_rank_residuals(x, C), _rank_residuals(y, C))
+
+
+def strata(control: Any, n_strata: int = 5) -> np.ndarray:
+    """Equal-count strata (0 … n_strata−1) of ``control`` by rank (quintiles by default); ties share a stratum."""
+    z = np.asarray(control, dtype=np.float64).ravel()
+    if n_strata < 1:
+        raise ConfigError(f"n_strata must be ≥ 1, got {n_strata}.")
+    r = _st.rankdata(z)                       # 1 … n, ties averaged (so tied values share a stratum)
+    return np.minimum(((r - 0.5) * n_strata / z.size).astype(int), n_strata - 1)
+
+
+def stratified_spearman(x: Any, y: Any, control: Any, n_strata: int = 5) -> float:
+    """Spearman of ``x`` and ``y`` within strata of ``control`` (quintiles by default), pooled
+    as the mean of the strata's values weighted by their sizes. Strata with fewer than 3
+    observations or a constant variable are left out; NaN when none is left."""
+    x, y = _finite_pair(x, y, "stratified_spearman")
+    s = strata(control, n_strata)
+    if s.size != x.size:
+        raise ConfigError(f"control has {s.size} values for {x.size} observations.")
+    num = den = 0.0
+    for k in np.unique(s):
+        m = s == k
+        if m.sum() < 3 or np.ptp(x[m]) == 0 or np.ptp(y[m]) == 0:
+            continue
+        num += m.sum() * spearman(x[m], y[m])
+        den += m.sum()
+    return num / den if den else float("nan")
+
+
+#: How :func:`controlled_agreement` controls for the variable: not at all, by partial
+#: correlation, or within strata.
+CONTROLS = ("raw", "partial", "stratified")
+
+
+def controlled_agreement(Va: np.ndarray, Vb: np.ndarray, control: Any, how_a: str = "mean", how_b: str = "mean", *,
+                         method: str = "partial", n_strata: int = 5, n_boot: int = 1000, level: float = 0.95,
+                         seed: int = 0) -> Interval:
+    """Candidate-level agreement of two ``[C, P]`` matrices controlled for a per-candidate
+    variable (``control`` ``[C]``, e.g. answer tokens), with a two-way bootstrap interval.
+
+    ``method``: ``"raw"`` (plain Spearman, as :func:`agreement`), ``"partial"``
+    (:func:`partial_spearman`) or ``"stratified"`` (:func:`stratified_spearman`). Each
+    replicate resamples candidates (with their control values) and probes together; the
+    interval is the Fisher-z normal interval around the point estimate, as in :func:`agreement`.
+    A matrix that is constant across probes (a null model such as answer length) is
+    simply unaffected by the probe draw.
+    """
+    _check_level(level)
+    if method not in CONTROLS:
+        raise ConfigError(f"Unknown method {method!r}; choose one of {', '.join(CONTROLS)}.")
+    Xa, Xb = _per_probe(Va, how_a), _per_probe(Vb, how_b)
+    if Xa.shape != Xb.shape:
+        raise ConfigError(f"controlled_agreement: shapes {Xa.shape} and {Xb.shape} differ; align the matrices first.")
+    C, P = Xa.shape
+    z = np.asarray(control, dtype=np.float64)
+    if z.shape[0] != C:
+        raise ConfigError(f"control has {z.shape[0]} values for {C} candidates.")
+
+    def stat(a: np.ndarray, b: np.ndarray, zz: np.ndarray) -> float:
+        if method == "raw":
+            return spearman(a, b)
+        if method == "partial":
+            return partial_spearman(a, b, zz)
+        return stratified_spearman(a, b, zz, n_strata)
+
+    point = stat(Xa.mean(axis=1), Xb.mean(axis=1), z)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        rows = rng.integers(0, C, size=C)
+        counts = np.bincount(rng.integers(0, P, size=P), minlength=P).astype(np.float64)
+        sa, sb = (Xa[rows] @ counts) / counts.sum(), (Xb[rows] @ counts) / counts.sum()
+        if np.ptp(sa) == 0 or np.ptp(sb) == 0:
+            continue
+        reps.append(stat(sa, sb, z[rows]))
+    lo, hi = _z_interval(point, reps, level)
+    return Interval(point, lo, hi, level)
+
+
+def within_probe_spearman(Va: np.ndarray, Vb: np.ndarray) -> np.ndarray:
+    """Spearman of ``Va[:, p]`` and ``Vb[:, p]`` across candidates, for every probe ``p``
+    (the pair-level quantity the first-order theory speaks about: for one probe, does the
+    candidate that moves its likelihood more also have the larger gradient inner product?)."""
+    A, B = np.asarray(Va, dtype=np.float64), np.asarray(Vb, dtype=np.float64)
+    if A.shape != B.shape or A.ndim != 2:
+        raise ConfigError(f"within_probe_spearman needs two aligned [candidates × probes] matrices, "
+                          f"got {A.shape} and {B.shape}.")
+    return columnwise_spearman(A, B)

@@ -15,6 +15,10 @@ name                   class                                        what a posit
 ``ekfac``              :class:`EkfacInfluence`
 ``one_step``           :class:`OneStep`                             one optimiser step on z
                                                                     lowers the probe's loss
+``answer_length``      :class:`AnswerLength`                        null models: one quantity of
+``candidate_nll``      :class:`CandidateNll`                        the candidate, the same for
+``gradient_norm``      :class:`GradientNorm`                        every probe (see
+``random``             :class:`RandomScore`                         :mod:`.null_models`)
 =====================  ==========================================  =============================
 
 ``make(name, model, tokenizer, **settings)`` builds any of them; ``names()`` lists them.
@@ -23,10 +27,12 @@ from .base import SIGN, Valuator, get, make, model_fingerprint, names, register
 from .gradient import Cosine, GradientValuator, InnerProduct, PaperSignedLog, TracIn
 from .icp import Icp
 from .influence_functions import CgInfluence, EkfacInfluence, ExactInfluence, InfluenceFunction, LissaInfluence
+from .null_models import NULL_MODELS, AnswerLength, CandidateNll, GradientNorm, RandomScore
 from .one_step import OneStep
 
 __all__ = [
     "SIGN", "Valuator", "get", "make", "model_fingerprint", "names", "register",
     "Icp", "InnerProduct", "Cosine", "TracIn", "PaperSignedLog", "GradientValuator",
     "InfluenceFunction", "ExactInfluence", "CgInfluence", "LissaInfluence", "EkfacInfluence", "OneStep",
+    "NULL_MODELS", "AnswerLength", "CandidateNll", "GradientNorm", "RandomScore",
 ]
