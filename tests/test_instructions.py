@@ -141,3 +141,72 @@ def test_datasheet_numbers_are_current():
     block = text[text.index(DATASHEET_BEGIN):text.index(DATASHEET_END) + len(DATASHEET_END)]
     assert block == datasheet_stats(), "run `python -m icp_influence.instructions --datasheet`"
     assert "CC BY 4.0" in text and "0 errors found" in text
+
+
+# ---------------------------------------------------------------- the length-variant pool
+
+@pytest.fixture(scope="module")
+def variant_tokens():
+    import collections
+
+    from icp_influence.encoding import encode_example
+    from icp_influence.instructions import load_length_variants
+    from icp_influence.models import load_tokenizer
+
+    tok = load_tokenizer()
+    pool = load_length_variants()
+    n: dict[str, dict[str, int]] = collections.defaultdict(dict)
+    for e in pool:
+        n[e.meta["base_id"]][e.meta["version"]] = len(encode_example(tok, e).answer_ids)
+    return pool, dict(n)
+
+
+def test_length_variants_keep_the_content_and_order_the_lengths(pool, variant_tokens):
+    from icp_influence.instructions import LENGTH_VERSIONS
+
+    variants, n = variant_tokens
+    assert len(n) >= 120 and len({e.task for e in variants}) >= 20
+    assert len(variants) == 3 * len(n)
+    for e in variants:
+        base = pool.by_id(e.meta["base_id"])
+        assert (e.instruction, e.input, e.task) == (base.instruction, base.input, base.task)
+        assert e.id == f"{base.id}@{e.meta['version']}"
+        if e.meta["version"] == "middle":
+            assert e.output == base.output
+    assert [e.meta["version"] for e in variants[:3]] == list(LENGTH_VERSIONS)
+    for bid, t in n.items():
+        assert t["short"] < t["middle"] < t["long"], bid
+        assert t["long"] >= 200, bid
+
+
+def test_length_variant_datasheet_states_the_measured_lengths(variant_tokens):
+    import re
+
+    from icp_influence.instructions import length_variants_dir
+
+    _, n = variant_tokens
+    text = (length_variants_dir() / "README.md").read_text(encoding="utf-8")
+    for version in ("short", "middle", "long"):
+        a = np.array([t[version] for t in n.values()])
+        row = re.search(rf"^\| `{version}` \|.*\| (\d+) / (\d+) / (\d+) \|$", text, re.M)
+        assert row, version
+        assert [int(g) for g in row.groups()] == [a.min(), int(np.median(a)), a.max()], version
+    over = {bid: t["short"] for bid, t in n.items() if t["short"] > 25}
+    listed = dict((m.group(1), int(m.group(2))) for m in re.finditer(r"`([a-z_]+-\d+)` \((\d+)\)", text))
+    assert over == listed, "every short answer over 25 tokens is named with its length in the datasheet"
+    sd_mid = np.log([t["middle"] for t in n.values()]).std(ddof=1)
+    sd_ext = np.log([t[v] for t in n.values() for v in ("short", "long")]).std(ddof=1)
+    assert f"{sd_mid:.2f} over the middle answers" in text
+    assert f"{sd_ext:.2f} over the short and long answers" in text
+    assert f"for 130 examples" in text and len(n) == 130
+
+
+def test_length_variant_files_are_checked_on_load(tmp_path):
+    from icp_influence.errors import DataFormatError
+    from icp_influence.instructions import load_length_variants
+
+    (tmp_path / "explain.jsonl").write_text('{"id": "explain-01", "category": "explain", "short": "x"}\n')
+    with pytest.raises(DataFormatError, match="exactly the fields"):
+        load_length_variants(tmp_path)
+    with pytest.raises(DataFormatError, match="No length-variant files"):
+        load_length_variants(tmp_path / "nothing")

@@ -80,6 +80,55 @@ def load_instructions(cats: Iterable[str] | None = None, *, folder: str | Path |
     return Pool([ex for c in sorted(wanted) for ex in _read_category(folder / f"{c}.jsonl")], name="instructions")
 
 
+#: The three answers of one instruction in the length-variant pool, shortest first.
+LENGTH_VERSIONS = ("short", "middle", "long")
+
+
+def length_variants_dir() -> Path:
+    """The folder of the length-variant pool (``<data_dir>/length_variants``)."""
+    from .paths import data_dir
+
+    return data_dir() / "length_variants"
+
+
+def load_length_variants(folder: str | Path | None = None, *, base: Pool | None = None) -> Pool:
+    """The length-variant pool: for each chosen instruction, the same instruction and input
+    with three correct answers — ``short`` (as short as the task allows), ``middle`` (the
+    instruction set's own answer) and ``long`` (an expanded one, 200 tokens or more).
+
+    Ids are ``<id>@short``, ``<id>@middle`` and ``<id>@long``; ``meta`` records
+    ``base_id`` and ``version``; ``task`` is the category. Order: categories
+    alphabetically, then file order, then the three versions. The files
+    (``<category>.jsonl`` with ``id``, ``category``, ``short``, ``long``) are described
+    in the instruction set's datasheet.
+    """
+    folder = Path(folder) if folder is not None else length_variants_dir()
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise DataFormatError(f"No length-variant files (*.jsonl) in {folder}.")
+    base = base if base is not None else load_instructions()
+    out: list[Example] = []
+    for path in files:
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}: line {lineno} is not valid JSON ({e.msg}).") from None
+            if set(rec) != {"id", "category", "short", "long"} or rec["category"] != path.stem:
+                raise DataFormatError(f"{path}: line {lineno} needs exactly the fields id, category, short, long "
+                                      f"with category {path.stem!r}.")
+            ex = base.by_id(rec["id"])
+            answers = {"short": rec["short"], "middle": ex.output, "long": rec["long"]}
+            for version in LENGTH_VERSIONS:
+                out.append(Example(id=f"{ex.id}@{version}", instruction=ex.instruction, input=ex.input,
+                                   output=answers[version], task=ex.task,
+                                   meta={"category": ex.task, "source": "length_variants", "base_id": ex.id,
+                                         "version": version}))
+    return Pool(out, name="length_variants")
+
+
 def split_by_category(pool: Pool, sizes: dict[str, int], *, seed: int = 0) -> dict[str, Pool]:
     """Split every category the same way: ``sizes = {"pool": 12, "probes": 3, "eval": 5}``
     takes that many examples of each category for each part (seeded; the rest is dropped).
