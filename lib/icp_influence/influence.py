@@ -29,6 +29,8 @@ import copy
 import logging
 import math
 import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -267,6 +269,16 @@ def tracked_linear_modules(model: torch.nn.Module, names: Sequence[str]) -> list
     return out
 
 
+@contextmanager
+def _quiet_kronfluence():
+    """kronfluence 1.0 builds ``torch.cuda.amp.GradScaler(...)`` (disabled, on CPU too), which torch
+    warns is deprecated: silence exactly that FutureWarning while kronfluence runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+                                category=FutureWarning)
+        yield
+
+
 class EkfacFactors:
     """EK-FAC influence through ``kronfluence`` (an adapter, not a re-implementation).
 
@@ -305,7 +317,7 @@ class EkfacFactors:
         model = prepare_model(model, task)
         self._tmp = tempfile.TemporaryDirectory(prefix="icp-ekfac-") if output_dir is None else None
         out = Path(output_dir) if output_dir is not None else Path(self._tmp.name)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_kronfluence():
             torch.manual_seed(self.seed)
             self.analyzer = Analyzer(analysis_name="icp", model=model, task=task, cpu=obj.device.type == "cpu",
                                      disable_tqdm=True, output_dir=str(out), log_level=logging.WARNING)
@@ -326,7 +338,7 @@ class EkfacFactors:
 
         args = ScoreArguments(damping_factor=self.damping,
                               query_gradient_accumulation_steps=self.query_accumulation_steps(len(probe_items)))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_kronfluence():
             torch.manual_seed(self.seed)
             self.analyzer.compute_pairwise_scores(
                 "pairwise", factors_name="ekfac", query_dataset=_ItemDataset(probe_items),

@@ -256,3 +256,60 @@ def compare_methods(lab: LogRegLab, methods=("exact", "lissa", "cg", "ekfac", "i
     """Scores ``[n, m]`` of each method on a logistic-regression lab (damping defaults to its λ)."""
     damping = lab.l2 if damping is None else damping
     return {m: lab_scores(lab.obj, lab.train, lab.train, lab.probes, m, damping=damping, seed=seed) for m in methods}
+
+
+# ------------------------------------------------------------------ random projection: how large must k be?
+
+#: projection dimensions tried by :func:`projection_dim_needed` (steps of about √2)
+PROJECTION_GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def projection_agreement(G: torch.Tensor, Gp: torch.Tensor, sizes, ks, *, seeds: int = 5,
+                         kind: str = "gaussian") -> np.ndarray:
+    """For each ``k`` in ``ks``: Spearman between the projected inner products ``⟨Pa, Pb⟩`` and the
+    full ones ``⟨a, b⟩`` over every (candidate, probe) pair, averaged over ``seeds`` projections.
+
+    ``G [n, D]`` candidate and ``Gp [m, D]`` probe gradients; ``sizes`` the parameter tensors'
+    sizes (``Objective.sizes``); candidates and probes go through the same ``P`` (one seed).
+    """
+    from .gradients import Projector
+    from .influence import inner_product_scores
+    from .stats import spearman
+
+    full = inner_product_scores(G, Gp)
+    out = []
+    for k in ks:
+        rhos = []
+        for s in range(int(seeds)):
+            P = Projector(sizes, int(k), seed=s, kind=kind)
+            rhos.append(spearman(inner_product_scores(P.project(G), P.project(Gp)), full))
+        out.append(float(np.mean(rhos)))
+    return np.asarray(out)
+
+
+def first_k_reaching(ks, rho, target: float = 0.95) -> int | None:
+    """The smallest ``k`` of the increasing ``ks`` from which on ``rho`` stays ``≥ target`` (at that
+    ``k`` and at every larger one); ``None`` when the last ``k`` falls short."""
+    ks, rho = [int(k) for k in ks], np.asarray(rho, dtype=float)
+    if len(ks) != len(rho) or any(b <= a for a, b in zip(ks, ks[1:])):
+        from .errors import ConfigError
+
+        raise ConfigError(f"ks must be increasing and match rho in length, got {len(ks)} ks for {len(rho)} values.")
+    k_needed = None
+    for k, r in zip(reversed(ks), reversed(rho)):
+        if not r >= target:
+            break
+        k_needed = k
+    return k_needed
+
+
+def projection_dim_needed(G: torch.Tensor, Gp: torch.Tensor, sizes, *, target: float = 0.95, seeds: int = 5,
+                          kind: str = "gaussian", ks=PROJECTION_GRID) -> int | None:
+    """The smallest projection dimension ``k`` (of ``ks``) from which on the projected inner products
+    rank the (candidate, probe) pairs like the full ones with mean Spearman ``≥ target``.
+
+    For a Gaussian projection the error of ``⟨Pa, Pb⟩`` is of order ``‖a‖‖b‖/√k`` whatever ``D``:
+    the ``k`` needed is set by how close the inner products lie, not by ``D``, and on a model
+    with few parameters it is far above ``D``.
+    """
+    return first_k_reaching(ks, projection_agreement(G, Gp, sizes, ks, seeds=seeds, kind=kind), target)

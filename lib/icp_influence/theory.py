@@ -409,6 +409,19 @@ def grad_inner_products(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y
     return (linear_grads(cand_x, cand_y, W) @ linear_grads(probe_x, probe_y, W).T).numpy()
 
 
+def normalised_inner_products(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y: Tensor) -> np.ndarray:
+    """``⟨∇ℓ(z), ∇ℓ(p)⟩ / ‖x_z‖²`` at ``W₀ = 0``, i.e. ``y_z y_p x_zᵀx_p / ‖x_z‖²`` ``[M, K]``.
+
+    The first-order ICP of a learner that takes a *least-squares* step on one demonstration
+    (``ŷ = y_z x_zᵀx_p / ‖x_z‖²``, the min-norm interpolant of ``z``) instead of a plain gradient
+    step (``ŷ = s y_z x_zᵀx_p``): each candidate's row of the inner product divided by ``‖x_z‖²``.
+    """
+    sq = (cand_x.to(DTYPE) ** 2).sum(dim=1).numpy()
+    if np.any(sq == 0):
+        raise ConfigError("normalised_inner_products: a candidate has x_z = 0; its normalised step is undefined.")
+    return grad_inner_products(cand_x, cand_y, probe_x, probe_y) / sq[:, None]
+
+
 def influence_linear(cand_x: Tensor, cand_y: Tensor, probe_x: Tensor, probe_y: Tensor, W: Tensor | None = None, *,
                      damping: float = 0.0, hessian_x: Tensor | None = None) -> np.ndarray:
     """``∇_W ℓ(p)ᵀ (H + λI)⁻¹ ∇_W ℓ(z)`` of the linear model at ``W``, sign "positive = helps": ``[M, K]``.

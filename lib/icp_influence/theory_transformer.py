@@ -290,18 +290,47 @@ def domain_agreement(predict: Any, *, kinds: tuple[str, ...] = DOMAIN_KINDS, dis
     """ICP and gradient inner product (linear model at ``W₀ = 0``) for every ``(kind, distance)``.
 
     Probes: ``n_probes`` in-domain pairs of each of ``n_tasks`` tasks; candidates: drawn by
-    :func:`domain_candidates`. Returns ``{(kind, distance): {"icp": [T·M, K], "inner_product": [T·M, K]}}``
-    (rows of all tasks stacked; each task's candidates only meet that task's probes).
+    :func:`domain_candidates`. Returns ``{(kind, distance): {"icp": [T·M, K], "inner_product": [T·M, K],
+    "normalised_ip": [T·M, K]}}`` (rows of all tasks stacked; each task's candidates only meet that
+    task's probes); ``normalised_ip`` is the inner product divided by ``‖x_z‖²``
+    (:func:`~icp_influence.theory.normalised_inner_products`: a least-squares step instead of a GD step).
     ``other_task`` skips distances above 2 (its maximum: ``w' = −w``).
     """
-    from .theory import grad_inner_products, icp_matrix
+    from .theory import grad_inner_products, icp_matrix, normalised_inner_products
 
     acc: dict[tuple[str, float], dict[str, list]] = {}
     for key, _t, cx, cy, px, py in _domain_pools(kinds, distances, n_tasks, n_candidates, n_probes, d, x_dist, seed):
-        a = acc.setdefault(key, {"icp": [], "inner_product": []})
+        a = acc.setdefault(key, {"icp": [], "inner_product": [], "normalised_ip": []})
         a["icp"].append(icp_matrix(predict, cx, cy, px, py))
         a["inner_product"].append(grad_inner_products(cx, cy, px, py))
+        a["normalised_ip"].append(normalised_inner_products(cx, cy, px, py))
     return {k: {m: np.concatenate(v) for m, v in a.items()} for k, a in acc.items()}
+
+
+def normalisation_comparison(res: dict[tuple[str, float], dict[str, np.ndarray]], keys: Any, *, n_boot: int = 100,
+                             level: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+    """Does ICP follow a *least-squares* step (normalised by ``‖x_z‖²``) rather than a GD step?
+
+    For each ``(kind, distance)`` in ``keys`` (entries of :func:`domain_agreement`'s result):
+    the pair-level Spearman of ICP with the raw inner product (``rho_raw``) and with the
+    normalised one (``rho_normalised``), and their difference ``normalised − raw``
+    (``difference``: an :class:`~icp_influence.stats.Interval` with a two-way bootstrap,
+    :func:`~icp_influence.stats.pair_agreement_difference`). A least-squares-like learner
+    shows as a difference clearly above 0.
+    """
+    from .stats import pair_agreement_difference, spearman
+
+    rows = []
+    for key in keys:
+        if key not in res:
+            raise ConfigError(f"normalisation_comparison: {key!r} is not in the result; it has {sorted(res)}.")
+        r = res[key]
+        rows.append({"kind": key[0], "distance": float(key[1]),
+                     "rho_raw": spearman(r["icp"], r["inner_product"]),
+                     "rho_normalised": spearman(r["icp"], r["normalised_ip"]),
+                     "difference": pair_agreement_difference(r["icp"], r["inner_product"], r["normalised_ip"],
+                                                             n_boot=n_boot, level=level, seed=seed)})
+    return rows
 
 
 # ------------------------------------------------------------------ network weights θ: the bridge

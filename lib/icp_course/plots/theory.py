@@ -59,40 +59,55 @@ def plot_training_curves(steps: Sequence[int], loss: Sequence[float], *, gd_loss
     return fig
 
 
-def plot_prediction_agreement(y_gd: Any, y_model: Any, *, model_name: str = "trained LSA", ax: Any = None):
-    """``ŷ_model`` against ``ŷ_GD`` on the same prompts (the diagonal = identical)."""
+def plot_prediction_agreement(y_gd: Any, y_model: Any, *, model_name: str = "trained LSA", ax: Any = None,
+                              max_points: int | None = None, seed: int = 0):
+    """``ŷ_model`` against ``ŷ_GD`` on the same prompts (the diagonal = identical).
+
+    The title's mean ``|Δŷ|`` is over every prompt given; ``max_points`` only thins the dots
+    drawn (a random subset, ``seed``), and the title then says how many are drawn.
+    """
     a, b = np.asarray(y_gd, float).ravel(), np.asarray(y_model, float).ravel()
     fig, ax = _fig(ax=ax)
-    ax.scatter(a, b, s=6, alpha=0.5)
+    idx = np.arange(a.size)
+    if max_points is not None and a.size > max_points:
+        idx = np.sort(np.random.default_rng(seed).permutation(a.size)[:max_points])
+    ax.scatter(a[idx], b[idx], s=6, alpha=0.5)
     lim = float(np.max(np.abs(np.concatenate([a, b])))) * 1.05 or 1.0
     ax.plot([-lim, lim], [-lim, lim], color="grey", ls="--", lw=0.8)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_xlabel("ŷ of one GD step (units of y)")
     ax.set_ylabel(f"ŷ of the {model_name} (units of y)")
-    ax.set_title(f"mean |Δŷ| = {np.abs(a - b).mean():.4f}")
+    drawn = f" ({idx.size:,} drawn)" if idx.size < a.size else ""
+    ax.set_title(f"mean |Δŷ| = {np.abs(a - b).mean():.4f} over {a.size:,} prompts{drawn}")
     return fig
 
 
 def plot_matrix_comparison(learned: Mapping[str, np.ndarray], constructed: Mapping[str, np.ndarray]):
-    """Heatmaps: learned effective matrices (top) beside the constructed ones (bottom).
+    """Heatmaps: learned effective matrices (top) above the constructed ones (bottom).
 
-    Each learned matrix is divided by its largest-magnitude entry on the x-block diagonal
-    (products of factors are identifiable only up to such a scale split) — the titles say so.
+    Each matrix is divided by its largest-magnitude entry (products of factors are
+    identifiable only up to such a scale split) — the titles give that divisor. One shared
+    colour bar at the right; rows and columns are ticked at every coordinate, ``x₁ … x_d, y``.
     """
     import matplotlib.pyplot as plt
 
     names = list(learned)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 7.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.3 * len(names) + 1.0, 8.0), squeeze=False,
+                             layout="constrained")
     for j, name in enumerate(names):
         for i, (src, mats) in enumerate((("learned", learned), ("constructed", constructed))):
             M = np.asarray(mats[name], float)
             scale = float(np.abs(M).max()) or 1.0
-            im = axes[i, j].imshow(M / scale, cmap="RdBu_r", vmin=-1, vmax=1)
-            axes[i, j].set_title(f"{src}: {name} / {scale:.3g}", fontsize=9)
-            axes[i, j].set_xlabel("input coordinate (x₁…x_d, y)")
-            axes[i, j].set_ylabel("output coordinate (x₁…x_d, y)")
-        fig.colorbar(im, ax=list(axes[:, j]), shrink=0.6, label="entry / max |entry|")
+            ax = axes[i, j]
+            im = ax.imshow(M / scale, cmap="RdBu_r", vmin=-1, vmax=1)
+            ax.set_title(f"{src}: {name.replace('^T ', 'ᵀ')} / {scale:.3g}", fontsize=9)
+            coords = [f"$x_{{{k + 1}}}$" for k in range(M.shape[1] - 1)] + ["$y$"]
+            ax.set_xticks(range(M.shape[1]), coords, fontsize=8)
+            ax.set_yticks(range(M.shape[0]), coords[:M.shape[0]], fontsize=8)
+            ax.set_xlabel("input coordinate")
+            ax.set_ylabel("output coordinate")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="entry / max |entry| (dimensionless)")
     return fig
 
 
@@ -136,31 +151,49 @@ def plot_error_by_position(model_err: Sequence[float], ls_err: Sequence[float], 
     k = np.arange(len(model_err))
     ax.plot(k, model_err, marker="o", label="softmax transformer")
     ax.plot(k, ls_err, marker="s", ls="--", label="least squares (optimal)")
-    ax.axhline(1.0, color="grey", ls=":", label="predict 0")
+    ax.axhline(1.0, color="grey", ls=":", label="predict 0, expected error (E[y²]/d = 1)")
     labels(ax, "number of in-context demonstrations", "squared error / d (dimensionless)",
            "In-context regression by the transformer", legend=True)
     return fig
 
 
-def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], *, ax: Any = None):
-    """Pearson(ICP, inner product) against the implicit step size η/N (log x)."""
+def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], *, fit: Any = None,
+                             relative_gap: Sequence[float] | None = None, ax: Any = None):
+    """``1 − Pearson(ICP, inner product)`` against the implicit step size ``s = η/N`` (log–log).
+
+    ``fit``: the fitted exponent (an :class:`~icp_influence.stats.Interval` from
+    :func:`~icp_influence.stats.loglog_slope`), drawn as the OLS line and named in the legend.
+    ``relative_gap``: ``mean|ICP − s·IP| / mean|s·IP|`` per step, drawn as a second line.
+    """
     fig, ax = _fig(ax=ax)
-    ax.plot(steps, 1 - np.asarray(pearsons, float), marker="o")
+    s, gap = np.asarray(steps, float), 1 - np.asarray(pearsons, float)
+    ax.plot(s, gap, marker="o", ls="none" if fit is not None else "-", color="tab:blue",
+            label="1 − Pearson(ICP, s·IP)")
+    if fit is not None:
+        ls, lg = np.log(s), np.log(gap)
+        line = np.exp(lg.mean() + fit.value * (ls - ls.mean()))
+        ax.plot(s, line, color="tab:blue", lw=1,
+                label=f"OLS fit: ∝ s^{fit.value:.2f} (95% CI {fit.lo:.2f}–{fit.hi:.2f})")
+    if relative_gap is not None:
+        ax.plot(s, np.asarray(relative_gap, float), marker="s", color="tab:orange",
+                label="relative gap mean|Δ − s·IP| / mean|s·IP|")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("implicit step size η/N (dimensionless)")
-    ax.set_ylabel("1 − Pearson(ICP, inner product)")
-    ax.set_title("The gap is the second-order term: it vanishes as η → 0")
+    ax.set_xlabel("implicit step size s = η/N (dimensionless)")
+    ax.set_ylabel("gap (dimensionless, log scale)")
+    ax.set_title("The gap is the second-order term: it vanishes as s → 0")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never on the points
     return fig
 
 
 def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int = 10):
-    """From pairs to candidates (three panels), for ``[C, P]`` matrices ``icp`` (Δ) and ``ip``.
+    """From pairs to candidates (a 2 × 2 grid), for ``[C, P]`` matrices ``icp`` (Δ) and ``ip``.
 
     (1) mean Δ against mean IP; (2) win-rate (fraction of probes with Δ > 0) against mean IP,
     coloured by the candidate's gradient norm ``‖∇_W ℓ(z)‖`` (which the mean sees and the
     sign count does not); (3) the fraction of pairs whose sign flips (``(Δ > 0) ≠ (IP > 0)``)
-    in each ``|IP|`` decile. Spearman of each panel in its title.
+    in each ``|IP|`` bin; (4) the ties: how many candidates share each win-rate value.
+    Spearman of panels 1–2 in their titles.
     """
     import matplotlib.pyplot as plt
     from icp_influence.stats import aggregate, spearman
@@ -168,25 +201,30 @@ def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int
 
     V, G = np.asarray(icp, float), np.asarray(ip, float)
     m_ip, m_icp, w_icp = aggregate(G, "mean"), aggregate(V, "mean"), aggregate(V, "win_rate")
-    fig, axes = plt.subplots(1, 3, figsize=(15.5, 4.3))
-    ax = axes[0]
-    ax.scatter(m_ip, m_icp, s=6, alpha=0.5)
-    ax.set_xlabel("mean over probes of ⟨∇_W ℓ(p), ∇_W ℓ(z)⟩ (units of y²·x²)")
+    fig, axes = plt.subplots(2, 2, figsize=(11.0, 8.6))
+    ax = axes[0, 0]
+    ax.scatter(m_ip, m_icp, s=8, alpha=0.5)
+    ax.set_xlabel("mean IP over probes (units of y²·x²)")
     ax.set_ylabel("mean Δ over probes (units of y²)")
-    ax.set_title(f"mean Δ: Spearman {spearman(m_icp, m_ip):.3f}", fontsize=10)
-    ax = axes[1]
-    sc = ax.scatter(m_ip, w_icp, s=6, alpha=0.6, c=np.asarray(grad_norm, float), cmap="viridis")
+    ax.set_title(f"1 · mean Δ: Spearman {spearman(m_icp, m_ip):.3f}")
+    ax = axes[0, 1]
+    sc = ax.scatter(m_ip, w_icp, s=8, alpha=0.6, c=np.asarray(grad_norm, float), cmap="viridis")
     fig.colorbar(sc, ax=ax, label="‖∇_W ℓ(z)‖ at W₀ = 0 (units of y·x)")
-    ax.set_xlabel("mean over probes of ⟨∇_W ℓ(p), ∇_W ℓ(z)⟩ (units of y²·x²)")
+    ax.set_xlabel("mean IP over probes (units of y²·x²)")
     ax.set_ylabel("win-rate: fraction of probes with Δ > 0")
-    ax.set_title(f"win-rate: Spearman {spearman(w_icp, m_ip):.3f} ({len(np.unique(w_icp))} distinct values)",
-                 fontsize=10)
-    ax = axes[2]
+    ax.set_title(f"2 · win-rate: Spearman {spearman(w_icp, m_ip):.3f}")
+    ax = axes[1, 0]
     fl = sign_flips_by_magnitude(V, G, n_bins)
     ax.bar(np.arange(1, n_bins + 1), 100 * fl["rate"], color="tab:red", alpha=0.7)
     ax.set_xlabel(f"bin of |IP| ({n_bins} equal-count bins; 1 = closest to 0)")
     ax.set_ylabel("pairs with sign(Δ) ≠ sign(IP) (%)")
-    ax.set_title(f"sign flips: {100 * float(fl['overall']):.1f}% of all pairs", fontsize=10)
+    ax.set_title(f"3 · sign flips: {100 * float(fl['overall']):.1f}% of all pairs")
+    ax = axes[1, 1]
+    vals, counts = np.unique(w_icp, return_counts=True)
+    ax.bar(vals, counts, width=0.8 / max(1, V.shape[1]), color="tab:purple", alpha=0.7)
+    ax.set_xlabel("win-rate value")
+    ax.set_ylabel("candidates sharing that value")
+    ax.set_title(f"4 · ties: {vals.size} distinct win-rates, {w_icp.size} candidates")
     tidy(fig)
     return fig
 
@@ -201,7 +239,7 @@ def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
 
     levels = ["pair", "candidate"]
     n_labels = max(len({r["label"] for r in rows if r["level"] == lv}) for lv in levels)
-    fig, axes = plt.subplots(1, 2, figsize=(13.5, 1.4 + 0.6 * max(3, n_labels)), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(9.0, 2.0 * (1.4 + 0.55 * max(3, n_labels))), sharex=True)
     colors = {"in-domain": "tab:blue", "out-of-domain": "tab:orange"}
     for ax, level in zip(axes, levels):
         sub = [r for r in rows if r["level"] == level]
@@ -212,14 +250,13 @@ def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
                         color=colors.get(r["domain"], "grey"), capsize=3,
                         label=r["domain"] if r["label"] == labels[0] else None)
         ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels, fontsize=8)
+        ax.set_yticklabels(labels)
         ax.invert_yaxis()
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_xlabel("Spearman ρ (dimensionless; 95% two-way bootstrap interval)")
         ax.set_ylabel("comparison")
-        ax.set_title(f"{level} level" + (" (mean over probes)" if level == "candidate" else " (every (z, p) pair)"),
-                     fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title(f"{level} level" + (" (mean over probes)" if level == "candidate" else " (every (z, p) pair)"))
+        ax.legend(loc="lower right")
     tidy(fig)
     return fig
 
@@ -233,7 +270,7 @@ def plot_kernel_vs_linear(xdot: Any, kernel: Any, *, ax: Any = None, max_points:
     fig, ax = _point_cloud(x, y, ax, max_points, seed)
     ax.set_xlabel("x_zᵀx_p: implicit-weight kernel (units of x²)")
     ax.set_ylabel("⟨∇_θ f(x_z), ∇_θ f(x_p)⟩: network kernel (units of y²)")
-    ax.set_title(f"Pearson {pearson(x, y):.3f}; kernel > 0 on {100 * float((y > 0).mean()):.1f}% of pairs", fontsize=10)
+    ax.set_title(f"Pearson {pearson(x, y):.3f}; kernel > 0 on {100 * float((y > 0).mean()):.1f}% of pairs")
     return fig
 
 
@@ -246,8 +283,11 @@ def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[flo
     if lr_used is not None:
         ax.axvline(lr_used, color="grey", ls=":", label=f"η_θ used ({lr_used:.3g})")
     ax.set_xscale("log")
+    lo, hi = float(np.min(lrs)), float(np.max(lrs))
+    ax.set_xlim(lo / 2, hi * 2)  # room around the first and last point
     ax.set_xlabel("SGD step size η_θ on θ (parameter² per unit of loss; log scale)")
     ax.set_ylabel("Spearman ρ with the referee Δ_θ (in-domain pairs)")
-    ax.set_title("What one training step on z agrees with", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title("What one training step on z agrees with")
+    # below the axes: a legend inside would cover the points at the ends of the curves
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return fig

@@ -27,7 +27,7 @@ def damping_projection_explorer(lab, *, seed: int = 0):
     ip_full = inner_product_scores(G, Gp)
     damp = W.FloatSlider(value=float(np.log10(lab.l2)), min=-4, max=1, step=0.25, description="log10 λ",
                          continuous_update=False)
-    kdim = W.IntSlider(value=4, min=1, max=64, step=1, description="k (proj.)", continuous_update=False)
+    kdim = W.IntSlider(value=4, min=1, max=256, step=1, description="k (proj.)", continuous_update=False)
     status = W.HTML()
     out = W.Output()
     state: dict = {}
@@ -49,7 +49,9 @@ def damping_projection_explorer(lab, *, seed: int = 0):
                         f"projected vs full inner product Spearman ρ = <b>{res['spearman_projected_vs_full']:.3f}</b>")
         with out:
             out.clear_output(wait=True)
-            fig = scatter_vs_loo(lab.loo, {f"exact, λ={lam:.2g}": exact, f"inner product, k={res['k']}": ip_proj}, ncols=2)
+            a, b = f"exact, λ={lam:.2g}", f"projected inner product, k={res['k']}"
+            fig = scatter_vs_loo(lab.loo, {a: exact, b: ip_proj}, ncols=2,
+                                 kinds={a: "exact", b: "projected_inner_product"})
             from IPython.display import display
 
             display(fig)

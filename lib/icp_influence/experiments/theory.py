@@ -79,6 +79,35 @@ def linear_icp_scores(predict: Any, *, n_tasks: int, n_candidates: int, n_probes
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def gap_vs_step(eta: float, factors: Any = (1.0, 0.3, 0.1, 0.03, 0.01), *, n_tasks: int, n_candidates: int,
+                n_probes: int, d: int = 10, n_points: int = 10, seed: int = 0) -> dict[str, Any]:
+    """How the first-order gap closes as the implicit step ``s = η/N`` shrinks (notebook 02, §2).
+
+    For each factor ``f`` the constructed LSA with learning rate ``f·η`` (step ``s = f·η/N``) is
+    scored on the pools of :func:`linear_pools`. Returns ``steps`` ``[F]``, ``one_minus_pearson``
+    (``1 − Pearson(ICP, IP)``), ``relative_gap`` (``mean|ICP − s·IP| / mean|s·IP|``) and the fitted
+    exponents ``slope_pearson`` and ``slope_relative`` (:func:`~icp_influence.stats.loglog_slope`,
+    OLS on log–log axes with a t-interval). With ``ICP = s·IP − ½s²Q`` exactly, the relative gap is
+    proportional to ``s`` (slope 1) and ``1 − Pearson``, quadratic in that relative size, to ``s²``
+    (slope 2 as ``s → 0``).
+    """
+    from ..stats import loglog_slope, pearson
+    from ..theory import construct_gd_lsa
+
+    steps, one_minus, rel = [], [], []
+    for f in factors:
+        s = float(f) * eta / n_points
+        r = linear_icp_scores(construct_gd_lsa(d, float(f) * eta, n_points).predict, n_tasks=n_tasks,
+                              n_candidates=n_candidates, n_probes=n_probes, d=d, seed=seed)
+        steps.append(s)
+        one_minus.append(1.0 - pearson(r["icp"], r["inner_product"]))
+        first = s * r["inner_product"]
+        rel.append(float(np.abs(r["icp"] - first).mean() / np.abs(first).mean()))
+    steps_a, om, rl = np.asarray(steps), np.asarray(one_minus), np.asarray(rel)
+    return {"steps": steps_a, "one_minus_pearson": om, "relative_gap": rl,
+            "slope_pearson": loglog_slope(steps_a, om), "slope_relative": loglog_slope(steps_a, rl)}
+
+
 @experiment("icp-vs-influence-linear",
             "ICP vs gradient inner product in the constructed LSA, a trained LSA and a small softmax transformer")
 def icp_vs_influence_linear(*, smoke: bool = False, seed: int = 0) -> dict[str, Any]:
