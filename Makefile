@@ -9,15 +9,18 @@ QUIET := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 STAMP := $(VENV)/.setup-done
 PORT ?= 8888
 PYTEST_ARGS ?=
+# MathJax for the static site: the npm package (Apache-2.0), unpacked once beside the venv.
+MATHJAX_VERSION := 3.2.2
+MATHJAX := $(VENV)/share/icp-course/mathjax-$(MATHJAX_VERSION)
 
-.PHONY: help setup browser lab notebooks test unit bench site release grade notes clean
+.PHONY: help setup browser mathjax lab notebooks test unit bench site release grade notes clean
 
 help:
 	@echo "make lab        set up, then open the course in JupyterLab"
 	@echo "make test       set up, then run every test (unit, notebooks in smoke mode, browser)"
 	@echo "make notebooks  execute every notebook headless into build/ (ICP_SMOKE=1 honoured)"
 	@echo "make bench      run the benchmarks"
-	@echo "make site       static HTML site of the executed notebooks in build/site/"
+	@echo "make site       static HTML site of the executed notebooks in build/site/ (works offline; each page says its mode)"
 	@echo "make release    nbgrader: student versions of the notebooks (solutions, hidden tests removed) in build/release/"
 	@echo "make grade SUBMISSIONS=folder   autograde folder/<student>/<assignment>/*.ipynb; print the score table"
 	@echo "make notes      refresh the per-notebook table of docs/instructor_notes.md"
@@ -46,24 +49,41 @@ browser:
 	      || echo "[browser] could not install chromium"; \
 	  else echo "[browser] chromium missing: sudo apt-get install chromium"; fi; }
 
+# MathJax 3 for the static site, fetched once from the npm registry (`npm pack`, the machine's npm) and
+# unpacked into $(MATHJAX); the site copies es5/tex-svg-full.js and LICENSE from there. Never a CDN.
+$(MATHJAX)/package.json: | $(STAMP)
+	@command -v npm >/dev/null 2>&1 || { echo "[mathjax] npm is needed to fetch MathJax (Debian: apt-get install npm)"; exit 1; }
+	@echo "[mathjax] mathjax@$(MATHJAX_VERSION) from the npm registry"
+	@rm -rf "$(MATHJAX).tmp" && mkdir -p "$(MATHJAX).tmp"
+	@cd "$(MATHJAX).tmp" && npm pack --silent "mathjax@$(MATHJAX_VERSION)" >/dev/null
+	@tar -xzf "$(MATHJAX).tmp/mathjax-$(MATHJAX_VERSION).tgz" -C "$(MATHJAX).tmp"
+	@rm -rf "$(MATHJAX)" && mv "$(MATHJAX).tmp/package" "$(MATHJAX)" && rm -rf "$(MATHJAX).tmp"
+	@test -f "$(MATHJAX)/es5/tex-svg-full.js" && test -f "$(MATHJAX)/LICENSE"
+
+mathjax: $(MATHJAX)/package.json
+
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port=$(PORT) $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
 
 notebooks: setup
 	$(PY) -m icp_course.nbrun notebooks --out build/notebooks
 
-unit: setup
+unit: setup mathjax
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not notebooks and not browser" $(PYTEST_ARGS)
 
-test: setup browser
+test: setup browser mathjax
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m icp_influence bench all
 
-# A static HTML site of the executed notebooks (smoke mode) with navigation: build/site/index.html.
-site: setup
-	ICP_SMOKE=1 HF_HUB_OFFLINE=1 $(PY) -m icp_course.site --out build/site --executed build/notebooks-smoke
+# A static HTML site of the executed notebooks with navigation, build/site/index.html, that loads nothing from
+# outside its folder (MathJax from $(MATHJAX); no widget embedding). Each page comes from its default-size copy
+# in build/notebooks/ (`make notebooks`) when that is fresh, else from the smoke copy in build/notebooks-smoke/
+# (executed there when missing or stale); a smoke page carries a banner and the index gives every page's mode.
+site: setup mathjax
+	HF_HUB_OFFLINE=1 $(PY) -m icp_course.site --out build/site --default-copies build/notebooks \
+	  --executed build/notebooks-smoke --mathjax $(MATHJAX)
 
 # nbgrader: the course directory build/nbgrader/ is made by code (config + source/<assignment>/), then
 # `nbgrader generate_assignment` strips solutions and hidden tests; students get build/release/<assignment>/.

@@ -109,6 +109,9 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
                      html: bool = True) -> NotebookRun:
     """Run ``path`` with cwd = its folder; save the executed notebook (and HTML) in ``out_dir``.
 
+    The copy records how it was made in ``metadata.icp_course``: ``mode`` ("smoke" or "default"),
+    ``seconds``, ``executed_at`` and ``completed`` (False when a cell failed).
+
     Raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell (after
     saving what ran so far).
     """
@@ -126,6 +129,9 @@ def execute_notebook(path: str | Path, out_dir: str | Path, *, smoke: bool = Tru
     except Exception as e:  # noqa: BLE001 - re-raised below after saving
         error = e
     seconds = time.perf_counter() - t0
+    # how this copy was made, for whoever reuses it (the site labels each page with its mode)
+    nb.metadata["icp_course"] = {"mode": "smoke" if smoke else "default", "seconds": round(seconds, 1),
+                                 "executed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "completed": error is None}
     nbformat.write(nb, executed)
     html_path = None
     if html:
