@@ -274,6 +274,12 @@ def test_grad_throughput_benchmark_smoke_fields():
     assert r["efficiency"] == pytest.approx(r["achieved_gflops"] / r["matmul_gflops"])
     assert r["max_rel_diff_vs_vmap"] < 1e-4
     assert set(r["projection"]) == {"countsketch", "gaussian"}
+    assert r["by_dtype"]["float32"]["efficiency"] == r["efficiency"] and r["dtype_chosen"] in ("float32", "bfloat16")
+    if r["cpu_bf16"]:
+        bf16 = r["by_dtype"]["bfloat16"]
+        assert bf16["efficiency"] > 0 and bf16["grad_max_rel_diff"] < 0.05 and "mean" in bf16["candidate_spearman"]
+    else:
+        assert "skipped" in r["by_dtype"]["bfloat16"]
 
 
 @pytest.mark.slow

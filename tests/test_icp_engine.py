@@ -372,3 +372,13 @@ def test_icp_throughput_smoke_fields():
     assert res["efficiency"] > 0 and res["pairs"] == res["n_candidates"] * res["n_probes"]
     assert res["flop_ratio"] > 1  # the cache saves work: the prefix runs once per candidate
     assert len(res["rounds"]) == res["n_candidates"]
+    # per dtype: the fp32 engine's figures, and bf16 where the CPU has bf16 matrix units
+    assert res["dtype_chosen"] in ("float32", "bfloat16") and res["dtype_reason"]
+    fp32 = res["by_dtype"]["float32"]
+    assert fp32["speedup_vs_reference"] == res["speedup_vs_reference"] and fp32["efficiency"] == res["efficiency"]
+    bf16 = res["by_dtype"]["bfloat16"]
+    if res["cpu_bf16"]:
+        assert bf16["efficiency"] > 0 and bf16["speedup_vs_reference"] > 0
+        assert set(bf16["candidate_spearman"]) == {"mean", "win_rate"} and bf16["max_abs_diff"] < 0.1
+    else:
+        assert "skipped" in bf16

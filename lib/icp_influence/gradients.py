@@ -27,9 +27,11 @@ transformer blocks, i.e. attention and MLP projections, as in the authors' code;
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -142,6 +144,10 @@ def select_parameters(model: nn.Module, selection: str | Sequence[str] = "all") 
 
 PROJECTIONS = ("gaussian", "rademacher", "countsketch")
 
+
+
+#: Under bf16 autocast, keep the per-example weight-gradient sums of the hooks path in float32.
+BF16_WEIGHT_GRADS_FP32 = True
 
 
 class _HooksUnsupported(ConfigError):
@@ -526,7 +532,11 @@ class Objective:
                 p.requires_grad_(flag)
         outs.clear()
         B = batch[0].shape[0]
-        with torch.no_grad():
+        # Under bf16 autocast (the "bf16" precision) the per-example weight gradients Σ_t δ_t a_tᵀ are still
+        # summed over tokens in float32 (an autocast bmm would round every one of them to bf16).
+        fp32_sums = BF16_WEIGHT_GRADS_FP32 and torch.is_autocast_enabled(self.device.type)
+        with torch.no_grad(), (torch.autocast(self.device.type, enabled=False) if fp32_sums
+                               else contextlib.nullcontext()):
             for t, n in enumerate(self.names):
                 mname, _, pname, conv = self._owners[n]
                 d = deltas.get(mname)
@@ -534,10 +544,14 @@ class Objective:
                     yield t, torch.zeros(B, self.sizes[t], device=self.device, dtype=self.dtype)
                     continue
                 d = d.reshape(B, -1, d.shape[-1])
+                if fp32_sums:
+                    d = d.to(self.dtype)
                 if pname == "bias":
                     g = d.sum(dim=1)
                 else:
                     a = acts[mname].reshape(B, -1, acts[mname].shape[-1])
+                    if fp32_sums:
+                        a = a.to(self.dtype)
                     g = torch.bmm(a.transpose(1, 2), d) if conv else torch.bmm(d.transpose(1, 2), a)
                 yield t, g.reshape(B, -1)
 
@@ -585,7 +599,10 @@ class Objective:
         H = torch.zeros(self.dim, self.dim, dtype=self.dtype, device=self.device)
         n = len(items)
         try:
-            with _math_attention():
+            with _math_attention(), warnings.catch_warnings():
+                # the first forward-mode pass makes torch register its JVP decompositions with
+                # torch.jit.script, which warns that it is deprecated: torch's own doing, not ours
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
                 for m, batch in self._batches(items, batch_size):
                     def f(flat, batch=batch):
                         return self.mean_loss(self.unflatten(flat), batch)

@@ -75,6 +75,24 @@ is not an option on this CPU (Zen 3, AVX2, no AVX-512-BF16/AMX): a 2048² bf16 m
 at 0.14 GFLOP/s (fp32: 54) and bf16 ICP at 10.2 s per pair (previous engine; fp32 packed:
 1.22 s, same load), with errors of up to 0.85 nats against a float64 run.
 
+bf16 (``precision="bf16"``, :mod:`icp_influence.precision`), measured on a CPU that has
+AVX-512 BF16 (AMD EPYC, 2 cores; bf16 1024² matmul 2.8× the fp32 rate), SmolLM2 on 16
+instruction-set candidates of varied length × 8 probes, against the fp32 engine, one thread on a
+busy machine (load 5–8). Weights *stored* in bf16: 0.54× the fp32 speed, max |Δ| 2.9 nats (from
+the issue). fp32 weights under ``torch.autocast`` (bf16 matrix products): with the LM head
+also in bf16, 1.71× and max |Δ| 1.59 nats, candidate Spearman of mean Δ 0.991 (the issue's
+sample); with the head and its log-softmax in float32 (what the engine does): 90 s vs 196 s
+(2.2×, separate runs; 1.12× in the recorded check, both in one run on two threads), max |Δ| 0.85 nats, rms 0.36, pair Spearman 0.9970, candidate Spearman 0.997 (mean Δ)
+and 0.954 (win-rate), per-candidate |Δ mean| up to 0.11 probe-bootstrap SE; attention also in
+float32 (``BF16_ATTENTION_FP32``): no better (0.90 / 0.35 / 0.9978 / 0.994 / 0.967 / 0.28) and
+slower. Where the error comes from: the products' *inputs* — the activations — rounded to bf16.
+Exact weights (split into bf16 high and low parts, two products, float32 outputs) with bf16
+activations were as far off (max 1.06, rms 0.45) and slower than fp32; weights rounded to
+bf16 with float32 activations and products came to max 0.22, rms 0.076, pair Spearman 0.9997,
+candidate Spearman 0.997 (mean) and 1.0 (win-rate), 0.04 SE. So no bf16 variant reaches the
+goal (candidate Spearman ≥ 0.998 for every aggregate, < 0.1 SE); the ``"auto"`` policy keeps
+ICP in float32 on this processor (the recorded check: ``benchmarks/results/precision-check.json``).
+
 Exactness. The engine equals the naive per-pair forward pass (:func:`naive_loglik_matrix`)
 up to float32 rounding, which is *not* negligible on long answers. Against a float64 run
 of the same model, on 32 instruction-set pairs (answers of 29–207 tokens) the naive
@@ -111,6 +129,7 @@ from .encoding import Encoded, PairEncoder, check_template, encode_pair
 from .errors import ConfigError, DataFormatError, EmptyPoolError, MethodError
 from .lm import answer_logprobs, model_device
 from .models import context_length
+from .precision import PrecisionChoice, autocast, choose_precision, full_precision
 from .scores import ScoreMatrix
 
 METHODS = ("win_rate", "delta", "per_token")
@@ -160,6 +179,7 @@ class _Pass:
     segments: list[tuple[int, int, _Context | None]]
     capture: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    attention_fp32: bool = False  # under bf16 autocast: scores, softmax and weighted sum in float32
 
     def mask(self, n_q: int, n_ctx: int, like: torch.Tensor) -> torch.Tensor:
         """Additive mask ``[n_q, n_ctx + n_q]``: the whole context, then causal (shared by layers)."""
@@ -186,6 +206,10 @@ def _packed_attention(module, query, key, value, attention_mask=None, dropout: f
     if plan.capture is not None:
         plan.capture[layer] = (key, value)
     gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    if plan.attention_fp32 and torch.is_autocast_enabled(query.device.type):
+        with torch.autocast(query.device.type, enabled=False):
+            return _packed_attention(module, query.float(), key.float(), value.float(), attention_mask, dropout,
+                                     scaling, **kwargs)
     sdpa = torch.nn.functional.scaled_dot_product_attention
     out = query.new_empty(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
     for s, e, ctx in plan.segments:
@@ -321,19 +345,30 @@ def plan_passes(lengths: Sequence[int], *, token_budget: int, batch_size: int | 
 
 
 def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(head(hidden))[target]`` per row, float64, in chunks of ``HEAD_ROWS`` rows."""
+    """``log softmax(head(hidden))[target]`` per row, float64, in chunks of ``HEAD_ROWS`` rows.
+
+    Always in the head's own precision (float32 weights: float32 logits), also under bf16
+    autocast: the head and its log-softmax are where the log-probabilities accumulate."""
     head = model.get_output_embeddings()
     out = torch.empty(hidden.shape[0], dtype=torch.float64, device=hidden.device)
-    for s in range(0, hidden.shape[0], HEAD_ROWS):
-        logits = head(hidden[s:s + HEAD_ROWS]).double()
-        out[s:s + HEAD_ROWS] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s:s + HEAD_ROWS, None])[:, 0]
+    with full_precision(hidden):
+        hidden = hidden.to(head.weight.dtype)
+        for s in range(0, hidden.shape[0], HEAD_ROWS):
+            logits = head(hidden[s:s + HEAD_ROWS]).double()
+            out[s:s + HEAD_ROWS] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s:s + HEAD_ROWS, None])[:, 0]
     return out
 
 
-def _run_prefix(model, prefix: Sequence[int], counter: ForwardCounter | None) -> _Context:
+#: Under bf16 autocast, run the packed attention (scores, softmax, weighted sum) in float32 too.
+#: Off: measured on SmolLM2 (16 × 8 instruction-set pairs) it changed nothing beyond noise
+#: (max |Δ| 0.90 vs 0.85 nats, rms 0.35 vs 0.36) and cost time (see the module docstring).
+BF16_ATTENTION_FP32 = False
+
+
+def _run_prefix(model, prefix: Sequence[int], counter: ForwardCounter | None, precision: str = "fp32") -> _Context:
     device = model_device(model)
-    plan = _Pass([(0, len(prefix), None)], capture={})
-    with _packed_pass(model, plan):
+    plan = _Pass([(0, len(prefix), None)], capture={}, attention_fp32=BF16_ATTENTION_FP32)
+    with _packed_pass(model, plan), autocast(precision, device):
         h = model.base_model(input_ids=torch.tensor([list(prefix)], device=device),
                              position_ids=torch.arange(len(prefix), device=device)[None], use_cache=False
                              ).last_hidden_state
@@ -347,12 +382,12 @@ def _run_prefix(model, prefix: Sequence[int], counter: ForwardCounter | None) ->
 @torch.no_grad()
 def _packed_answer_logprobs(model, prefix_ids: Sequence[int], suffixes: Sequence[tuple[Sequence[int], Sequence[int]]],
                             *, token_budget: int, batch_size: int | None,
-                            counter: ForwardCounter | None) -> list[np.ndarray]:
+                            counter: ForwardCounter | None, precision: str = "fp32") -> list[np.ndarray]:
     """Answer log-probs of ``prefix + query_i + answer_i`` with the packed engine (see module doc)."""
     device = model_device(model)
     prefix = list(prefix_ids)
     P = len(prefix)
-    ctx = _run_prefix(model, prefix, counter) if P else None
+    ctx = _run_prefix(model, prefix, counter, precision) if P else None
     # Suffix i runs query + answer[:-1]; the logit at suffix position t predicts token t+1. An
     # empty query's first answer token is predicted by the prefix's last position instead.
     sufs = [(list(q), list(a)) for q, a in suffixes]
@@ -383,8 +418,8 @@ def _packed_answer_logprobs(model, prefix_ids: Sequence[int], suffixes: Sequence
             j0 = 1 if not q else 0           # answer tokens predicted inside this segment
             sel += range(s + len(q) - 1 + j0, s + len(q) - 1 + len(a))
             tgt += a[j0:]
-        plan = _Pass(segments)
-        with _packed_pass(model, plan):
+        plan = _Pass(segments, attention_fp32=BF16_ATTENTION_FP32)
+        with _packed_pass(model, plan), autocast(precision, device):
             hidden = model.base_model(input_ids=torch.tensor([ids], device=device),
                                       position_ids=torch.tensor([pos], device=device), use_cache=False
                                       ).last_hidden_state[0]
@@ -537,6 +572,7 @@ def prefix_answer_logprobs(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     counter: ForwardCounter | None = None,
     engine: str = "auto",
+    precision: str = "fp32",
 ) -> list[np.ndarray]:
     """Answer-token log-probs of ``prefix + query_i + answer_i`` for every suffix ``i``.
 
@@ -550,6 +586,9 @@ def prefix_answer_logprobs(
         pad_id: padding token of the fallback path (the packed engine never pads).
         engine: ``"auto"`` (packed when supported), ``"packed"`` or ``"hf-cache"`` (the
             previous engine: replicated ``DynamicCache`` and right padding).
+        precision: ``"fp32"`` or ``"bf16"`` (the body's matrix products under bf16 autocast;
+            the LM head, its log-softmax and the sums stay float32/float64; see
+            :mod:`icp_influence.precision`).
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -564,15 +603,18 @@ def prefix_answer_logprobs(
                               "answer token has nothing to be predicted from. Give the probe a prompt.")
     if engine not in ("auto", "packed", "hf-cache"):
         raise ConfigError(f"Unknown ICP engine {engine!r}; choose 'auto', 'packed' or 'hf-cache'.")
+    precision = precision.precision if isinstance(precision, PrecisionChoice) else precision
     use_packed = engine == "packed" or (engine == "auto" and packed_supported(model))
     if use_packed:
         return _packed_answer_logprobs(model, prefix, sufs, token_budget=token_budget, batch_size=batch_size,
-                                       counter=counter)
+                                       counter=counter, precision=precision)
     if any(not q for q, _ in sufs):
         # The first answer token is predicted by the last prefix token: move it into the suffix.
         sufs = [([prefix[-1], *q], a) for q, a in sufs]
         prefix = prefix[:-1]
-    return _hf_cache_answer_logprobs(model, prefix, sufs, pad_id=pad_id, batch_size=batch_size or 8, counter=counter)
+    with autocast(precision, model_device(model)):  # (this fallback's LM head runs under it too)
+        return _hf_cache_answer_logprobs(model, prefix, sufs, pad_id=pad_id, batch_size=batch_size or 8,
+                                         counter=counter)
 
 
 # --------------------------------------------------------------------------- scorer
@@ -596,12 +638,15 @@ class IcpScorer:
         baseline_demo: when given, the baseline is ``ll(p | baseline_demo)`` — a neutral,
             irrelevant demonstration — instead of the zero-shot ``ll(p)``.
         engine: ``"auto"``, ``"packed"`` or ``"hf-cache"`` (see :func:`prefix_answer_logprobs`).
+        precision: ``"fp32"`` (default; the exact path), ``"bf16"`` (bf16 matrix products, float32
+            head and sums) or ``"auto"`` (:func:`~icp_influence.precision.choose_precision` for
+            ``icp`` on the model's device); :attr:`precision` holds the choice and its reason.
     """
 
     def __init__(self, model, tokenizer, probes: Sequence[Example], *, template: str = "paper",
                  batch_size: int | None = None, max_length: int | None = None, truncation: str = "left",
                  token_budget: int = DEFAULT_TOKEN_BUDGET, baseline_demo: Example | None = None,
-                 engine: str = "auto"):
+                 engine: str = "auto", precision: str | PrecisionChoice = "fp32"):
         check_template(template)
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}.")
@@ -617,6 +662,8 @@ class IcpScorer:
         self.batch_size = int(batch_size) if batch_size is not None else None
         self.token_budget = int(token_budget)
         self.baseline_demo = baseline_demo
+        self.precision = precision if isinstance(precision, PrecisionChoice) else choose_precision(
+            precision, model_device(model), method="icp")
         self.max_length = int(max_length) if max_length is not None else context_length(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.encoder = PairEncoder(tokenizer, template=template, max_length=self.max_length,
@@ -654,7 +701,8 @@ class IcpScorer:
         for prefix, idx in groups.items():
             lps = prefix_answer_logprobs(self.model, prefix, [(encs[i].query_ids, encs[i].answer_ids) for i in idx],
                                          pad_id=self.pad_id, batch_size=self.batch_size,
-                                         token_budget=self.token_budget, counter=self.counter, engine=self.engine)
+                                         token_budget=self.token_budget, counter=self.counter, engine=self.engine,
+                                         precision=self.precision.precision)
             for i, lp in zip(idx, lps):
                 out[i] = lp
         return out  # type: ignore[return-value]
@@ -715,7 +763,12 @@ class IcpScorer:
         return icp_meta(method, template=self.template, model_name=model_name or model_label(self.model),
                         batch_size=self.batch_size, baseline=self.baseline, n_answer_tokens=self.n_answer_tokens,
                         token_budget=self.token_budget, engine=self.engine,
-                        **baseline_meta(self.baseline_demo))
+                        **precision_meta(self.precision), **baseline_meta(self.baseline_demo))
+
+
+def precision_meta(choice: PrecisionChoice) -> dict[str, Any]:
+    """``{"precision": ..., "precision_reason": ...}`` for bf16 runs; nothing for fp32 (unchanged metadata)."""
+    return {"precision": choice.precision, "precision_reason": choice.reason} if choice.precision != "fp32" else {}
 
 
 def baseline_meta(baseline_demo: Example | None) -> dict[str, Any]:

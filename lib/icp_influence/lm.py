@@ -17,6 +17,7 @@ import torch
 from .data import Example
 from .encoding import Encoded, encode_pair
 from .errors import ConfigError
+from .precision import full_precision
 
 
 def model_device(model) -> torch.device:
@@ -105,10 +106,11 @@ def batch_answer_nll(model, ids: torch.Tensor, labels: torch.Tensor, reduction: 
         hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
         target = labels[:, 1:]
         keep = target != -100
-        logits = head(hidden[:, :-1][keep])
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        tok = torch.log_softmax(logits, dim=-1).gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)
+        with full_precision(hidden):  # under bf16 autocast: the head and log-softmax stay in the weights' dtype
+            logits = head(hidden[:, :-1][keep].to(head.weight.dtype))
+            if logits.dtype in (torch.float16, torch.bfloat16):
+                logits = logits.float()
+            tok = torch.log_softmax(logits, dim=-1).gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)
         row = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(target)[keep]
         nll = torch.zeros(ids.shape[0], dtype=tok.dtype, device=ids.device).index_add(0, row, -tok)
     else:

@@ -204,8 +204,17 @@ def load_model(
     Args:
         spec: ``"smollm2-135m-instruct"``, a tiny spec, a hub id or a local directory.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA when available).
-        dtype: e.g. ``"float32"`` or ``"bfloat16"`` (default: as stored; fp32 for the
-            embedded and tiny models).
+        dtype: the weights' dtype, e.g. ``"float32"`` or ``"bfloat16"`` (default: as stored;
+            fp32 for the embedded and tiny models), or ``"auto"`` (the default of the ``score``
+            command): float32 weights, and the valuators' compute precision left to the policy of
+            :mod:`icp_influence.precision` — bf16 matrix products under autocast (LM head,
+            log-softmax and sums in float32) where the processor has native bf16 matrix units
+            *and* the recorded bf16-vs-fp32 accuracy check of that valuator passed on this
+            kind of processor, float32 elsewhere. The choice and its reason are logged and
+            kept as ``model.icp_precision_choices``; each valuator records its own in its
+            meta (``precision``, ``precision_reason``). Weights *stored* in bf16 are not what
+            ``"auto"`` picks: on a CPU with AVX-512 BF16 they ran at 0.54× the float32 speed
+            and were off by up to 2.9 nats.
         trust_remote_code: passed to ``transformers``; off unless you ask.
         seed: initialisation seed for the tiny configs.
 
@@ -215,6 +224,10 @@ def load_model(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"Model spec must be a non-empty string, got {spec!r}. Known: {', '.join(known_specs())}.")
+    if isinstance(dtype, str) and dtype == "auto":
+        model, tokenizer = load_model(spec, device=device, dtype="float32", trust_remote_code=trust_remote_code,
+                                      seed=seed)
+        return _auto_precision(model, spec), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec == EMBEDDED:
@@ -269,6 +282,22 @@ def load_model(
             "with it, check the id and your network."
         ) from None
     return _finish(model, tokenizer, device, None)
+
+
+#: The valuators whose compute precision ``load_model(dtype="auto")`` reports (each valuator resolves its own).
+AUTO_PRECISION_METHODS = ("icp", "inner_product")
+
+
+def _auto_precision(model, spec: str):
+    """Mark ``model`` for the ``"auto"`` compute precision and say what the policy chooses, and why."""
+    from .precision import choose_precision
+
+    device = next(model.parameters()).device
+    model.icp_precision = "auto"
+    model.icp_precision_choices = {m: choose_precision("auto", device, method=m) for m in AUTO_PRECISION_METHODS}
+    for m, c in model.icp_precision_choices.items():
+        log.info("load_model(%r, dtype='auto'): %s computes in %s", spec, m, c)
+    return model
 
 
 def load_tokenizer(spec: str = EMBEDDED):

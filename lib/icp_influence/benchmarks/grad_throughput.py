@@ -32,6 +32,16 @@ selection and for the "paper" selection (every linear layer of every block, 106 
 both are linear in ``D``, so they are timed on a slice of the coordinates and scaled. Run it
 with ``ICP_BENCH_THREADS=1`` on a shared CPU: with two OpenMP threads on two busy cores the
 element-wise operators stall several-fold.
+
+Per dtype (``by_dtype``): where the processor has native bf16 matrix units (``cpu_bf16``), the
+same gradients are computed again in ``bfloat16`` (:mod:`icp_influence.precision`: forward and
+backward matrix products under bf16 autocast, the LM head and log-softmax in float32, the
+per-example weight-gradient sums in float32, gradients stored in float32), with the dense bf16
+matmul rate measured in the same run: each dtype's ``efficiency`` against its own matmul rate,
+``speedup_vs_fp32`` and, for the inner products of the first half of the examples (candidates)
+with the second half (probes), ``max_abs_diff`` and ``candidate_spearman`` against float32
+(``bf16_agreement`` holds the rest; ``grad_max_rel_diff``: the largest relative difference of one
+example's gradient). ``dtype_chosen``: what ``"auto"`` chooses for ``inner_product`` here, and why.
 """
 from __future__ import annotations
 
@@ -118,6 +128,7 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
 
     from ..cost import gradient_flop_count
     from ..gradients import encode_examples, lm_objective, select_parameters
+    from ..precision import choose_dtype, hardware_bf16, processor_kind
 
     env = configure_threads()
     if smoke:
@@ -202,6 +213,11 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     projections["gaussian"]["matmul_bound_seconds_per_example_paper"] = 2 * sum(paper_sizes) * proj_k / (mm_gflops * 1e9)
     projections["gaussian"]["matmul_bound_seconds_per_example_qv"] = 2 * obj.dim * proj_k / (mm_gflops * 1e9)
     eff = achieved / mm_gflops
+    dtypes = _by_dtype(obj, encs, t, count["flops"], mm_gflops, eff, chunk=chunk, method=method, mm_n=mm_n,
+                       repeats=repeats)
+    dt, why = choose_dtype("auto", "cpu", method="inner_product")
+    dtypes.update({"cpu_bf16": hardware_bf16("cpu")[0], "processor_kind": processor_kind("cpu"),
+                   "dtype_chosen": dt, "dtype_reason": why})
     return {
         "model": name,
         "params": QV,
@@ -243,4 +259,45 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         **env,
         "goal": "efficiency >= 0.4",
         "goal_met": bool(eff >= 0.4),
+        **dtypes,
     }
+
+
+def _by_dtype(obj, encs, t32, flops: float, mm_gflops: float, eff: float, *, chunk: int, method: str, mm_n: int,
+              repeats: int) -> dict:
+    """float32 vs bfloat16 per-example gradients: speed against each dtype's own matmul rate, and the
+    inner products' agreement (first half of the examples as candidates, second half as probes)."""
+    import torch
+
+    from ..influence import inner_product_scores
+    from ..precision import autocast, hardware_bf16, precision_agreement
+
+    G32 = t32.result
+    h = len(encs) // 2
+    ip32 = inner_product_scores(G32[:h], G32[h:])
+    out = {"by_dtype": {"float32": {"efficiency": eff, "speedup_vs_fp32": 1.0, "matmul_gflops": mm_gflops,
+                                    "seconds_per_example": t32.median / len(encs)}}}
+    ok, why = hardware_bf16("cpu")
+    if not ok:
+        out["by_dtype"]["bfloat16"] = {"skipped": f"no native bf16 matrix units ({why})"}
+        return out
+
+    def bf16_grads():
+        with autocast("bf16", "cpu"):
+            return obj.per_example_grads(encs, chunk_size=chunk, method=method)
+
+    mm1 = matmul_gflops(mm_n, repeats=3, warmup=1, dtype="bfloat16")
+    t16 = median_time(bf16_grads, repeats=repeats, warmup=1)
+    mm2 = matmul_gflops(mm_n, repeats=3, warmup=1, dtype="bfloat16")
+    mm16 = 2 * mm_n**3 / statistics.median(mm1["samples_s"] + mm2["samples_s"]) / 1e9
+    G16 = t16.result
+    agree = precision_agreement(inner_product_scores(G16[:h], G16[h:]), ip32, aggregates=("mean",), n_boot=200)
+    rel = float(((G16.double() - G32.double()).norm(dim=1) / G32.double().norm(dim=1).clamp_min(1e-30)).max())
+    out["by_dtype"]["bfloat16"] = {
+        "efficiency": flops / t16.median / 1e9 / mm16, "speedup_vs_fp32": t32.median / t16.median,
+        "matmul_gflops": mm16, "seconds_per_example": t16.median / len(encs),
+        "max_abs_diff": agree["max_abs_diff"], "max_abs_diff_against": "float32 inner products",
+        "candidate_spearman": {k: v["candidate_spearman"] for k, v in agree["aggregates"].items()},
+        "grad_max_rel_diff": rel}
+    out["bf16_agreement"] = agree
+    return out

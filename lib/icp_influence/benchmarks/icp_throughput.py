@@ -24,6 +24,18 @@ logits are computed, and ``2·2·L_q·L_kv·d`` per layer for attention (causal 
 by the work it saves: ``flop_ratio`` = reference FLOPs ÷ engine FLOPs is the speed-up at
 equal efficiency. Goals (from the issue): efficiency ≥ 0.6, speed-up ≥ 3, |Δ| ≤ 1e-4 nats.
 
+Per dtype (``by_dtype``): the engine also runs in ``bfloat16`` (:mod:`icp_influence.precision`:
+bf16 matrix products under autocast, LM head and sums in float32/float64) in every round, timed
+beside the float32 engine, with the dense **bf16** matmul rate measured in the same rounds; the
+reference stays float32. Each dtype reports its ``efficiency`` against its own matmul rate, its
+``speedup_vs_reference``, ``max_abs_diff`` (float32: against the naive path; bfloat16: Δ against
+the float32 engine's Δ) and ``candidate_spearman`` per aggregate (``mean``, ``win_rate``) with
+the float32 engine (the full bf16-vs-fp32 agreement of these pairs is under ``bf16_agreement``;
+on 3 candidates it says little — the policy's check, 16 candidates × 8 probes, is
+``precision_check``, read from ``benchmarks/results/precision-check.json``). ``cpu_bf16``: whether the
+processor has native bf16 matrix units (without them bf16 is skipped: it is emulated and
+slow); ``dtype_chosen``: what ``dtype="auto"`` chooses for ICP here, and why.
+
 ``--smoke``: a small random GPT-NeoX on short synthetic examples (seconds).
 Threads: ``ICP_BENCH_THREADS`` (see :func:`~icp_influence.benchmarks._common.configure_threads`).
 """
@@ -173,6 +185,35 @@ def round_bounds(result: dict[str, Any], goal: float = GOALS["speedup"]) -> list
     return out
 
 
+def _by_dtype(res: dict, rounds: list[dict], d32: np.ndarray, d_naive: np.ndarray, d16: np.ndarray | None,
+              bf16_why: str, agreement) -> dict[str, Any]:
+    """``by_dtype`` (float32 and bfloat16 engines, each against its own matmul rate) and ``bf16_agreement``."""
+    def spearmans(a, b):
+        r = agreement(a, b, aggregates=("mean", "win_rate"), n_boot=200)
+        return r, {k: v["candidate_spearman"] for k, v in r["aggregates"].items()}
+
+    _, sp32 = spearmans(d32, d_naive)
+    out: dict[str, Any] = {"by_dtype": {"float32": {
+        "efficiency": res["efficiency"], "speedup_vs_reference": res["speedup_vs_reference"],
+        "max_abs_diff": res["max_abs_diff"], "max_abs_diff_against": "naive path (float32)",
+        "candidate_spearman": sp32, "matmul_gflops": res["matmul_gflops"], "seconds_per_pair": res["seconds_per_pair"]}}}
+    if d16 is None:
+        out["by_dtype"]["bfloat16"] = {"skipped": f"no native bf16 matrix units ({bf16_why})"}
+        return out
+    agree, sp16 = spearmans(d16, d32)
+    n_pairs = d32.size
+    out["by_dtype"]["bfloat16"] = {
+        "efficiency": statistics.median(r["bf16_efficiency"] for r in rounds),
+        "speedup_vs_reference": statistics.median(r["bf16_speedup_vs_reference"] for r in rounds),
+        "speedup_vs_fp32_engine": statistics.median(r["bf16_speedup_vs_fp32_engine"] for r in rounds),
+        "max_abs_diff": agree["max_abs_diff"], "max_abs_diff_against": "float32 engine (Δ, baseline included)",
+        "candidate_spearman": sp16,
+        "matmul_gflops": statistics.median(g for r in rounds for g in r["bf16_matmul_gflops"]),
+        "seconds_per_pair": sum(np.mean(r["bf16_engine_s"]) for r in rounds) / n_pairs}
+    out["bf16_agreement"] = agree
+    return out
+
+
 def _clock(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -186,8 +227,10 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
 
     from ..icp import IcpScorer
     from ..lm import answer_logprobs
+    from ..precision import choose_dtype, hardware_bf16, precision_agreement, processor_kind, recorded_checks
 
     env = configure_threads()
+    cpu_bf16, bf16_why = hardware_bf16("cpu")
     if smoke:
         model, tok = bench_lm(128, 2, seed=seed)
         cands, probes = synthetic_split(3, 4, seed=seed)
@@ -201,8 +244,10 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
     P = len(probes)
 
     scorer = IcpScorer(model, tok, probes)
+    fast = IcpScorer(model, tok, probes, precision="bf16") if cpu_bf16 else None
     old = IcpScorer(model, tok, probes, batch_size=8, engine="hf-cache")
     base, base_old = scorer.baseline, old.baseline  # once per probe set: not part of the per-pair work
+    base_fast = fast.baseline if fast is not None else None
     base_naive = np.array([lp.sum() for lp in answer_logprobs(model, old._base_encs, pad_id=pad, batch_size=8)])
 
     def pairs(z):
@@ -213,14 +258,21 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
 
     with torch.no_grad():  # warm-up: kernels, allocator
         scorer.loglik_one(cands[0])
+        if fast is not None:
+            fast.loglik_one(cands[0])
         answer_logprobs(model, pairs(cands[0])[:2], pad_id=pad, batch_size=1)
     # One round per candidate, each measured side by side (a shared CPU's load drifts):
     # matmul, engine, reference, naive path, previous engine, engine again, matmul.
     rounds = []
-    ll, ref, naive, ll_old = [], [], [], []
+    ll, ref, naive, ll_old, ll_fast = [], [], [], [], []
     for z in cands:
         encs = pairs(z)
         mm1 = matmul_gflops(mm_n, repeats=2, warmup=1)["gflops"]
+        bf = {}
+        if fast is not None:  # bf16 engine and bf16 matmul rate, beside the float32 ones
+            mmb1 = matmul_gflops(mm_n, repeats=2, warmup=1, dtype="bfloat16")["gflops"]
+            t_f1, ll_fast_z = _clock(lambda: fast.loglik_one(z))
+            ll_fast.append(ll_fast_z)
         t_e1, ll_z = _clock(lambda: scorer.loglik_one(z))
         with torch.no_grad():
             t_ref, ref_z = _clock(lambda: sums(answer_logprobs(model, encs, pad_id=pad, batch_size=1)))
@@ -230,9 +282,16 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         mm2 = matmul_gflops(mm_n, repeats=2, warmup=0)["gflops"]
         t_eng = (t_e1 + t_e2) / 2
         fl = engine_flops(shape, [encs])["flops"]
+        if fast is not None:
+            t_f2, _ = _clock(lambda: fast.loglik_one(z))
+            mmb2 = matmul_gflops(mm_n, repeats=2, warmup=0, dtype="bfloat16")["gflops"]
+            t_f = (t_f1 + t_f2) / 2
+            bf = {"bf16_engine_s": [t_f1, t_f2], "bf16_matmul_gflops": [mmb1, mmb2],
+                  "bf16_efficiency": fl / t_f / 1e9 / ((mmb1 + mmb2) / 2), "bf16_speedup_vs_reference": t_ref / t_f,
+                  "bf16_speedup_vs_fp32_engine": t_eng / t_f}
         rounds.append({"engine_s": [t_e1, t_e2], "reference_s": t_ref, "naive_s": t_naive, "previous_engine_s": t_old,
                        "matmul_gflops": [mm1, mm2], "engine_gflop": fl / 1e9, "reference_gflop": reference_flops(shape, encs) / 1e9,
-                       "efficiency": fl / t_eng / 1e9 / ((mm1 + mm2) / 2), "speedup_vs_reference": t_ref / t_eng})
+                       "efficiency": fl / t_eng / 1e9 / ((mm1 + mm2) / 2), "speedup_vs_reference": t_ref / t_eng, **bf})
         ll.append(ll_z)
         ref.append(ref_z)
         naive.append(naive_z)
@@ -293,6 +352,13 @@ def run(*, smoke: bool = False, seed: int = 0) -> dict:
         "goal": (f"efficiency >= {GOALS['efficiency']:g}, speedup_vs_reference >= {GOALS['speedup']:g}, "
                  f"max_abs_diff <= {GOALS['max_abs_diff']:g}"),
     }
+    res.update(_by_dtype(res, rounds, ll - base, naive - base_naive,
+                         None if fast is None else np.array(ll_fast) - base_fast, bf16_why, precision_agreement))
+    res["cpu_bf16"] = bool(cpu_bf16)
+    res["processor_kind"] = processor_kind("cpu")
+    dt, why = choose_dtype("auto", "cpu", method="icp")
+    res["dtype_chosen"], res["dtype_reason"] = dt, why
+    res["precision_check"] = recorded_checks().get(res["processor_kind"], {}).get("methods", {}).get("icp")
     bounds = round_bounds(res)
     res["efficiency_needed_for_3x"] = statistics.median(b["efficiency_needed"] for b in bounds)
     res["speedup_at_matmul_rate"] = statistics.median(b["speedup_at_matmul_rate"] for b in bounds)

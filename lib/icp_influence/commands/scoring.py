@@ -96,7 +96,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     rank, world = shard_from_env()
     if world > 1:
         print(f"score: shard {rank + 1}/{world} (chunks k with k % {world} == {rank})", file=sys.stderr, flush=True)
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
     v = build_valuator(args.valuator, model, tokenizer, settings=settings, template=args.template, seed=args.seed,
                        chunk_size=args.chunk_size, model_name=args.model, progress=not args.quiet)
     if v.needs_fit:
@@ -140,6 +140,10 @@ def register(sub) -> None:
     sp.add_argument("--limit", type=int, default=None, help="score only the first N candidates")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default=None)
+    sp.add_argument("--dtype", default="auto",
+                    help="'auto' (default: float32 weights, bf16 matrix products only where the processor has them "
+                         "and the recorded accuracy check of the valuator passed; see icp_influence.precision), "
+                         "or the weights' dtype: float32, bfloat16, ... (a valuator's own 'precision' setting wins)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(sp)
     sp.set_defaults(func=cmd_score)

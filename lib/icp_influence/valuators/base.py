@@ -264,6 +264,37 @@ class Valuator:
     def _extra_meta(self) -> dict[str, Any]:
         return {}
 
+    # ---- numerical precision (valuators whose forward passes can run in bf16)
+    _precision_request: str | None = None
+    _precision_choice: Any = None
+
+    def _init_precision(self, precision: str | None) -> None:
+        from ..precision import check_precision
+
+        self._precision_request = None if precision is None else check_precision(precision)
+        self._precision_choice = None
+
+    @property
+    def precision(self):
+        """The resolved :class:`~icp_influence.precision.PrecisionChoice` (``fp32``/``bf16`` and why)."""
+        if self._precision_choice is None:
+            from ..precision import resolve
+
+            self._precision_choice = resolve(self._precision_request, self.model, self.name)
+        return self._precision_choice
+
+    def _precision_settings(self) -> dict[str, Any]:
+        """``{"precision": "bf16"}`` in the configuration of a bf16 run (so cached values of the two
+        precisions are never mixed); nothing for fp32 (configurations as before)."""
+        return {"precision": "bf16"} if self.precision.precision == "bf16" else {}
+
+    def _precision_meta(self) -> dict[str, Any]:
+        """The choice and its reason in the ScoreMatrix's meta, unless plain fp32 was the default."""
+        asked = self._precision_request or getattr(self.model, "icp_precision", None) or "fp32"
+        if asked == "fp32" and self.precision.precision == "fp32":
+            return {}
+        return {"precision": self.precision.precision, "precision_reason": self.precision.reason}
+
 
 def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\x1f".join(ids).encode()).hexdigest()[:16]

@@ -54,18 +54,25 @@ class GradientValuator(Valuator):
         cache_dir: keep candidate gradients on disk (a :class:`GradientCache`).
         objective: instead of ``model``/``tokenizer``, any
             :class:`~icp_influence.gradients.Objective`; its items are scored as given.
+        precision: ``"fp32"``, ``"bf16"`` (forward and backward matrix products in bf16 under
+            autocast, the LM head and log-softmax in float32, per-example gradients stored in
+            float32, inner products accumulated in float64) or ``"auto"`` (the policy of
+            :mod:`icp_influence.precision` for this valuator's name); ``None`` (default):
+            ``"auto"`` for a model loaded with ``load_model(dtype="auto")``, else fp32.
     """
 
     projectable = True
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, objective: Any = None, params: Any = "paper",
                  reduction: str = "sum", projection_dim: int | None = None, projection: str = "gaussian",
-                 grad_chunk: int = 8, cache_dir: str | Path | None = None, chunk_size: int = 16, **common: Any):
+                 grad_chunk: int = 8, cache_dir: str | Path | None = None, chunk_size: int = 16,
+                 precision: str | None = None, **common: Any):
         if objective is None and (model is None or tokenizer is None):
             raise ConfigError(f"{type(self).__name__} needs a model and its tokenizer, or objective=...")
         if objective is not None and model is None:
             model = objective.model
         super().__init__(model, tokenizer, chunk_size=chunk_size, **common)
+        self._init_precision(precision)
         if reduction not in ("sum", "mean"):
             raise ConfigError(f"reduction must be 'sum' or 'mean', got {reduction!r}.")
         if projection_dim is not None:
@@ -88,7 +95,7 @@ class GradientValuator(Valuator):
     # ---- configuration
     def settings(self) -> dict[str, Any]:
         return {"params": self.selection, "reduction": self.reduction, "projection_dim": self.projection_dim,
-                "projection": self.projection if self.projection_dim else None}
+                "projection": self.projection if self.projection_dim else None, **self._precision_settings()}
 
     # ---- the objective, projection and cache (built once)
     @property
@@ -129,7 +136,8 @@ class GradientValuator(Valuator):
             key = {"model": model_fingerprint(obj.model),
                    "names": hashlib.sha256("|".join(obj.names).encode()).hexdigest()[:16],
                    "template": self.template, "reduction": self.reduction, "max_length": self.max_length,
-                   "projection": [self.projection_dim, self.projection, self.seed] if self.projection_dim else None}
+                   "projection": [self.projection_dim, self.projection, self.seed] if self.projection_dim else None,
+                   **self._precision_settings()}
             self._cache = GradientCache(self.cache_dir, key)
         return self._cache
 
@@ -140,8 +148,11 @@ class GradientValuator(Valuator):
         obj, proj = self.objective, self._projector()
 
         def compute(idx: list[int]) -> torch.Tensor:
-            return obj.per_example_grads([items[i] for i in idx], chunk_size=self.grad_chunk, projector=proj,
-                                         out_dtype=obj.dtype)
+            from ..precision import autocast
+
+            with autocast(self.precision, obj.device):
+                return obj.per_example_grads([items[i] for i in idx], chunk_size=self.grad_chunk, projector=proj,
+                                             out_dtype=obj.dtype)
 
         cache = self._gradient_cache()
         if cache is None:
@@ -164,7 +175,7 @@ class GradientValuator(Valuator):
         raise NotImplementedError
 
     def _extra_meta(self) -> dict[str, Any]:
-        return {"n_parameters": self.objective.dim, "gradient_dim": self.dim}
+        return {"n_parameters": self.objective.dim, "gradient_dim": self.dim, **self._precision_meta()}
 
 
 @register
@@ -213,7 +224,7 @@ class TracIn(Valuator):
     def __init__(self, model: Any = None, tokenizer: Any = None, *, checkpoints: Sequence[Any] = (),
                  learning_rates: Sequence[float] = (), params: Any = "paper", reduction: str = "sum",
                  projection_dim: int | None = None, projection: str = "gaussian", grad_chunk: int = 8,
-                 chunk_size: int = 16, **common: Any):
+                 chunk_size: int = 16, precision: str | None = None, **common: Any):
         checkpoints = list(checkpoints)
         if not checkpoints:
             raise ConfigError("tracin needs checkpoints=[model or path, ...] and learning_rates=[...].")
@@ -234,7 +245,7 @@ class TracIn(Valuator):
         self.learning_rates = [float(x) for x in learning_rates]
         kw = dict(params=params, reduction=reduction, projection_dim=projection_dim, projection=projection,
                   grad_chunk=grad_chunk, chunk_size=chunk_size, template=self.template, max_length=self.max_length,
-                  seed=self.seed)
+                  seed=self.seed, precision=precision)
         self.parts = [InnerProduct(objective=c, **kw) if isinstance(c, Objective) else InnerProduct(c, tokenizer, **kw)
                       for c in loaded]
 
