@@ -216,3 +216,19 @@ def test_ablation_only_valuators_score_the_referee_candidates_and_a_cached_super
                           list(d["probes"]), A.run_dir("tiny", "instructions"), "cosine")
     assert asked == [] and sub.candidate_ids == list(d["ablation_ids"])
     np.testing.assert_array_equal(sub.values, pool_wide.subset(sub.candidate_ids).values)
+
+
+def test_a_run_keeps_the_probes_it_recorded(results):
+    """k-means on hidden states is not bit-stable across processors: a run's recorded probes
+    (in the matrices' column order) are reused instead of being chosen again."""
+    from icp_influence.experiments.llm_agreement import build_data, recorded_data, run_dir
+
+    cfg = A.AgreementConfig.for_mode("tiny")
+    rec = recorded_data(run_dir("tiny"))
+    mats = A.load("tiny")["mats"]
+    assert rec["probe_order"] == mats["icp"].probe_ids
+    assert sorted(rec["probe_order"]) == sorted(rec["probes"])
+    swapped = dict(rec, probe_order=rec["probe_order"][::-1])
+    d = build_data(cfg, None, None, recorded=swapped)       # no model: nothing is chosen again
+    assert [p.id for p in d["probes"]] == rec["probe_order"][::-1]
+    assert d["ablation_ids"] == rec["ablation_ids"]

@@ -16,7 +16,7 @@ Valuators (one ScoreMatrix each, cached with its configuration hash):
   mean Δ, per-token Δ);
 * ``icp_neutral`` — the same for one neutral, irrelevant demonstration: subtracting its row
   gives deltas against a baseline that has seen *a* demonstration (format priming removed);
-* ``icp_chat`` — the ``chat`` template, on the ablation candidates (96 of the pool);
+* ``icp_chat`` — the ``chat`` template, on the whole pool (the confounds experiment reports it there);
 * ``ip``, ``cosine``, ``psl`` — inner product, cosine and the authors' ``paper_signed_log``
   over the q/v projections of every block (13M numbers per example);
 * ``ip_last2`` — inner product over the q/v projections of the last two blocks;
@@ -122,22 +122,43 @@ def open_run(mode: str, data: str = "instructions", seed: int = 0) -> tuple[Agre
     cfg = AgreementConfig.for_mode(mode, data, seed)
     seed_everything(cfg.seed)
     model, tokenizer = load_model(cfg.model, device="cpu")
-    return cfg, model, tokenizer, build_data(cfg, model, tokenizer), run_dir(mode, data)
+    out = run_dir(mode, data)
+    return cfg, model, tokenizer, build_data(cfg, model, tokenizer, recorded=recorded_data(out)), out
 
 
 # ---------------------------------------------------------------- data
 
-def build_data(cfg: AgreementConfig, model, tokenizer) -> dict[str, Any]:
-    """Pool (with labelled corruptions), probes (stratified k-means), evaluation set."""
+def recorded_data(out: Path) -> dict[str, Any] | None:
+    """The data design a run recorded (``out/data.json``), or ``None`` before its first run."""
+    path = out / "data.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def build_data(cfg: AgreementConfig, model, tokenizer, *, recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pool (with labelled corruptions), probes (stratified k-means), evaluation set.
+
+    ``recorded``: the design a run saved (:func:`recorded_data`). When its pool is this
+    configuration's pool, its probes are taken as recorded instead of being chosen again:
+    k-means on the model's hidden states is not bit-stable across processors (on another
+    AMD EPYC, 5 of the instruction run's 64 probes came out different), and a run's cached
+    matrices belong to the probes they were scored on.
+    """
     from ..probes import select_probes_kmeans
 
     parts, pool = build_pool(cfg)
-    probes = select_probes_kmeans(model, tokenizer, parts["probe_candidates"], cfg.n_probes, seed=cfg.seed,
-                                  max_fraction_per_group=cfg.max_probe_fraction)
     rng = np.random.default_rng(cfg.seed)
     ablation = sorted(rng.choice(len(pool), size=min(cfg.n_ablation, len(pool)), replace=False).tolist())
+    ablation_ids = [pool[i].id for i in ablation]
+    by_id = {e.id: e for e in parts["probe_candidates"]}
+    order = (recorded or {}).get("probe_order", ())
+    if (recorded is not None and list(recorded.get("pool", ())) == [e.id for e in pool]
+            and len(order) == cfg.n_probes and all(i in by_id for i in order)):
+        probes = [by_id[i] for i in order]
+    else:
+        probes = select_probes_kmeans(model, tokenizer, parts["probe_candidates"], cfg.n_probes, seed=cfg.seed,
+                                      max_fraction_per_group=cfg.max_probe_fraction)
     return {"pool": pool, "probes": Pool(list(probes), name="probes"), "eval": Pool(list(parts["eval"]), name="eval"),
-            "ablation_ids": [pool[i].id for i in ablation]}
+            "ablation_ids": ablation_ids}
 
 
 def build_pool(cfg: AgreementConfig) -> tuple[dict[str, Any], Pool]:
@@ -164,6 +185,7 @@ def data_info(data: dict[str, Any]) -> dict[str, Any]:
     return {
         "pool": {e.id: {"category": e.task, "corruption": e.meta.get("corruption")} for e in data["pool"]},
         "probes": {p.id: {"category": p.task} for p in data["probes"]},
+        "probe_order": [p.id for p in data["probes"]],        # the matrices' column order (JSON objects get sorted)
         "eval": [e.id for e in data["eval"]],
         "ablation_ids": list(data["ablation_ids"]),
     }
@@ -178,7 +200,7 @@ def valuator_specs(cfg: AgreementConfig, grad_cache: Path | None) -> dict[str, d
     return {
         "icp": {"valuator": "icp", "settings": {"score": "delta"}, "candidates": "pool"},
         "icp_neutral": {"valuator": "icp", "settings": {"score": "delta"}, "candidates": "neutral"},
-        "icp_chat": {"valuator": "icp", "settings": {"score": "delta"}, "candidates": "ablation", "template": "chat"},
+        "icp_chat": {"valuator": "icp", "settings": {"score": "delta"}, "candidates": "pool", "template": "chat"},
         "ip": {"valuator": "inner_product", "settings": {**grad, **cached}, "candidates": "pool"},
         "cosine": {"valuator": "cosine", "settings": {**grad, **cached}, "candidates": "pool"},
         "psl": {"valuator": "paper_signed_log", "settings": {**grad, **cached}, "candidates": "pool"},
@@ -501,7 +523,7 @@ def run(mode: str = "full", data: str = "instructions", *, seed: int = 0, only: 
     if model is None:
         model, tokenizer = load_model(cfg.model, device="cpu")
     t0 = time.perf_counter()
-    d = build_data(cfg, model, tokenizer)
+    d = build_data(cfg, model, tokenizer, recorded=recorded_data(out))
     info = data_info(d)
     atomic_write_json(out / "data.json", info)
     grad_cache = grad_cache_dir(cfg, out)
@@ -582,6 +604,16 @@ def instruction_agreement(*, smoke: bool = False, seed: int = 0, skip: tuple[str
 # ---------------------------------------------------------------- the verdict, in words computed from the numbers
 
 PAPER_SPEARMAN = 0.73  # the authors' released Alpaca scores: Spearman(ICP win-rate, mean IP) (Pythia-1b, 52,002 × 100)
+#: Readable names of the valuators and ground truths for the text (the course's figure labels say the same).
+NAMES = {"icp_mean_delta": "ICP mean Δ", "icp_win_rate": "ICP win-rate", "icp_per_token": "ICP per-token Δ",
+         "ip": "inner product", "ip_per_token": "inner product ÷ candidate tokens", "cosine": "cosine",
+         "ekfac": "EK-FAC", "gt_sgd_small": "one small SGD step on the q/v weights",
+         "gt_sgd_all": "one SGD step on all weights", "gt_adam_sign": "one Adam step (β₁ = β₂ = 0)"}
+
+
+def name_of(key: str) -> str:
+    """The readable name of a valuator or ground truth (the key itself when unknown)."""
+    return NAMES.get(key, key)
 
 
 def strength(rho: float) -> str:
@@ -624,10 +656,36 @@ def claims(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> dict[st
     return out
 
 
+def _ci(v, d=2):
+    return f"{v['spearman']:.{d}f} [{v['ci'][0]:.{d}f}, {v['ci'][1]:.{d}f}]"
+
+
+def referee_lines(summary: dict[str, Any], gt: dict[str, Any] | None) -> list[str]:
+    """The referee's bullets of the verdict (empty without a ground-truth run), in readable names."""
+    if gt is None:
+        return []
+    c = claims(summary, gt)
+    ci = _ci
+    fo = gt["first_order"]
+    holds = "reproduces" if c["first_order_holds"] else "does **not** reproduce (goal: Spearman ≥ 0.99)"
+    lines = [f"- The referee: one small SGD step {holds} the inner product pair by pair (Spearman "
+             f"{fo['pair_spearman_ip']:.4f}, η = {fo['eta']:.2g}, {fo['n_candidates']} candidates × "
+             f"{fo['n_probes']} probes)."]
+    if "best_tracker_of_training" in c:
+        v, g = c["best_tracker_of_training"]
+        row = next(r for r in gt["table"] if r["valuator"] == v and r["ground_truth"] == g
+                   and r["level"] == "candidate" and r["pool"] == "instructions")
+        others = [r for r in gt["table"] if r["ground_truth"] == g and r["level"] == "candidate"
+                  and r["pool"] == "instructions" and r["valuator"] != v]
+        lines.append(f"- What tracks a real training step best at the candidate level ({name_of(g)}, "
+                     f"{row['n_candidates']} candidates × {row['n_probes']} probes): {name_of(v)}, Spearman {ci(row)}; "
+                     + ", ".join(f"{name_of(r['valuator'])} {ci(r)}" for r in others) + ".")
+    return lines
+
+
 def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
     """A Markdown paragraph built from the numbers (nothing typed by hand)."""
-    def ci(v, d=2):
-        return f"{v['spearman']:.{d}f} [{v['ci'][0]:.{d}f}, {v['ci'][1]:.{d}f}]"
+    ci = _ci
 
     ag, rel = summary["agreement"], summary["reliability"]
     md, wr = ag["icp_mean_delta vs ip"], ag["icp_win_rate vs ip"]
@@ -646,19 +704,5 @@ def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
         s = summary["synthetic"]["agreement"]["icp_mean_delta vs ip"]
         lines.append(f"- On the synthetic task families the same design gives Spearman(ICP mean Δ, IP) {ci(s)}: "
                      f"{c['synthetic_mean_delta_vs_ip']}.")
-    if gt is not None:
-        fo = gt["first_order"]
-        holds = "reproduces" if c["first_order_holds"] else "does **not** reproduce (goal: Spearman ≥ 0.99)"
-        lines.append(f"- The referee: one small SGD step {holds} the inner product pair by pair (Spearman "
-                     f"{fo['pair_spearman_ip']:.4f}, η = {fo['eta']:.2g}, {fo['n_candidates']} candidates × "
-                     f"{fo['n_probes']} probes).")
-        if "best_tracker_of_training" in c:
-            v, g = c["best_tracker_of_training"]
-            row = next(r for r in gt["table"] if r["valuator"] == v and r["ground_truth"] == g
-                       and r["level"] == "candidate" and r["pool"] == "instructions")
-            others = [r for r in gt["table"] if r["ground_truth"] == g and r["level"] == "candidate"
-                      and r["pool"] == "instructions" and r["valuator"] != v]
-            lines.append(f"- What tracks a real training step best at the candidate level ({g}, "
-                         f"{row['n_candidates']} candidates × {row['n_probes']} probes): {v}, Spearman {ci(row)}; "
-                         + ", ".join(f"{r['valuator']} {ci(r)}" for r in others) + ".")
+    lines += referee_lines(summary, gt)
     return "\n".join(lines)
