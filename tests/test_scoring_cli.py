@@ -107,3 +107,60 @@ def test_accelerate_two_processes_equal_single(tmp_path):
     np.testing.assert_array_equal(a.values, b.values)
     assert a.candidate_ids == b.candidate_ids and a.probe_ids == b.probe_ids
     assert a.meta["default_aggregate"] == "win_rate"
+
+
+def test_show_prints_a_run_as_a_table_csv_or_json_best_first(tmp_path, capsys):
+    import csv
+    import io
+
+    out = tmp_path / "run"
+    assert main(["score", "icp", "--model", "tiny-llama", "--pool", "synthetic:6", "--probes", "synthetic:4:3",
+                 "--out", str(out), "--settings", '{"score": "delta"}', "--quiet"]) == 0
+    capsys.readouterr()
+    sm = ScoreMatrix.load(out / "scores")
+    mean, win = sm.aggregate("mean"), sm.aggregate("win_rate")
+    assert main(["show", str(out), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["candidate"] for r in rows] == [sm.candidate_ids[i] for i in np.argsort(-mean, kind="stable")]
+    for r in rows:
+        i = sm.candidate_ids.index(r["candidate"])
+        assert r["mean"] == pytest.approx(mean[i]) and r["win_rate"] == pytest.approx(win[i])
+    assert [r["rank"] for r in rows] == list(range(1, 7))
+    assert main(["show", str(out), "--format", "csv", "--aggregate", "win_rate", "--top", "3"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 3 and list(table[0]) == ["rank", "candidate", "win_rate", "mean"]
+    assert [float(t["win_rate"]) for t in table] == sorted(win, reverse=True)[:3]
+    assert main(["show", str(out)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].startswith("icp: 6 candidates × 4 probes") and text[1].split()[:2] == ["rank", "candidate"]
+    assert len(text) == 2 + 6
+    assert main(["show", str(tmp_path / "none")]) == 2
+
+
+def test_score_warns_before_scoring_about_examples_longer_than_the_context(tmp_path, capsys):
+    from icp_influence.commands.scoring import overlong
+    from icp_influence.data import Example
+    from icp_influence.encoding import encode_example
+    from icp_influence.models import context_length
+
+    model, tok = load_model("tiny-llama", device="cpu")
+    limit = context_length(model, tok)
+    pool = make_synthetic_pool(3, seed=0)
+    huge = Example(id="huge", instruction="Summarise.", input="word " * (2 * limit), output="ok")
+    got = overlong([*pool, huge], tok, limit)
+    assert [g[0] for g in got] == ["huge"] and got[0][1] == len(encode_example(tok, huge))
+    path = tmp_path / "pool.jsonl"
+    path.write_text("\n".join(json.dumps({"instruction": e.instruction, "input": e.input, "output": e.output})
+                              for e in [*pool, huge]) + "\n")
+    assert main(["score", "answer_length", "--model", "tiny-llama", "--pool", str(path), "--probes", "synthetic:2",
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"1 of 4 candidates are longer than the model's context of {limit} tokens" in err
+
+
+def test_an_empty_pool_says_so_in_plain_words():
+    from icp_influence.data import Pool
+    from icp_influence.errors import EmptyPoolError
+
+    with pytest.raises(EmptyPoolError, match=r"No examples in 'empty': a pool needs at least one example"):
+        Pool([], name="empty")

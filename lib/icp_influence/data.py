@@ -79,7 +79,7 @@ class Pool(Sequence[Example]):
         self.name = name
         if not self.examples and not allow_empty:
             raise EmptyPoolError(
-                f"The {name} is empty: it needs at least one example. Check the file or the "
+                f"No examples in {name!r}: a pool needs at least one example. Check the file or the "
                 "filter that produced it."
             )
         seen: dict[str, int] = {}

@@ -66,6 +66,33 @@ def build_valuator(name: str, model: Any, tokenizer: Any, *, settings: dict[str,
                progress=progress, **settings)
 
 
+def overlong(examples, tokenizer, limit: int, template: str = "paper") -> list[tuple[str, int]]:
+    """``(id, tokens)`` of every example whose own encoding is longer than ``limit`` tokens."""
+    from ..encoding import encode_example
+
+    out = []
+    for ex in examples:
+        n = len(encode_example(tokenizer, ex, template=template, max_length=None))
+        if n > limit:
+            out.append((ex.id, n))
+    return out
+
+
+def warn_overlong(pool, probes, model, tokenizer, template: str) -> None:
+    """Say before scoring (on stderr) which examples exceed the model's context and will be truncated."""
+    from ..models import context_length
+
+    limit = context_length(model, tokenizer)
+    for what, items in (("candidates", pool), ("probes", probes)):
+        long = overlong(items, tokenizer, limit, template)
+        if long:
+            worst = max(long, key=lambda t: t[1])
+            print(f"score: warning: {len(long)} of {len(items)} {what} are longer than the model's context of "
+                  f"{limit} tokens on their own (longest: {worst[0]!r}, {worst[1]:,} tokens); they are truncated "
+                  f"from the left, and a pair costs about as much as a full {limit}-token sequence.",
+                  file=sys.stderr, flush=True)
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from ..data import parse_pool_spec
     from ..models import load_model
@@ -97,6 +124,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     if world > 1:
         print(f"score: shard {rank + 1}/{world} (chunks k with k % {world} == {rank})", file=sys.stderr, flush=True)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype)
+    warn_overlong(pool, probes, model, tokenizer, args.template)
     v = build_valuator(args.valuator, model, tokenizer, settings=settings, template=args.template, seed=args.seed,
                        chunk_size=args.chunk_size, model_name=args.model, progress=not args.quiet)
     if v.needs_fit:
@@ -105,7 +133,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     sm = v.score(list(pool), list(probes), out_dir=out, shard=(rank, world))
     atomic_write_json(out / META_FILE, v.meta())  # `merge` puts it in the assembled ScoreMatrix
     if sm is not None:
-        print(f"wrote {out / 'scores.json'}: {sm.shape[0]} candidates × {sm.shape[1]} probes ({args.valuator})")
+        print(f"wrote {out / 'scores.json'}: {sm.shape[0]} candidates × {sm.shape[1]} probes ({args.valuator}); "
+              f"see them with `python -m icp_influence show {out}` (--format csv|json to export)")
     else:
         print(f"shard {rank + 1}/{world} done; run `merge {out}` when every shard has finished", file=sys.stderr)
 
@@ -120,6 +149,60 @@ def cmd_merge(args: argparse.Namespace) -> None:
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
     sm = merge_run(out, meta=meta)
     print(f"wrote {Path(out) / 'scores.json'}: {sm.shape[0]} candidates × {sm.shape[1]} probes ({sm.method})")
+
+
+SHOW_FORMATS = ("table", "csv", "json")
+
+
+def score_rows(sm, how: str | None = None, top: int | None = None) -> list[dict[str, Any]]:
+    """One row per candidate, best first: ``rank``, ``candidate``, the aggregate's value, and for
+    ICP matrices the mean Δ and win-rate both (ties keep the matrix's order)."""
+    how = how or sm.meta.get("default_aggregate", "mean")
+    value = sm.aggregate(how)
+    order = sorted(range(len(value)), key=lambda i: -value[i])
+    extra = {"mean": sm.aggregate("mean"), "win_rate": sm.aggregate("win_rate")} if sm.method == "icp" else {}
+    rows = []
+    for rank, i in enumerate(order[:top] if top else order, start=1):
+        row = {"rank": rank, "candidate": sm.candidate_ids[i], how: float(value[i])}
+        row.update({k: float(v[i]) for k, v in extra.items() if k != how})
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    """``rows`` as an aligned text table, CSV or JSON (one object per row)."""
+    import csv
+    import io
+
+    if fmt not in SHOW_FORMATS:
+        raise ConfigError(f"Unknown format {fmt!r}; choose one of {', '.join(SHOW_FORMATS)}.")
+    if fmt == "json":
+        return json.dumps(rows, indent=1)
+    cols = list(rows[0]) if rows else ["rank", "candidate"]
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue().rstrip("\n")
+    cells = [[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[j]) for row in cells)) if cells else len(c) for j, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if j != 1 else v.ljust(w) for j, (v, w) in enumerate(zip(vals, widths)))  # noqa: E731
+    return "\n".join([line(cols), *(line(r) for r in cells)])
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from ..scores import ScoreMatrix
+
+    path = Path(args.path)
+    sm = ScoreMatrix.load(path / "scores" if path.is_dir() else path)
+    if args.top is not None and args.top < 1:
+        raise ConfigError(f"--top must be ≥ 1, got {args.top}.")
+    rows = score_rows(sm, args.aggregate, args.top)
+    if args.format == "table":
+        print(f"{sm.method}: {sm.shape[0]} candidates × {sm.shape[1]} probes "
+              f"(positive = the candidate helps the probe); best first")
+    print(format_rows(rows, args.format))
 
 
 @add_command
@@ -147,6 +230,13 @@ def register(sub) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(sp)
     sp.set_defaults(func=cmd_score)
+
+    shp = sub.add_parser("show", help="print a run's scores as a table, CSV or JSON (one row per candidate, best first)")
+    shp.add_argument("path", help="run directory (its scores.json) or a score file")
+    shp.add_argument("--format", default="table", choices=SHOW_FORMATS)
+    shp.add_argument("--aggregate", default=None, help="mean, win_rate, sum, median (default: the valuator's own)")
+    shp.add_argument("--top", type=int, default=None, help="only the N best candidates")
+    shp.set_defaults(func=cmd_show)
 
     mp = sub.add_parser("merge", help="assemble the chunks of a (sharded) run into one ScoreMatrix")
     mp.add_argument("dir", nargs="?", default=None, help="run directory (same as --out)")
