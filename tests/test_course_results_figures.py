@@ -50,7 +50,7 @@ def test_reliability_and_forest_figures():
     ax = fig.axes[0]
     assert "Spearman" in ax.get_xlabel() and [t.get_text() for t in ax.get_yticklabels()] == ["reference", "win-rate"]
     # the dotted reference line is the first row's value, and the legend outside the axes says so
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["reference: reference (0.70)"] and _legend_outside(ax)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["first row (0.70)"] and _legend_outside(ax)
     assert PA.forest(rows, reference=False).axes[0].get_legend() is None
 
 

@@ -14,16 +14,27 @@ VALUATOR_COLORS = {
     "icp_win_rate_neutral": "#9edae5", "ip": "#d62728", "ip_per_token": "#ff9896", "cosine": "#ff7f0e",
     "psl": "#8c564b", "ip_last2": "#e377c2", "ip_linear": "#bcbd22", "ekfac": "#9467bd",
     "gt_sgd_small": "#7f7f7f", "gt_sgd_all": "#393b79", "gt_adam_sign": "#637939",
+    # the null models (notebook 05): what a valuator agrees with if it tracks one simple quantity
+    "answer_length": "#252525", "candidate_nll": "#e7ba52", "candidate_nll_per_token": "#ad494a",
+    "gradient_norm": "#a55194", "random": "#b0b0b0",
+    # per-token forms of the inner product
+    "ip_per_candidate_token": "#ff9896", "ip_per_token_loss": "#c49c94",
 }
 #: Readable names of the valuators and ground truths.
 VALUATOR_LABELS = {
     "icp_win_rate": "ICP win-rate", "icp_mean_delta": "ICP mean Δ", "icp_per_token": "ICP per-token Δ",
     "icp_win_rate_neutral": "ICP win-rate (neutral baseline)", "ip": "inner product",
-    "ip_per_token": "inner product ÷ candidate tokens", "cosine": "cosine", "psl": "paper_signed_log",
-    "ip_last2": "IP, last two blocks", "ip_linear": "IP, all linear (sketch)",
-    "ekfac": "EK-FAC", "gt_sgd_small": "one SGD step (small η, q/v)", "gt_sgd_all": "one SGD step (all)",
-    "gt_adam_sign": "one Adam step (β=0)",
+    "ip_per_token": "inner product ÷ candidate tokens", "cosine": "cosine", "psl": "the authors' signed-log inner product",
+    "ip_last2": "IP, last two blocks", "ip_linear": "IP, all linear (sketch)", "icp_chat": "ICP, chat template",
+    "ekfac": "EK-FAC", "gt_sgd_small": "one small SGD step on the q/v weights", "gt_sgd_all": "one SGD step on all weights",
+    "gt_adam_sign": "one Adam step (β₁ = β₂ = 0)",
+    "answer_length": "answer length", "candidate_nll": "the model's loss on the candidate",
+    "candidate_nll_per_token": "the model's loss per answer token", "gradient_norm": "gradient norm",
+    "random": "a random number", "ip_per_candidate_token": "inner product ÷ candidate tokens",
+    "ip_per_token_loss": "inner product of the per-token losses",
 }
+#: The null models, in the order figures show them.
+NULL_MODELS = ("answer_length", "candidate_nll", "candidate_nll_per_token", "gradient_norm", "random")
 
 
 def use(dpi: int = 100) -> None:

@@ -43,16 +43,18 @@ def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the ag
            xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)", reference: bool = True):
     """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆).
 
-    ``reference``: a dotted line at the first row's value, labelled in a legend beside the
-    axes (the full run, which the ablation rows are read against); ``False`` for rows that
+    ``reference``: a dotted line at the first row's value, labelled in a short legend beside the
+    axes (the reference row, which the ablation rows are read against); ``False`` for rows that
     have no reference (several valuators side by side).
     """
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(rows) + 1.3))
+    fig, ax = plt.subplots(figsize=(10.0, 0.5 * len(rows) + 1.4))
     y = np.arange(len(rows))[::-1]
     groups = list(dict.fromkeys(r.get("group", "") for r in rows))
     gcol = dict(zip(groups, colors([f"__group_{g}" for g in groups])))
+    if "null model" in gcol:    # the null models keep their course colour
+        gcol["null model"] = colors(["answer_length"])[0]
     for yi, r in zip(y, rows):
         c = gcol[r.get("group", "")]
         lo, hi = r["ci"]
@@ -61,11 +63,12 @@ def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the ag
         if r.get("disattenuated") is not None and np.isfinite(r["disattenuated"]):
             ax.plot(r["disattenuated"], yi, "D", color=c, mfc="white", ms=5)
     if rows and reference:
-        ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1,
-                   label=f"reference: {rows[0]['name']} ({rows[0]['spearman']:.2f})")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1, label=f"first row ({rows[0]['spearman']:.2f})")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    import textwrap
+
+    ax.set_yticks(y, [textwrap.fill(r["name"], 44) for r in rows])
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return fig

@@ -764,7 +764,8 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     sd = c.get("log_token_sd")
     sd_txt = f"{sd:.2f}" if _finite(sd) else "unknown"
     if pr == PENDING or dr == PENDING:
-        parts.append(f"**The paper's {A.PAPER_SPEARMAN}.** This pool's answers vary little in length (standard "
+        less = "less" if _finite(sd) and sd < WIDE_LOG_TOKEN_SD else "no less"
+        parts.append(f"**The paper's {A.PAPER_SPEARMAN}.** This pool's answers vary {less} in length than the paper's (standard "
                      f"deviation of log answer tokens {sd_txt}; the analysis takes {WIDE_LOG_TOKEN_SD} for the "
                      f"paper's Alpaca). Whether a pool as wide would reach {A.PAPER_SPEARMAN} is what the "
                      f"dose–response curve answers, and it is pending.")

@@ -1,0 +1,268 @@
+"""What notebook 05 says about the confounds result, and its figures: the claims and the verdict
+are computed from the numbers (words by the stated rule, "pending" for a stage not run), and
+every figure renders with labelled axes and the course colour of each valuator. All on small
+synthetic result dicts built here (no cached file needed)."""
+from __future__ import annotations
+
+import copy
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from icp_course import style  # noqa: E402
+from icp_course.plots import confounds as PC  # noqa: E402
+from icp_influence.experiments import confounds as C  # noqa: E402
+from icp_influence.experiments import llm_agreement as A  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    style.use()
+    yield
+    plt.close("all")
+
+
+def _iv(v, half=0.1):
+    return {"spearman": v, "ci": [v - half, v + half]}
+
+
+def _result(*, intervention: bool = True) -> dict:
+    """A complete confounds result with chosen numbers (the shape of ``confounds.run``)."""
+    valuators = ("icp_mean_delta", "icp_win_rate", "icp_per_token", "ip", "cosine", "ip_per_candidate_token")
+    null = {
+        "answer_length": {"icp_mean_delta": 0.15, "icp_win_rate": 0.14, "icp_per_token": 0.12, "ip": 0.57,
+                          "cosine": 0.23, "ip_per_candidate_token": -0.36},
+        "candidate_nll": {"icp_mean_delta": 0.18, "icp_win_rate": 0.17, "icp_per_token": 0.17, "ip": 0.70,
+                          "cosine": 0.39, "ip_per_candidate_token": -0.07, "answer_length": 0.79},
+        "gradient_norm": {v: 0.1 for v in valuators},
+        "random": {v: 0.0 for v in valuators},
+    }
+    res = {
+        "n_candidates": 300, "n_probes": 64, "pending": ["ablations"], "log_token_sd": 0.59,
+        "answer_tokens": {"median": 300.0, "q25": 250.0, "q75": 360.0, "min": 40, "max": 840},
+        "null_models": {n: {"spearman_vs": {v: _iv(x, 0.08) for v, x in row.items()}} for n, row in null.items()},
+        "length_controlled": {
+            "icp_mean_delta vs ip": {"raw": _iv(0.23), "partial": _iv(0.18), "stratified": _iv(0.18),
+                                     "per_token": {**_iv(0.10, 0.14), "forms": ["icp_per_token", "ip_per_token_loss"]},
+                                     "ip_per_candidate_token": _iv(0.05, 0.14)},
+            "icp_win_rate vs ip": {"raw": _iv(0.20), "partial": _iv(0.15), "stratified": _iv(0.15),
+                                   "per_token": _iv(0.05, 0.15), "ip_per_candidate_token": _iv(0.02, 0.15)},
+            "icp_mean_delta vs cosine": {"raw": _iv(0.23), "partial": _iv(0.2), "stratified": _iv(0.2),
+                                         "per_token": _iv(0.2)},
+        },
+        "pair_level": {k: {"mean": m, "ci": [m - 0.03, m + 0.03], "median": m, "q25": m - 0.1, "q75": m + 0.1,
+                           "fraction_positive": f, "n_probes": 8,
+                           "values": list(np.linspace(m - 0.2, m + 0.2, 8))}
+                       for k, m, f in (("raw", 0.15, 0.88), ("ip_per_candidate_token", 0.11, 0.78))},
+    }
+    if intervention:
+        res["intervention"] = {
+            "answer_length": {"effect": 900.0, "ci": [800.0, 1000.0], "rank_effect": 60.0, "rank_ci": [55.0, 65.0],
+                              "fraction_long_higher": 1.0, "n_instructions": 20},
+            "ip": {"effect": 3e4, "ci": [2e4, 4e4], "rank_effect": 50.0, "rank_ci": [40.0, 60.0],
+                   "fraction_long_higher": 0.95, "n_instructions": 20},
+            "icp_mean_delta": {"effect": -0.1, "ci": [-0.2, -0.02], "rank_effect": -12.0, "rank_ci": [-20.0, -4.0],
+                               "fraction_long_higher": 0.3, "n_instructions": 20},
+            "icp_win_rate": {"effect": 0.0, "ci": [-0.1, 0.1], "rank_effect": 1.0, "rank_ci": [-8.0, 9.0],
+                             "fraction_long_higher": 0.5, "n_instructions": 20},
+        }
+        res["variant_pool"] = {"n_instructions": 20, "n_categories": 5, "n_probes": 16,
+                               "answer_tokens": {k: {"median": m, "min": 1, "max": 2000}
+                                                 for k, m in (("short", 12.0), ("middle", 200.0), ("long", 900.0))}}
+        res["dose_response"] = [{"level": q, "log_token_sd": sd, "raw": _iv(r), "partial": _iv(p), "n_draws": 50}
+                                for q, sd, r, p in ((0.0, 0.6, 0.2, 0.15), (0.5, 1.0, 0.35, 0.16),
+                                                    (1.0, 1.6, 0.5, 0.14))]
+        res["prediction"] = {"log_token_sd": 1.5, "raw": {"spearman": 0.48, "ci": [0.35, 0.6]},
+                             "partial": {"spearman": 0.14, "ci": [0.0, 0.3]}, "max_log_token_sd_reached": 1.6,
+                             "extrapolates_by": 0.0}
+    else:
+        res["pending"] += ["intervention", "dose_response", "prediction"]
+    return res
+
+
+SUMMARY = {"n_probes": 64, "agreement": {"icp_mean_delta vs ip": {"spearman": 0.227, "ci": [0.06, 0.39]},
+                                         "icp_win_rate vs ip": {"spearman": 0.2, "ci": [0.04, 0.35]}},
+           "reliability": {"icp_mean_delta": {"value": 0.91}, "icp_win_rate": {"value": 0.81}, "ip": {"value": 0.97}}}
+
+
+def test_strength_rule_is_the_one_the_notebook_states():
+    assert [A.strength(x) for x in (0.0, 0.29, 0.3, 0.59, 0.6, -0.65)] == \
+        ["weak", "weak", "moderate", "moderate", "strong", "strong"]
+
+
+def test_claims_follow_the_numbers():
+    res = _result()
+    c = C.claims(res, SUMMARY)
+    md = c["raw"]["icp_mean_delta vs ip"]
+    # one number for one comparison: the agreement run's value when it has the pair
+    assert md["spearman"] == 0.227 and md["ci"] == [0.06, 0.39] and md["strength"] == "weak" and md["excludes_zero"]
+    assert c["raw"]["icp_mean_delta vs cosine"]["spearman"] == 0.23      # not in the summary: this analysis's row
+    # the null model closest to each valuator, and the one that agrees best with both
+    assert c["closest_null"]["ip"]["null"] == "candidate_nll" and c["closest_null"]["ip"]["strength"] == "strong"
+    assert md["best_null"] == "candidate_nll" and md["best_null_with_both"] == pytest.approx(0.18)
+    assert md["no_better_than_null"] is False
+    assert c["ip_follows_length_more_than_icp"] is True
+    lc = c["length_controlled"]["icp_mean_delta vs ip"]
+    assert lc["partial_below_raw"] and lc["per_token_below_raw"] and not lc["per_token"]["excludes_zero"]
+    assert c["pair_level"]["fraction_positive"] == 0.88 and c["pair_level"]["excludes_zero"]
+    iv = c["intervention"]
+    assert iv["ip"]["direction"] == "longer ranks higher" and iv["icp_mean_delta"]["direction"] == "longer ranks lower"
+    assert iv["icp_win_rate"]["direction"] == "no detectable effect"
+    assert c["dose_response"]["raw"] == "rises" and c["dose_response"]["partial"] == "falls"
+    assert c["prediction"]["raw"]["paper_relative_to_ci"] == "above"
+    assert c["ablations"] == C.PENDING
+
+
+def test_a_null_model_that_matches_the_agreement_is_reported_as_such():
+    res = _result()
+    for v in ("icp_mean_delta", "ip"):
+        res["null_models"]["gradient_norm"]["spearman_vs"][v] = _iv(0.5)
+    c = C.claims(res, SUMMARY)
+    assert c["raw"]["icp_mean_delta vs ip"]["no_better_than_null"] is True
+    assert "no better than a null model does with both" in C.verdict(res, SUMMARY)
+
+
+def test_pending_stages_are_pending_not_guessed():
+    res = _result(intervention=False)
+    c = C.claims(res, SUMMARY)
+    for k in ("intervention", "dose_response", "prediction", "ablations"):
+        assert c[k] == C.PENDING
+    text = C.verdict(res, SUMMARY)
+    assert "pending" in text and "0.59" in text
+    assert "pending" in C.summary(res, SUMMARY)
+    # listed as pending although a (stale) key is present: still pending
+    res2 = _result()
+    res2["pending"] += ["intervention", "dose_response", "prediction"]
+    assert C.claims(res2, SUMMARY)["intervention"] == C.PENDING
+    # no length-controlled stage
+    res3 = _result(intervention=False)
+    del res3["length_controlled"], res3["pair_level"]
+    res3["pending"].append("length_controlled")
+    c3 = C.claims(res3, None)
+    assert c3["length_controlled"] == C.PENDING and c3["pair_level"] == C.PENDING and c3["raw"] == {}
+    assert "not been measured" in C.verdict(res3, None)
+
+
+def test_verdict_and_summary_state_the_numbers_in_plain_words():
+    res = _result()
+    text = C.verdict(res, SUMMARY)
+    for s in ("0.23 [0.06, 0.39]", "weakly", "0.18 [0.08, 0.28]", "0.15 [0.12, 0.18]", "88%", "+50 percentile points",
+              "ranks the long version lower", "0.48 [0.35, 0.60]", "above", str(A.PAPER_SPEARMAN)):
+        assert s in text, s
+    for ident in ("icp_", "ip_per", "_nll", "gradient_norm", "answer_length", "gt_"):
+        assert ident not in text, ident
+    summ = C.summary(res, SUMMARY)
+    assert summ.count("\n- ") >= 4 and "0.91" in summ and "outside the interval" in summ
+    assert "icp_" not in summ and "ip_per" not in summ
+
+
+def test_an_interval_that_only_just_excludes_zero_says_so():
+    res = _result()
+    res["length_controlled"]["icp_win_rate vs ip"]["partial"] = {"spearman": 0.15, "ci": [0.0015, 0.29]}
+    assert "only just excludes 0" in C.verdict(res, SUMMARY)
+
+
+def test_names_of_the_text_match_the_figure_labels():
+    for key, name in C.NAMES.items():
+        if key in style.VALUATOR_LABELS:
+            assert style.label(key) == name, key
+    for n in style.NULL_MODELS:
+        assert n in style.VALUATOR_COLORS and n in C.NAMES
+    cols = [style.VALUATOR_COLORS[k] for k in ("icp_win_rate", "icp_mean_delta", "ip", "cosine", *style.NULL_MODELS)]
+    assert len(set(cols)) == len(cols), "one distinct colour per valuator and null model"
+
+
+def test_probe_count_spread():
+    rng = np.random.default_rng(0)
+    common = rng.normal(size=(40, 1))
+    Va, Vb = common + rng.normal(size=(40, 16)), common + rng.normal(size=(40, 16))
+    spread = C.probe_count_spread(Va, Vb, [4, 16], n_draws=50, seed=0)
+    assert [s["k"] for s in spread] == [4, 16]
+    assert len(spread[0]["values"]) == 50 and len(spread[1]["values"]) == 1     # all probes: one subset
+    assert spread[1]["mean"] == pytest.approx(np.corrcoef(np.argsort(np.argsort(Va.mean(1))),
+                                                          np.argsort(np.argsort(Vb.mean(1))))[0, 1])
+    lo, hi = spread[0]["range95"]
+    assert lo <= spread[0]["mean"] <= hi and hi - lo > 0
+    # fewer probes: a wider spread of one-subset values
+    assert np.std(spread[0]["values"]) > 0
+
+
+def test_null_ablation_rows():
+    from icp_influence.scores import ScoreMatrix
+
+    rng = np.random.default_rng(1)
+    C_, P = 30, 8
+    ids, pids = [f"c{i}" for i in range(C_)], [f"p{j}" for j in range(P)]
+    length = rng.integers(5, 200, size=C_).astype(float)
+    ip = length[:, None] * (1 + 0.1 * rng.normal(size=(C_, P)))
+    mats = {"answer_length": ScoreMatrix(np.repeat(length[:, None], P, 1), ids, pids, {}),
+            "ip": ScoreMatrix(ip, ids, pids, {}), "cosine": ScoreMatrix(rng.normal(size=(C_, P)), ids, pids, {}),
+            "icp": ScoreMatrix(rng.normal(size=(C_, P)), ids, pids, {"n_answer_tokens": [10] * P})}
+    rows = C.null_ablation_rows(mats, ids, n_boot=50)
+    assert [r["group"] for r in rows] == ["null model", "null model"]
+    assert rows[0]["name"] == "null model: answer length vs inner product" and rows[0]["spearman"] > 0.9
+    assert rows[0]["n_candidates"] == C_ and rows[0]["disattenuated"] is None
+
+
+def _legend_off_data(fig):
+    fig.canvas.draw()
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None:
+            continue
+        lb, ab = leg.get_window_extent(), ax.get_window_extent()
+        inside = lb.x0 > ab.x0 and lb.x1 < ab.x1 and lb.y0 > ab.y0 and lb.y1 < ab.y1
+        if not inside:
+            assert lb.width < 0.5 * fig.bbox.width, "a legend beside the axes may not take half the width"
+    return True
+
+
+def test_figures_render_with_labels_and_course_colours():
+    res = _result()
+    fig = PC.null_models(res, SUMMARY)
+    assert len(fig.axes) == 2 and "Spearman" in fig.axes[0].get_xlabel()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[0] == "the two valuators" and "answer length" in labels and "a random number" in labels
+    assert fig.legends and _legend_off_data(fig)
+    fig = PC.controlled(res, SUMMARY)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "raw" and "Spearman" in ax.get_xlabel()
+    assert _legend_off_data(fig)
+    fig = PC.within_probe(res["pair_level"])
+    ax = fig.axes[0]
+    assert "88%" in ax.get_yticklabels()[0].get_text() and "Spearman" in ax.get_xlabel()
+    fig = PC.intervention(res["intervention"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["answer length", "inner product", "ICP mean Δ", "ICP win-rate"]
+    bars = [p.get_facecolor() for p in ax.patches]
+    want = [matplotlib.colors.to_rgba(c, 0.85) for c in style.colors(["answer_length", "ip", "icp_mean_delta",
+                                                                      "icp_win_rate"])]
+    assert np.allclose(bars, want)
+    fig = PC.dose_response(res["dose_response"], res["prediction"], paper=A.PAPER_SPEARMAN, pool_sd=0.59)
+    ax = fig.axes[0]
+    assert "standard deviation of log answer tokens" in ax.get_xlabel()
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"the paper ({A.PAPER_SPEARMAN})" in texts and any(t.startswith("predicted") for t in texts)
+    spread = C.probe_count_spread(np.random.default_rng(0).normal(size=(20, 8)),
+                                  np.random.default_rng(1).normal(size=(20, 8)), [2, 8], n_draws=20)
+    fig = PC.probe_count_spread(spread, {2: 0.1, 8: 0.0})
+    assert "probes" in fig.axes[0].get_xlabel()
+    fig = PC.scores_vs_length(np.arange(1, 21), {"icp_mean_delta": np.arange(20.0), "icp_win_rate": -np.arange(20.0)})
+    assert [ax.get_title() for ax in fig.axes] == ["ICP mean Δ: Spearman 1.00", "ICP win-rate: Spearman -1.00"]
+
+
+def test_figures_tolerate_missing_values():
+    res = _result()
+    res = copy.deepcopy(res)
+    res["null_models"]["random"]["spearman_vs"]["ip"] = {"spearman": None, "ci": [None, None]}
+    res["dose_response"][0]["partial"] = {"spearman": None, "ci": [None, None]}
+    res["prediction"]["partial"] = {"spearman": None, "ci": [None, None]}
+    PC.null_models(res, None)
+    PC.dose_response(res["dose_response"], res["prediction"], paper=A.PAPER_SPEARMAN)
+    c = C.claims(res, None)
+    assert c["prediction"]["partial"] is None
