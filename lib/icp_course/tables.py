@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from icp_influence.stats import format_p as fmt_p  # p-values: "p = 0.012" / "p < 0.001" (one home: stats)
+
 
 def fmt(x: Any, digits: int = 3) -> str:
     """A number rounded to ``digits`` places ("–" for missing / NaN)."""

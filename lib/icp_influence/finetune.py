@@ -17,6 +17,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -60,6 +61,25 @@ def lora_target_modules(model) -> list[str]:
         f"No default LoRA target modules for model_type {mt!r}; pass FinetuneConfig(target_modules=[...]) "
         "naming its attention projection layers."
     )
+
+
+def lora_parameter_count(model, config: "FinetuneConfig | None" = None) -> dict[str, int]:
+    """How many parameters LoRA trains on ``model``: every adapted weight matrix
+    (``d_out × d_in``) gets ``B`` (``d_out × r``) and ``A`` (``r × d_in``), so ``r·(d_in + d_out)``
+    trainable numbers. Returns ``{"rank", "modules", "trainable", "total"}`` (``total``: the
+    model's own parameters, all frozen under LoRA). Counted without building the adapters."""
+    cfg = config or FinetuneConfig()
+    targets = set(cfg.target_modules or lora_target_modules(model))
+    trainable = modules = 0
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if name.rsplit(".", 1)[-1] in targets and w is not None and w.dim() == 2:
+            trainable += cfg.lora_r * (w.shape[0] + w.shape[1])
+            modules += 1
+    if modules == 0:
+        raise ConfigError(f"No module named {sorted(targets)} with a 2-D weight in this model.")
+    return {"rank": cfg.lora_r, "modules": modules, "trainable": int(trainable),
+            "total": int(sum(p.numel() for p in model.parameters()))}
 
 
 def default_template(model, tokenizer=None) -> str:
@@ -133,7 +153,10 @@ def finetune(model, tokenizer, train: Sequence[Example] | Pool, config: Finetune
     """Train a copy of ``model`` on ``train`` (answer-only loss); returns the trained copy.
 
     LoRA adapters are merged back into the weights, so the result is a plain model of the
-    same class. The caller's ``model`` is untouched.
+    same class. The caller's ``model`` is untouched. ``progress=True`` shows a
+    ``tqdm.auto`` bar over the optimiser steps (with the latest batch's loss);
+    ``return_log=True`` also returns a :class:`TrainLog` (each step's loss is that step's
+    batch's loss, so consecutive values differ by their examples as well as by training).
     """
     cfg = config or FinetuneConfig()
     examples = list(train)
@@ -153,7 +176,10 @@ def finetune(model, tokenizer, train: Sequence[Example] | Pool, config: Finetune
                               target_modules=cfg.target_modules or lora_target_modules(work),
                               task_type="CAUSAL_LM",
                               fan_in_fan_out=getattr(work.config, "model_type", "") == "gpt2")
-            work = get_peft_model(work, lcfg)
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias (a FutureWarning on stderr)
+                warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                        category=FutureWarning)
+                work = get_peft_model(work, lcfg)
         else:
             for p in work.parameters():
                 p.requires_grad_(True)
@@ -187,6 +213,7 @@ def finetune(model, tokenizer, train: Sequence[Example] | Pool, config: Finetune
                 losses.append(float(loss.detach()))
                 steps += 1
                 if bar is not None:
+                    bar.set_postfix(batch_loss=f"{losses[-1]:.3f}", refresh=False)
                     bar.update(1)
                 if steps >= total:
                     done = True

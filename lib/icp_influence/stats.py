@@ -57,7 +57,7 @@ __all__ = [
     "pearson", "spearman", "kendall", "rank_columns", "columnwise_spearman",
     "bootstrap_ci", "t_interval", "aggregate", "split_half", "reliability_curve",
     "probes_needed", "spearman_brown", "disattenuate", "agreement", "pair_agreement", "pair_agreement_difference",
-    "loglog_slope", "tost_paired",
+    "loglog_slope", "tost_paired", "format_p",
     "CONTROLS", "partial_spearman", "strata", "stratified_spearman", "controlled_agreement", "within_probe_spearman",
 ]
 
@@ -622,6 +622,23 @@ def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha:
         verdict = "inconclusive"
     return Equivalence(diff=m, ci=(float(lo), float(hi)), p_tost=p, margin=float(margin), n=n, verdict=verdict,
                        alpha=alpha)
+
+
+def format_p(p: float, digits: int = 3) -> str:
+    """A p-value as text: ``"p = 0.012"``, or ``"p < 0.001"`` when it rounds to zero at ``digits``
+    places (never ``"p = 0.000"``); ``"p = –"`` for a missing or NaN value. The one formatter the
+    library and the notebooks use (``icp_course.tables.fmt_p`` is this function)."""
+    if digits < 1:
+        raise ConfigError(f"digits must be ≥ 1, got {digits}.")
+    if p is None or not math.isfinite(float(p)):
+        return "p = –"
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"A p-value lies in [0, 1], got {p}.")
+    floor = 10.0 ** -digits
+    if p < floor:
+        return f"p < {floor:.{digits}f}"
+    return f"p = {p:.{digits}f}"
 
 
 # ---------------------------------------------------------------- confounds: agreement controlled for a variable

@@ -105,25 +105,34 @@ def bin_overlap_bars(rows: Sequence[Mapping[str, Any]], *, name_a: str = "A", na
     return fig
 
 
-def arms_plot(outcome: Mapping[str, Any], *, ax=None, metric_label: str | None = None):
-    """Fine-tuning outcome per arm: mean over seeds with its 95% CI, seeds as dots, base as a line."""
+def arms_plot(outcome: Mapping[str, Any], *, ax=None, metric_label: str | None = None, gain: bool = False):
+    """Fine-tuning outcome per arm: mean over seeds with its 95% CI, seeds as dots, base as a line.
+
+    ``gain=True``: every mark (means, intervals, seed dots) is shown relative to the base
+    model (``outcome["base"]``, which is then the line at 0) and the y label says so.
+    """
     fig, ax = _fig((6.0, 3.8), ax=ax)
     arms = outcome["arms"]
     names = list(arms)
+    base = outcome.get("base")
+    if gain and base is None:
+        raise ValueError("gain=True needs the outcome's base value ('base').")
+    shift = float(base) if gain else 0.0
     x = np.arange(len(names))
-    means = np.array([arms[n]["mean"] for n in names], float)
-    lo = np.array([arms[n]["ci"][0] for n in names], float)
-    hi = np.array([arms[n]["ci"][1] for n in names], float)
+    means = np.array([arms[n]["mean"] for n in names], float) - shift
+    lo = np.array([arms[n]["ci"][0] for n in names], float) - shift
+    hi = np.array([arms[n]["ci"][1] for n in names], float) - shift
     ax.errorbar(x, means, yerr=[means - lo, hi - means], fmt="o", capsize=4, color="tab:blue", label="mean ± 95% CI")
     for i, n in enumerate(names):
-        s = arms[n]["seeds"]
+        s = np.asarray(arms[n]["seeds"], float) - shift
         ax.scatter(np.full(len(s), i) + 0.12, s, s=10, color="tab:grey", alpha=0.7,
                    label="seeds" if i == 0 else None)
-    if outcome.get("base") is not None:
-        ax.axhline(outcome["base"], color="tab:red", ls="--", label="base model")
+    if base is not None:
+        ax.axhline(float(base) - shift, color="tab:red", ls="--", label="base model (gain 0)" if gain else "base model")
     ax.set_xticks(x, names, rotation=20)
     ax.set_xlabel("selection arm")
-    ax.set_ylabel(metric_label or str(outcome.get("metric_label", outcome.get("metric", "metric"))))
+    label = metric_label or str(outcome.get("metric_label", outcome.get("metric", "metric")))
+    ax.set_ylabel(f"gain over the base model\n({label})" if gain else label)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     tidy(fig)

@@ -59,3 +59,40 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], *, margin: float, titl
         ax.plot([], [], color=c, lw=2, label=v)
     legend_outside(ax, fontsize=8)
     return fig
+
+
+def training_curve(losses: Sequence[float], *, steps_per_epoch: int | None = None, before: float | None = None,
+                   after: float | None = None, title: str = "",
+                   ylabel: str = "training answer loss (nats / token)"):
+    """The loss of each optimiser step, measured on **that step's batch** (other examples at each
+    step), with epoch boundaries; and, when given, the loss on **all** the training examples before
+    and after training (the same examples both times: the comparison that shows learning)."""
+    import matplotlib.pyplot as plt
+
+    losses = np.asarray(losses, float)
+    if losses.size == 0:
+        raise ValueError("training_curve needs at least one step's loss.")
+    steps = np.arange(1, losses.size + 1)
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    ax.plot(steps, losses, marker="o", color="tab:blue", label="each step, on its own batch")
+    if steps_per_epoch:
+        for b in range(steps_per_epoch, losses.size, steps_per_epoch):
+            ax.axvline(b + 0.5, color="grey", ls=":", lw=1)
+        ax.plot([], [], color="grey", ls=":", lw=1, label="epoch boundary")
+    if before is not None:
+        ax.plot([0], [before], marker="s", ls="none", color="black", label="all training examples, before")
+    if after is not None:
+        ax.plot([losses.size + 1], [after], marker="D", ls="none", color="tab:green",
+                label="all training examples, after")
+    if before is not None and after is not None:
+        ax.plot([0, losses.size + 1], [before, after], color="tab:green", ls="--", lw=1)
+    lo = 0 if before is not None else 1
+    hi = losses.size + (1 if after is not None else 0)
+    ax.set_xticks(np.arange(lo, hi + 1), ["before" if (i == 0 and before is not None) else
+                                          "after" if (i == losses.size + 1) else str(i) for i in range(lo, hi + 1)])
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    legend_outside(ax, fontsize=8)
+    return fig

@@ -96,18 +96,17 @@ def arms_explorer(outcomes: Mapping[int, Mapping[str, Any]], *, default_arms=Non
         o = outcomes[bud.value] if bud.value in outcomes else outcomes[str(bud.value)]
         chosen = [a for a in sel.value if a in o["arms"]]
         sub = {**o, "arms": {a: o["arms"][a] for a in chosen}}
-        if view.value == "gain over base":  # every arm relative to the base model
-            shift = o["base"]
-            sub = {**sub, "base": 0.0, "arms": {a: {**v, "mean": v["mean"] - shift,
-                                                   "ci": [c - shift for c in v["ci"]] if v.get("ci") else v.get("ci")}
-                                               for a, v in sub["arms"].items()}}
-        res = {a: (v["mean"], *(v["ci"] or (None, None))) for a, v in sub["arms"].items()}
-        rows = "".join(f"<tr><td>{a}</td><td>{m:.3f}</td><td>{m - sub['base']:+.3f}</td></tr>" for a, (m, *_r) in res.items())
-        text.value = (f"<table><tr><th>arm</th><th>{view.value}</th><th>vs base ({sub['base']:.3f})</th></tr>{rows}</table>")
+        gain = view.value == "gain over base"
+        shift = o["base"] if gain else 0.0  # gain view: every value (mean, interval, seeds) relative to the base model
+        res = {a: (v["mean"] - shift, *((c - shift for c in v["ci"]) if v.get("ci") else (None, None)))
+               for a, v in sub["arms"].items()}
+        rows = "".join(f"<tr><td>{a}</td><td>{m:.3f}</td><td>{m + shift - o['base']:+.3f}</td></tr>"
+                       for a, (m, *_r) in res.items())
+        text.value = (f"<table><tr><th>arm</th><th>{view.value}</th><th>vs base ({o['base']:.3f})</th></tr>{rows}</table>")
         with out:
             out.clear_output(wait=True)
             if chosen:
-                fig = arms_plot(sub, metric_label=o.get("metric_label"))
+                fig = arms_plot(sub, metric_label=o.get("metric_label"), gain=gain)
                 plt.show()
                 plt.close(fig)
         box.last = res

@@ -306,9 +306,73 @@ def selection_report(mode: str = "full") -> list[dict[str, Any]]:
     return rows
 
 
+def selection_profile(examples, corrupted=None) -> dict[str, Any]:
+    """What one selection holds, whatever its arm is called: ``n``; ``families`` (distinct
+    ``task``); ``distinct_examples`` (distinct instruction, input and answer);
+    ``distinct_answers``; ``top_answer`` and ``top_answer_count`` (the most repeated answer and
+    how many selected examples give it); ``family_counts`` (examples per family, most first); ``corrupted`` (how many have a labelled corruption,
+    from ``meta["corruption"]`` or the ``corrupted`` ids); ``answer_chars`` (mean answer length)."""
+    from collections import Counter
+
+    from ..errors import ConfigError
+
+    ex = list(examples)
+    if not ex:
+        raise ConfigError("selection_profile needs at least one example.")
+    answers = Counter(e.output for e in ex)
+    top, top_n = answers.most_common(1)[0]
+    bad = set(corrupted) if corrupted is not None else None
+    fams = Counter(e.task for e in ex)
+    return {"n": len(ex), "families": len(fams), "family_counts": dict(fams.most_common()),
+            "distinct_examples": len({(e.instruction, e.input, e.output) for e in ex}),
+            "distinct_answers": len(answers), "top_answer": top, "top_answer_count": top_n,
+            "corrupted": sum((e.id in bad) if bad is not None else (e.meta.get("corruption") is not None) for e in ex),
+            "answer_chars": float(np.mean([len(e.output) for e in ex]))}
+
+
+def selection_profiles(mode: str = "full", pool: str = "synthetic") -> dict[int, dict[str, Any]]:
+    """:func:`selection_profile` of every arm at every budget of the committed run on ``pool``
+    (no model needed). ``random``, a fresh subset per seed, is the mean over the seeds of each
+    numeric field (``top_answer``, ``family_counts``: their seed-``seeds[0]`` values). Each profile also carries
+    ``ids`` (seed ``seeds[0]`` for random) and ``value``, the arm's mean held-out answer
+    log-likelihood per token."""
+    res = load(mode)
+    ecfg = EquivalenceConfig(**{k: v for k, v in res["config"].items() if k in EquivalenceConfig.__dataclass_fields__})
+    run = A.load(mode, pool)
+    mats = run["mats"]
+    gts = {k: v for k, v in mats.items() if k.startswith("gt_")}
+    acfg = A.AgreementConfig.for_mode(mode, pool, ecfg.seed)
+    by_id = {e.id: e for e in A.build_pool(acfg)[1]}
+    out: dict[int, dict[str, Any]] = {}
+    for budget in ecfg.budgets:
+        out[budget] = {}
+        for arm, sel in selections(ecfg, mats, gts, budget).items():
+            id_sets = [list(sel(s)) for s in ecfg.seeds] if callable(sel) else [list(sel)]
+            profs = [selection_profile([by_id[i] for i in ids]) for ids in id_sets]
+            prof = {k: (float(np.mean([p[k] for p in profs])) if len(profs) > 1 and isinstance(v, (int, float)) else v)
+                    for k, v in profs[0].items()}
+            out[budget][arm] = {**prof, "ids": id_sets[0], "value": res["arms"][pool][str(budget)][arm]["mean"]}
+    return out
+
+
+def referee_by_family(mode: str = "full", pool: str = "synthetic") -> dict[str, dict[str, float]]:
+    """The ground truth the ``gt-top`` arm ranks by (the one-step referee's mean over probes),
+    averaged per family of the candidates: ``{family: {"mean", "n"}}``, highest mean first."""
+    res = load(mode)
+    run = A.load(mode, pool)
+    gt, info = run["mats"][res["config"]["ground_truth"]], run["info"]["pool"]
+    vals = np.asarray(gt.aggregate("mean"), float)
+    fams = [info[i]["category"] for i in gt.candidate_ids]
+    out = {f: {"mean": float(vals[[x == f for x in fams]].mean()), "n": int(sum(x == f for x in fams))}
+           for f in set(fams)}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["mean"]))
+
+
 def verdict(res: dict[str, Any], pools: list[str] | None = None) -> str:
     """Markdown built from the equivalence results: per pool (all, or ``pools``) and budget,
     the verdict of each pair that involves ``icp-top``."""
+    from ..stats import format_p
+
     lines = []
     for pool in pools or res["arms"]:
         base = res["base"][pool]
@@ -322,6 +386,6 @@ def verdict(res: dict[str, Any], pools: list[str] | None = None) -> str:
                     also = " (and the 95% CI excludes 0: a real difference, smaller than the margin)" \
                         if e["verdict"] == "equivalent" and (e["ci"][0] > 0 or e["ci"][1] < 0) else ""
                     lines.append(f"  - {e['a']} vs {e['b']}: difference {e['diff']:+.4f} "
-                                 f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], TOST p = {e['p_tost']:.3f} → "
+                                 f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], TOST {format_p(e['p_tost'])} → "
                                  f"**{e['verdict']}**{also}")
     return "\n".join(lines)
