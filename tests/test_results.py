@@ -203,13 +203,21 @@ def test_the_claims_notebook_05_makes_about_what_drives_agreement_hold():
     md = c["raw"]["icp_mean_delta vs ip"]
     assert f"{md['spearman']:.2f} [{md['ci'][0]:.2f}, {md['ci'][1]:.2f}]" in text and f"**{md['strength']}ly**" in text
     assert ("more closely than it follows ICP" in text) == c["ip_follows_length_more_than_icp"]
+    if "best_null" in md and not md["no_better_than_null"]:
+        # a null model's agreement with both is compared with the pair's by interval, not by point alone
+        lo, hi = md["best_null_ci"]
+        assert md["best_null_overlaps"] == (lo <= md["ci"][1] and md["ci"][0] <= hi)
+        assert ("the intervals overlap" in text) == md["best_null_overlaps"]
     if c["length_controlled"] != C.PENDING:
         row = c["length_controlled"]["icp_mean_delta vs ip"]
         for m in ("partial", "stratified", "per_token"):
             e = row[m]
             assert f"{e['spearman']:.2f} [{e['ci'][0]:.2f}, {e['ci'][1]:.2f}] ({e['strength']};" in text, m
         all_below = all(row[f"{m}_below_raw"] for m in ("partial", "stratified", "per_token"))
-        assert ("Every control that was run lowers the agreement" in text) == all_below
+        assert ("Every control that was run lowers the point estimate" in text) == all_below
+        if all_below:
+            overl = all(row[f"{m}_overlaps_raw"] for m in ("partial", "stratified", "per_token"))
+            assert ("every interval still overlaps the raw one" in text) == overl
     for stage in ("intervention", "prediction"):
         assert (c[stage] == C.PENDING) == (stage in res["pending"] or stage not in res)
     if c["intervention"] == C.PENDING:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -569,6 +569,9 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
             f["best_null"] = best
             f["best_null_with_both"] = both[best]
             f["no_better_than_null"] = bool(f["spearman"] <= both[best])
+            weaker = min((null_vs(res, best, a), null_vs(res, best, b)), key=lambda e: e["spearman"])
+            f["best_null_ci"] = list(weaker["ci"])
+            f["best_null_overlaps"] = _overlap(weaker["ci"], f["ci"])
         raw[key] = f
     out["raw"] = raw
     # the null model each paper valuator correlates with most (by |ρ|)
@@ -598,6 +601,7 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
             for m in ("partial", "stratified", "per_token"):
                 if facts.get(m) and r:
                     facts[f"{m}_below_raw"] = bool(facts[m]["spearman"] < r["spearman"])
+                    facts[f"{m}_overlaps_raw"] = _overlap(facts[m]["ci"], r["ci"])
             lc[key] = facts
         out["length_controlled"] = lc
     else:
@@ -656,6 +660,11 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
     return out
 
 
+def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two intervals ``[lo, hi]`` overlap (then the data cannot tell the two values apart)."""
+    return bool(_finite(a[0]) and _finite(a[1]) and _finite(b[0]) and _finite(b[1]) and a[0] <= b[1] and b[0] <= a[1])
+
+
 def _fmt_iv(e: dict[str, Any], d: int = 2) -> str:
     lo, hi = e["ci"]
     return f"{e['spearman']:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]"
@@ -697,8 +706,8 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
              f"({_fmt_iv(L['ip'])}, {L['ip']['strength']}) "
              + ("more closely than it follows ICP" if c.get("ip_follows_length_more_than_icp") else
                 "less closely than it follows ICP")
-             + f" ({md['spearman']:.2f}); ICP mean Δ follows length only {L['icp_mean_delta']['strength']}ly "
-             f"({L['icp_mean_delta']['spearman']:.2f}).")
+             + f" ({md['spearman']:.2f}); ICP mean Δ follows length {L['icp_mean_delta']['strength']}ly at most "
+             f"({_fmt_iv(L['icp_mean_delta'])}; {_zero(L['icp_mean_delta'])}).")
         if ip_null and ip_null["null"] != "answer_length":
             s += (f" Of the null models, {n(ip_null['null'])} correlates most with the inner product "
                   f"({ip_null['spearman']:.2f})")
@@ -713,10 +722,16 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                 s += (f" ICP and the inner product agree **no better than a null model does with both**: "
                       f"{n(md['best_null'])} correlates at least {md['best_null_with_both']:.2f} with each, "
                       f"against their {md['spearman']:.2f} with each other.")
+            elif md.get("best_null_overlaps"):
+                lo, hi = md["best_null_ci"]
+                s += (f" The best null model, {n(md['best_null'])}, reaches {md['best_null_with_both']:.2f} "
+                      f"[{lo:.2f}, {hi:.2f}] with the one of the two it agrees with less: below their "
+                      f"{md['spearman']:.2f} with each other as a point, but the intervals overlap, so these data "
+                      f"cannot tell the pair's agreement apart from what that null model alone shares with both.")
             else:
-                s += (f" Still, no null model does as well with both: the best, {n(md['best_null'])}, reaches "
+                s += (f" No null model does as well with both: the best, {n(md['best_null'])}, reaches "
                       f"{md['best_null_with_both']:.2f} with the one of the two it agrees with less, below their "
-                      f"{md['spearman']:.2f} with each other.")
+                      f"{md['spearman']:.2f} with each other, and the intervals do not overlap.")
         parts.append(s)
     lc = c["length_controlled"]
     if lc == PENDING:
@@ -730,9 +745,13 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
         s = "**What remains after control.** ICP mean Δ vs the inner product: " + "; ".join(bits) + "."
         lower = [METHOD_NAMES[m] for m in ("partial", "stratified", "per_token") if row.get(f"{m}_below_raw")]
         if lower:
-            s += f" Every control that was run lowers the agreement below the raw {md['spearman']:.2f}" \
+            s += f" Every control that was run lowers the point estimate below the raw {md['spearman']:.2f}" \
                 if len(lower) == len([m for m in ("partial", "stratified", "per_token") if row.get(m)]) else \
-                f" Controls that lower it below the raw {md['spearman']:.2f}: {', '.join(lower)}"
+                f" Controls that lower the point estimate below the raw {md['spearman']:.2f}: {', '.join(lower)}"
+            overl = [m for m in ("partial", "stratified", "per_token") if row.get(f"{m}_overlaps_raw")]
+            s += ("; every interval still overlaps the raw one, so the drop itself is not established by these "
+                  "data alone" if len(overl) == len([m for m in ("partial", "stratified", "per_token") if row.get(m)])
+                  else "")
             s += "."
         wrow = lc.get(_pair_key("icp_win_rate", "ip"), {})
         if wrow.get("partial"):
@@ -766,8 +785,8 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     if pr == PENDING or dr == PENDING:
         less = "less" if _finite(sd) and sd < WIDE_LOG_TOKEN_SD else "no less"
         parts.append(f"**The paper's {A.PAPER_SPEARMAN}.** This pool's answers vary {less} in length than the paper's (standard "
-                     f"deviation of log answer tokens {sd_txt}; the analysis takes {WIDE_LOG_TOKEN_SD} for the "
-                     f"paper's Alpaca). Whether a pool as wide would reach {A.PAPER_SPEARMAN} is what the "
+                     f"deviation of log answer tokens {sd_txt}; the analysis takes {WIDE_LOG_TOKEN_SD}, the spread of a pool that, "
+                     f"like the paper's Alpaca, spans about 4 to 500 answer tokens). Whether a pool as wide would reach {A.PAPER_SPEARMAN} is what the "
                      f"dose–response curve answers, and it is pending.")
     else:
         s = (f"**The paper's {A.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}; "
