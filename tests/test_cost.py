@@ -39,12 +39,22 @@ def test_loglog_slope_exact():
 
 
 def test_peak_rss_sees_a_numpy_allocation():
-    with _timing.PeakRSS() as m:
-        a = np.ones(40 * 2**20 // 8)  # 40 MB, touched
-        a += 1
-        time.sleep(0.05)
-    del a
-    assert m.peak_mb >= 30
+    # in a fresh interpreter: inside the test session the allocator may hand back pages an earlier
+    # test already made resident, and then the resident set does not grow at all
+    import subprocess
+    import sys
+
+    code = (
+        "import time, numpy as np\n"
+        "from icp_influence.benchmarks import _timing\n"
+        "with _timing.PeakRSS() as m:\n"
+        "    a = np.ones(40 * 2**20 // 8); a += 1; time.sleep(0.05)\n"
+        "del a\n"
+        "print(m.peak_mb)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    peak = float(out.stdout.strip().splitlines()[-1])
+    assert 38 <= peak <= 200  # 40 MiB touched, plus at most the interpreter's own noise
 
 
 def test_marginal_cost_is_the_slope_of_two_calls_and_refuses_a_negative_one():

@@ -51,13 +51,20 @@ def test_lora_parameter_count_matches_peft():
         lora_parameter_count(model, FinetuneConfig(target_modules=["no_such_layer"]))
 
 
-def test_finetune_progress_bar_counts_steps(capsys):
+def test_finetune_progress_bar_counts_steps(capsys, monkeypatch):
+    import functools
+
+    import tqdm.auto
+
     from icp_influence.finetune import FinetuneConfig, finetune
     from icp_influence.models import load_model
     from icp_influence.synthetic import make_synthetic_pool
 
     model, tok = load_model("tiny-llama", seed=0)
     train = list(make_synthetic_pool(6, families=["antonym"], seed=0))
+    # tqdm redraws at most every 0.1 s; three tiny steps can finish before the first redraw, so
+    # every update is drawn here (what is tested is what the bar says, not how often it redraws)
+    monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(tqdm.auto.tqdm, mininterval=0, miniters=1))
     _, log = finetune(model, tok, train, FinetuneConfig(method="full", max_steps=3, batch_size=2), progress=True,
                       return_log=True)
     err = capsys.readouterr().err

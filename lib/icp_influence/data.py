@@ -79,7 +79,7 @@ class Pool(Sequence[Example]):
         self.name = name
         if not self.examples and not allow_empty:
             raise EmptyPoolError(
-                f"No examples in {name!r}: a pool needs at least one example. Check the file or the "
+                f"No examples in {name!r}: the pool is empty, and a pool needs at least one example. Check the file or the "
                 "filter that produced it."
             )
         seen: dict[str, int] = {}

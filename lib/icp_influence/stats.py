@@ -627,7 +627,7 @@ def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha:
 def format_p(p: float, digits: int = 3) -> str:
     """A p-value as text: ``"p = 0.012"``, or ``"p < 0.001"`` when it rounds to zero at ``digits``
     places (never ``"p = 0.000"``); ``"p = –"`` for a missing or NaN value. The one formatter the
-    library and the notebooks use (``icp_course.tables.fmt_p`` is this function)."""
+    library and the notebooks use (the course's ``tables.fmt_p`` is this function)."""
     if digits < 1:
         raise ConfigError(f"digits must be ≥ 1, got {digits}.")
     if p is None or not math.isfinite(float(p)):
