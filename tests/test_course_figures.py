@@ -90,3 +90,58 @@ def test_reliability_curves_plot():
     assert "probes per score k" in ax.get_xlabel() and "reliability" in ax.get_ylabel()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mean Δ", "win-rate", "target 0.8"]
     plt.close(fig)
+
+
+def _overlaps(texts, renderer):
+    boxes = [t.get_window_extent(renderer) for t in texts if t.get_text()]
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_one_colour_per_valuator_by_name_or_label():
+    from icp_course import style
+
+    for name in ("icp_mean_delta", "ip", "answer_length"):
+        assert style.color(name) == style.color(style.label(name)) == style.VALUATOR_COLORS[name]
+    assert style.color("no such valuator") is None
+    assert style.colors(["ICP mean Δ", "inner product"]) == [style.VALUATOR_COLORS["icp_mean_delta"],
+                                                             style.VALUATOR_COLORS["ip"]]
+
+
+def test_heatmap_and_category_labels_do_not_collide():
+    import matplotlib.pyplot as plt
+
+    from icp_course import style
+    from icp_course.plots import agreement as PA
+
+    style.use()
+    names = ["icp_mean_delta", "icp_win_rate", "ip", "ip_per_token", "cosine", "ekfac"]
+    gts = ["gt_sgd_small", "gt_sgd_all", "gt_adam_sign"]
+    fig = PA.heatmap(np.zeros((6, 3)), names, gts, title="t", cbar_label="ρ")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert not _overlaps(ax.get_xticklabels(), r) and not _overlaps(ax.get_yticklabels(), r)
+    per_probe = [{"category": f"category_{i:02d}", "spearman": 0.1 * (i % 5)} for i in range(26)]
+    fig = PA.within_category(per_probe)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    # rotated labels: neighbours stay apart when the gap between their baselines, measured across the
+    # text (tick spacing × sin(angle)), is larger than the height of a line of text
+    t = ax.get_xticklabels()[0]
+    spacing = ax.get_window_extent().width / len(per_probe)
+    line_px = t.get_fontsize() * fig.dpi / 72
+    assert t.get_rotation() > 20 and spacing * np.sin(np.radians(t.get_rotation())) > line_px
+    plt.close("all")
+
+
+def test_percentile_rank_axes_stay_within_0_and_100():
+    import matplotlib.pyplot as plt
+
+    from icp_course.plots import agreement as PA
+
+    rng = np.random.default_rng(0)
+    fig = PA.rank_joint(rng.normal(size=80), rng.normal(size=80), name_a="a", name_b="b",
+                        highlight=rng.random(80) < 0.1)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (0, 101) and ax.get_ylim() == (0, 101)
+    plt.close("all")

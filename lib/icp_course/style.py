@@ -66,10 +66,18 @@ def label(name: str) -> str:
     return VALUATOR_LABELS.get(name, name)
 
 
+def color(name: str) -> str | None:
+    """The course colour of a valuator, looked up by its name or its readable label (None if unknown)."""
+    if name in VALUATOR_COLORS:
+        return VALUATOR_COLORS[name]
+    by_label = {lab: n for n, lab in VALUATOR_LABELS.items() if n in VALUATOR_COLORS}
+    return VALUATOR_COLORS.get(by_label.get(name, ""))
+
+
 def colors(names: Sequence[str]) -> list:
-    """The course colour of each valuator (distinct fallbacks for unknown names)."""
+    """The course colour of each valuator, by name or label (distinct fallbacks for unknown names)."""
     extra = iter(palette(max(1, len(names))))
-    return [VALUATOR_COLORS.get(n) or next(extra) for n in names]
+    return [color(n) or next(extra) for n in names]
 
 
 def legend_outside(ax, **kw) -> None:

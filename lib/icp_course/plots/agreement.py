@@ -30,8 +30,8 @@ def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: fl
     y = np.arange(len(names))[::-1]
     ax.barh(y, vals, color=colors(names), alpha=0.85, height=0.6)
     ax.errorbar(vals, y, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
-    ax.axvline(target, color="grey", ls="--", lw=1)
-    ax.text(target, len(names) - 0.4, f" {target:g}", color="grey", va="bottom", fontsize=8)
+    ax.axvline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [label(n) for n in names])
     ax.set_xlim(min(0.0, float(np.nanmin(lo)) - 0.05), 1.0)
     ax.set_xlabel("split-half reliability across probes (Spearman–Brown; bars: 95% two-way CI)")
@@ -92,8 +92,10 @@ def rank_joint(a: np.ndarray, b: np.ndarray, *, name_a: str, name_b: str, highli
     with warnings.catch_warnings():  # seaborn switches style.use()'s constrained layout to tight, and says so
         warnings.filterwarnings("ignore", message="The figure layout has changed to tight")
         g = sns.jointplot(data=df, x=df.columns[0], y=df.columns[1], hue="", height=4.6, s=14, alpha=0.7,
-                          marginal_kws={"common_norm": False})
+                          xlim=(0, 101), ylim=(0, 101), marginal_kws={"common_norm": False, "cut": 0})
     g.ax_joint.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
+    g.ax_joint.set_xticks([0, 25, 50, 75, 100])
+    g.ax_joint.set_yticks([0, 25, 50, 75, 100])
     g.figure.suptitle(f"Spearman ρ = {spearman(a, b):.3f} (n = {len(a)})", y=1.02, fontsize=10)
     if g.ax_joint.get_legend() is not None:
         sns.move_legend(g.ax_joint, "upper left", bbox_to_anchor=(1.25, 1.0), title=None)
@@ -105,15 +107,21 @@ def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
     """An annotated heatmap (seaborn) with readable row and column names."""
     import seaborn as sns
 
+    import textwrap
+
     M = np.asarray(matrix, dtype=float)
-    fig, ax = _fig((1.6 + 1.0 * len(cols), 1.0 + 0.5 * len(rows)))
+    # column names wrapped onto short horizontal lines (long rotated names collide and spill off the figure)
+    xl = [textwrap.fill(label(c), 13) for c in cols]
+    yl = [label(r) for r in rows]
+    lines = max(x.count("\n") + 1 for x in xl)
+    width = 1.8 + 0.075 * max(len(y) for y in yl) + 1.15 * len(cols)
+    fig, ax = _fig((min(max(width, 4.5), 11.5), 1.3 + 0.2 * lines + 0.45 * len(rows)))
     sns.heatmap(M, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, cmap="RdBu_r" if center is not None
-                else "viridis", xticklabels=[label(c) for c in cols], yticklabels=[label(r) for r in rows], ax=ax,
-                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 8})
+                else "viridis", xticklabels=xl, yticklabels=yl, ax=ax,
+                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 9})
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
-    for t in ax.get_xticklabels():
-        t.set_ha("right")
+    ax.tick_params(axis="x", rotation=0, labelsize=8.5)
+    ax.tick_params(axis="y", rotation=0)
     return fig
 
 
@@ -142,12 +150,17 @@ def within_category(per_probe: Sequence[Mapping[str, Any]]):
         ax.set_ylabel("Spearman(Δ, IP) over same-category candidates")
         return fig
     order = sorted(df["category"].unique())
-    sns.stripplot(data=df, x="category", y="spearman", order=order, hue="category", palette=colors(order),
-                  legend=False, ax=ax, size=5, jitter=0.15)
+    ax.figure.set_size_inches(max(7.5, 0.34 * len(order) + 1.5), 4.2)
+    sns.stripplot(data=df, x="category", y="spearman", order=order, color=colors(["icp_mean_delta"])[0],
+                  ax=ax, size=5, jitter=0.15, alpha=0.8)
+    med = df.groupby("category")["spearman"].median().reindex(order)
+    ax.scatter(range(len(order)), med.values, marker="_", s=300, color="black", zorder=3, label="median of the category")
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_xlabel("probe category")
-    ax.set_ylabel("Spearman(Δ, IP) over same-category candidates")
-    ax.tick_params(axis="x", rotation=60)
+    ax.set_xlabel("probe category (one dot per probe)")
+    ax.set_ylabel("Spearman(Δ, IP) over\nsame-category candidates")
+    ax.set_xticks(range(len(order)), [o.replace("_", " ") for o in order], rotation=50, ha="right",
+                  rotation_mode="anchor")
+    ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Pair level, within a category: does a probe's Δ follow its IP?")
     return fig
 

@@ -166,8 +166,11 @@ def plot_reliability_curves(curves: dict[str, dict[str, Sequence[float]]], *, n_
 
     fig, ax = _fig(figsize=(6.4, 4.0), ax=ax)
     lines = {}
+    from ..style import color
+
     for name, c in curves.items():
-        lines[name] = ax.plot(c["k"], c["reliability"], marker="o", ls="" if full else "-", label=name)[0]
+        lines[name] = ax.plot(c["k"], c["reliability"], marker="o", ls="" if full else "-", label=name,
+                              color=color(name))[0]
     if full and n_probes:
         kmax = max(max(c["k"]) for c in curves.values())
         ks = np.linspace(1, max(2 * kmax, n_probes) * 2, 200)
