@@ -29,6 +29,7 @@ from .data import Example, Pool
 from .encoding import Encoded, encode_example
 from .errors import ConfigError
 from .lm import answer_logprobs, answer_nll, generate_answer, model_device, pad_batch
+from .stats import t_interval  # noqa: F401  (re-exported: the one t-interval, in the statistics home)
 from .utils import atomic_write_json
 
 #: LoRA target modules per ``config.model_type``.
@@ -304,18 +305,6 @@ def evaluate(model, tokenizer, probes: Sequence[Example] | Pool, *, template: st
 
 
 # ---------------------------------------------------------------- arms and outcomes
-
-def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None]:
-    """Student-t confidence interval of the mean (``(None, None)`` with fewer than 2 values)."""
-    from scipy import stats
-
-    v = np.asarray(values, float)
-    if len(v) < 2:
-        return (None, None)
-    m, se = float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v)))
-    h = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * se
-    return (m - h, m + h)
-
 
 @dataclass
 class Outcome:

@@ -374,17 +374,6 @@ class Objective:
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: flat[self.offsets[i]:self.offsets[i + 1]].view(self.shapes[i]) for i, n in enumerate(self.names)}
 
-    def fingerprint(self) -> str:
-        """Hash of the model class, the selected names and the values of every parameter."""
-        h = hashlib.sha256(type(self.model).__name__.encode())
-        for n in self.names:
-            h.update(n.encode())
-        for n, p in sorted({**self.params, **{k: v for k, v in self.frozen.items()}}.items()):
-            h.update(n.encode())
-            h.update(p.detach().to("cpu").contiguous().numpy().tobytes() if p.dtype != torch.bfloat16
-                     else p.detach().float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
-
     def _to_device(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return tuple(b.to(self.device) for b in batch)
 

@@ -130,7 +130,7 @@ from .errors import ConfigError, DataFormatError, EmptyPoolError, MethodError
 from .lm import answer_logprobs, model_device
 from .models import context_length
 from .precision import PrecisionChoice, autocast, choose_precision, full_precision
-from .scores import ScoreMatrix
+from .scores import ScoreMatrix, aggregate
 
 METHODS = ("win_rate", "delta", "per_token")
 DEFAULT_TOKEN_BUDGET = 2048
@@ -934,7 +934,7 @@ def _deltas_of(sm: ScoreMatrix) -> np.ndarray:
 
 def icp_win_rate(sm: ScoreMatrix) -> np.ndarray:
     """Fraction of probes with ``ll(p|z) > ll(p)`` (strict; ties lose), shape ``[C]``."""
-    return (sm.values > 0).mean(axis=1)
+    return aggregate(sm.values, "win_rate")
 
 
 def icp_mean_delta(sm: ScoreMatrix) -> np.ndarray:

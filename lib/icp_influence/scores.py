@@ -16,7 +16,40 @@ import numpy as np
 from .errors import ConfigError, CorruptFileError, NonFiniteScoreError
 from .utils import atomic_path, atomic_write_json
 
+#: Every way to turn a candidate's row of per-probe values into one score.
 AGGREGATES = ("mean", "win_rate", "sum", "median", "positive_fraction")
+#: The aggregates that take probe weights (bootstrap counts, probe subsets): a weighted mean of
+#: the values, or of the indicator ``value > 0``.
+WEIGHTED_AGGREGATES = ("mean", "win_rate")
+
+
+def aggregate(V: Any, how: str = "mean", weights: Any = None) -> np.ndarray:
+    """One value per candidate from a ``[C, P]`` array: the one definition of every aggregate.
+
+    ``mean`` (mean over probes); ``win_rate`` (fraction of probes with a value > 0, strict, so
+    ties lose: for ICP's per-probe deltas this is the paper's score); ``positive_fraction`` (its
+    alias); ``sum``; ``median``. ``weights`` ``[P]`` or ``[P, B]`` (non-negative; bootstrap
+    counts or a 0/1 mask of a probe subset) give a weighted ``mean`` or ``win_rate``, and
+    ``[P, B]`` returns ``[C, B]``.
+    """
+    if how == "positive_fraction":
+        how = "win_rate"
+    if how not in AGGREGATES:
+        raise ConfigError(f"Unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}.")
+    V = np.asarray(V)
+    if weights is not None:
+        if how not in WEIGHTED_AGGREGATES:
+            raise ConfigError(f"Aggregate {how!r} takes no probe weights; weighted: {', '.join(WEIGHTED_AGGREGATES)}.")
+        X = (V > 0).astype(np.float64) if how == "win_rate" else V.astype(np.float64, copy=False)
+        w = np.asarray(weights, dtype=np.float64)
+        return (X @ w) / w.sum(axis=0)
+    if how == "win_rate":
+        return (V > 0).mean(axis=1)
+    if how == "sum":
+        return V.sum(axis=1)
+    if how == "median":
+        return np.median(V, axis=1)
+    return V.astype(np.float64, copy=False).mean(axis=1)
 
 
 def library_version() -> str:
@@ -82,16 +115,7 @@ class ScoreMatrix:
         > 0 — for ICP matrices of per-probe deltas this is the paper's score), ``sum``,
         ``median``, ``positive_fraction`` (alias of win_rate).
         """
-        how = how or self.meta.get("default_aggregate", "mean")
-        if how == "mean":
-            return self.values.mean(axis=1)
-        if how in ("win_rate", "positive_fraction"):
-            return (self.values > 0).mean(axis=1)
-        if how == "sum":
-            return self.values.sum(axis=1)
-        if how == "median":
-            return np.median(self.values, axis=1)
-        raise ConfigError(f"Unknown aggregate {how!r}; choose from {', '.join(AGGREGATES)}.")
+        return aggregate(self.values, how or self.meta.get("default_aggregate", "mean"))
 
     def series(self, how: str | None = None) -> dict[str, float]:
         return dict(zip(self.candidate_ids, self.aggregate(how).tolist()))

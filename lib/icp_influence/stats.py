@@ -49,8 +49,8 @@ import numpy as np
 from scipy import stats as _st
 
 from .errors import ConfigError
-
-AGGREGATES = ("mean", "win_rate")
+from .scores import WEIGHTED_AGGREGATES as AGGREGATES  # the aggregates a bootstrap can weight
+from .scores import aggregate  # noqa: F401  (re-exported: stats.aggregate is scores.aggregate)
 
 __all__ = [
     "AGGREGATES", "Interval", "Reliability", "Agreement", "Equivalence",
@@ -239,25 +239,12 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | No
 
 
 # ---------------------------------------------------------------- aggregates of a [C, P] matrix
+# one definition, in scores.py (``aggregate``); the statistics use its weighted forms
 
 def _check_aggregate(how: str) -> str:
     if how not in AGGREGATES:
         raise ConfigError(f"Unknown aggregate {how!r}; choose one of {', '.join(AGGREGATES)}.")
     return how
-
-
-def aggregate(V: np.ndarray, how: str = "mean", weights: np.ndarray | None = None) -> np.ndarray:
-    """One value per candidate from ``V`` ``[C, P]``: ``mean`` or ``win_rate`` (value > 0).
-
-    ``weights`` ``[P]`` or ``[P, B]`` (non-negative, e.g. bootstrap counts or a 0/1 mask of
-    a probe subset) give a weighted aggregate; ``[P, B]`` returns ``[C, B]``.
-    """
-    _check_aggregate(how)
-    X = (np.asarray(V) > 0).astype(np.float64) if how == "win_rate" else np.asarray(V, dtype=np.float64)
-    if weights is None:
-        return X.mean(axis=1)
-    w = np.asarray(weights, dtype=np.float64)
-    return (X @ w) / w.sum(axis=0)
 
 
 # ---------------------------------------------------------------- reliability

@@ -493,20 +493,6 @@ def sign_flips_by_magnitude(icp: Any, ip: Any, n_bins: int = 10) -> dict[str, np
             "count": np.array([len(g) for g in groups]), "overall": np.asarray(flip.mean())}
 
 
-# ------------------------------------------------------------------ statistics
-
-def correlation_report(icp: np.ndarray, other: np.ndarray, *, n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Pair-level Pearson and Spearman of two ``[M, K]`` score matrices, with cluster-bootstrap
-    CIs (whole candidate rows resampled)."""
-    from .stats import bootstrap_ci, pearson, spearman
-
-    return {
-        "pearson": pearson(icp, other), "pearson_ci": list(bootstrap_ci(icp, other, "pearson", n_boot=n_boot, seed=seed)),
-        "spearman": spearman(icp, other),
-        "spearman_ci": list(bootstrap_ci(icp, other, "spearman", n_boot=n_boot, seed=seed)),
-    }
-
-
 # ------------------------------------------------------------------ a pool for the linear setting
 
 @dataclass

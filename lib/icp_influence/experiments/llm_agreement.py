@@ -464,7 +464,7 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
     movers = [r for r in rows if r["group"] not in ("reference",)]
     biggest = max(movers, key=lambda r: abs(r["change"])) if movers else None
     # noisy labels
-    auc = {name: _auc_by_kind(V.mean(axis=1) if how == "mean" else (V > 0).mean(axis=1), ids, info)
+    auc = {name: _auc_by_kind(S.aggregate(V, how), ids, info)
            for name, (V, how) in views.items()}
     # diagnostics
     D, IP = views["icp_mean_delta"][0], views["ip"][0]
