@@ -458,7 +458,7 @@ def test_candidate_gradients_cached_not_recomputed(neox, tmp_path, monkeypatch):
 
 def test_cli_score_influence_matches_api(neox, tmp_path):
     from icp_influence.cli import main
-    from icp_influence.data import parse_pool_spec
+    from icp_influence.pools import parse_pool_spec
     from icp_influence.scores import ScoreMatrix
 
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from icp_influence.data import parse_pool_spec
+from icp_influence.pools import parse_pool_spec
 from icp_influence.errors import ConfigError, DataFormatError
 from icp_influence.instructions import (CORRUPTIONS, FIELDS, categories, corrupt, instructions_dir,
                                         load_instructions, split_by_category, truncate_answer)

@@ -43,3 +43,78 @@ def test_readme_layout_picture_matches_the_folders():
     assert len(names) >= 10
     missing = [n for n in names if not any(ROOT.rglob(n.rstrip("/")))]
     assert not missing, missing
+
+
+def _import_graph(package: Path, *, function_level: bool) -> dict[str, set[str]]:
+    """Module → the package's modules it imports (relative and absolute), read with ``ast``."""
+    import ast
+
+    mods = {}
+    for p in package.rglob("*.py"):
+        parts = list(p.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        nodes = ast.walk(tree) if function_level else [n for top in tree.body for n in ast.walk(top)
+                                                       if not isinstance(top, (ast.FunctionDef, ast.ClassDef))]
+        here = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for n in nodes:
+            targets = []
+            if isinstance(n, ast.ImportFrom):
+                base = here.split(".")[: len(here.split(".")) - (n.level - 1)] if n.level else []
+                tgt = ".".join(base + ([n.module] if n.module else [])) if n.level else (n.module or "")
+                targets = [f"{tgt}.{a.name}" if f"{tgt}.{a.name}" in mods else tgt for a in n.names]
+            elif isinstance(n, ast.Import):
+                targets = [a.name for a in n.names]
+            for t in targets:
+                # a package's own __init__ and its submodules are one unit here (re-exports, not cycles)
+                if t in mods and t != m and not t.startswith(m + ".") and not m.startswith(t + "."):
+                    graph[m].add(t)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(g) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_science_package_has_no_import_cycles_even_through_lazy_imports():
+    graph = _import_graph(ROOT / "lib" / "icp_influence", function_level=True)
+    assert len(graph) > 50 and graph["icp_influence.pools"] >= {"icp_influence.data", "icp_influence.instructions"}
+    assert _cycles(graph) == []

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from icp_influence.data import parse_pool_spec
+from icp_influence.pools import parse_pool_spec
 from icp_influence.models import load_model
 from icp_influence.scores import ScoreMatrix
 from icp_influence.store import read_chunk

@@ -162,5 +162,5 @@ def test_an_empty_pool_says_so_in_plain_words():
     from icp_influence.data import Pool
     from icp_influence.errors import EmptyPoolError
 
-    with pytest.raises(EmptyPoolError, match=r"No examples in 'empty': a pool needs at least one example"):
+    with pytest.raises(EmptyPoolError, match=r"No examples in 'empty': the pool is empty, and a pool needs at least one example"):
         Pool([], name="empty")

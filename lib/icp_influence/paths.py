@@ -42,6 +42,14 @@ def _installed_share() -> Path:
     return Path(sys.prefix) / "share" / "icp-influence"
 
 
+def cache_dir() -> Path:
+    """Where dequantised weights and other caches live (``ICP_CACHE_DIR`` overrides)."""
+    root = os.environ.get("ICP_CACHE_DIR")
+    path = Path(root) if root else Path.home() / ".cache" / "icp-influence"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def data_dir() -> Path:
     """The folder holding ``instructions/``, ``regression_transformer/`` and ``results/``."""
     if (env := _from_env("ICP_DATA_DIR")) is not None:
@@ -51,8 +59,6 @@ def data_dir() -> Path:
         return root / "data"
     if _installed_share().is_dir():
         return _installed_share()
-    from .utils import cache_dir
-
     return cache_dir() / "data"
 
 
@@ -63,8 +69,6 @@ def results_dir() -> Path:
     d = data_dir() / "results"
     if os.access(d if d.exists() else d.parent if d.parent.exists() else Path.home(), os.W_OK):
         return d
-    from .utils import cache_dir
-
     return cache_dir() / "results"
 
 
@@ -75,8 +79,6 @@ def bench_results_dir() -> Path:
     root = repo_root()
     if root is not None:
         return root / "benchmarks" / "results"
-    from .utils import cache_dir
-
     return cache_dir() / "benchmarks"
 
 

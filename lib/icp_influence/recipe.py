@@ -108,7 +108,8 @@ def load_config(name_or_path: str | os.PathLike, overrides: Sequence[str] | None
 # ------------------------------------------------------------------ data
 def load_recipe_pool(config: dict[str, Any]):
     """The candidate pool: ``hub:NAME`` (needs ``datasets`` and the hub), a file, or ``synthetic:N``."""
-    from .data import Pool, parse_pool_spec
+    from .data import Pool
+    from .pools import parse_pool_spec
 
     spec = str(config["pool"])
     limit = config.get("pool_limit")

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .paths import cache_dir, repo_root  # noqa: F401  (cache_dir re-exported; its home is paths)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run is reproducible."""
@@ -92,12 +94,6 @@ def pick_device(device: str | None = None) -> "Any":
     return torch.device("cpu")
 
 
-def cache_dir() -> Path:
-    """Where dequantised weights and other caches live (``ICP_CACHE_DIR`` overrides)."""
-    root = os.environ.get("ICP_CACHE_DIR")
-    path = Path(root) if root else Path.home() / ".cache" / "icp-influence"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # errno values (and the texts Rust/C libraries put in their messages) that mean "no space".
@@ -244,7 +240,6 @@ def code_version() -> dict[str, Any]:
     import subprocess
 
     from . import __version__
-    from .paths import repo_root
 
     out: dict[str, Any] = {"version": __version__, "commit": None}
     root = repo_root()

@@ -94,7 +94,7 @@ def warn_overlong(pool, probes, model, tokenizer, template: str) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from ..data import parse_pool_spec
+    from ..pools import parse_pool_spec
     from ..models import load_model
     from ..store import shard_from_env
     from ..utils import atomic_write_json, seed_everything
