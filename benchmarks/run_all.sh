@@ -3,7 +3,7 @@
 #   benchmarks/run_all.sh                 # full sizes (about 45 min on a 2-core CPU: cost ~20, memory ~15)
 #   benchmarks/run_all.sh --smoke         # seconds each
 #   benchmarks/run_all.sh grad-throughput memory   # a subset
-# ICP_BENCH_THREADS=1 pins torch to one thread (use it on a shared, oversubscribed CPU).
+# ICP_THREADS=1 pins torch to one thread (use it on a shared, oversubscribed CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -51,3 +51,27 @@ def test_a_fixed_count_wins_and_omp_caps_the_default(monkeypatch, restore_thread
 def test_busy_cores_is_a_measurement_in_range():
     b = utils.busy_cores(interval=0.05)
     assert 0.0 <= b <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_one_thread_setting_for_notebooks_cli_and_benchmarks(monkeypatch):
+    import torch
+
+    from icp_influence.benchmarks._common import configure_threads
+    from icp_influence.errors import ConfigError
+    from icp_influence.utils import THREADS_ENV, threads_from_env, torch_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert threads_from_env() is None
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    monkeypatch.setenv(THREADS_ENV, "1")
+    try:
+        assert configure_threads()["threads"] == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match="ICP_THREADS must be a whole number"):
+            threads_from_env()

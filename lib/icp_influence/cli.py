@@ -22,7 +22,7 @@ from .errors import IcpError
 EXIT_BAD_INPUT = 2
 # Commands that compute with torch on the CPU: their thread count is fitted to the machine
 # (beside other CPU-bound work, torch's default pool of every core is several times slower).
-# ``bench`` keeps its own setting (ICP_BENCH_THREADS), recorded in each result.
+# ``bench`` measures what it is given (ICP_THREADS if set, else torch's default) and records it.
 THREADED_COMMANDS = ("run", "score")
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
@@ -85,7 +85,7 @@ def add_threads_option(parser: argparse.ArgumentParser, default: Any = argparse.
     ``run``/``score`` (there the default is suppressed, so the global value stands)."""
     parser.add_argument("--threads", type=int, default=default, metavar="N",
                         help="torch CPU threads for run/score (default: the cores other work leaves idle; "
-                             "env ICP_THREADS); benchmarks use ICP_BENCH_THREADS")
+                             "env ICP_THREADS, which benchmarks also read)")
 
 
 def _fit_threads(args: argparse.Namespace) -> None:
@@ -94,7 +94,7 @@ def _fit_threads(args: argparse.Namespace) -> None:
 
     if args.command not in THREADED_COMMANDS:
         raise ConfigError(f"--threads applies to {' and '.join(THREADED_COMMANDS)}, not '{args.command}' "
-                          "(benchmarks read ICP_BENCH_THREADS; ICP_THREADS in the environment reaches the "
+                          "(benchmarks read ICP_THREADS from the environment, which also reaches the "
                           "scoring processes a recipe starts).")
     fit_threads(args.threads, file=sys.stderr)
 

@@ -40,6 +40,36 @@ def busy_cores(interval: float = 0.3) -> float:
     return psutil.cpu_percent(interval=interval) / 100.0 * (os.cpu_count() or 1)
 
 
+#: The one environment variable that fixes torch's CPU threads: notebooks, the command line and
+#: the benchmarks all read it.
+THREADS_ENV = "ICP_THREADS"
+
+
+def threads_from_env() -> int | None:
+    """``ICP_THREADS`` as a whole number ≥ 1, or ``None`` when unset (a clear error otherwise)."""
+    from .errors import ConfigError
+
+    env = (os.environ.get(THREADS_ENV) or "").strip()
+    if not env:
+        return None
+    if not env.isdigit() or int(env) < 1:
+        raise ConfigError(f"{THREADS_ENV} must be a whole number ≥ 1, got {os.environ.get(THREADS_ENV)!r}.")
+    return int(env)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch uses ``n`` CPU threads inside the block, and what it used before after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any = None) -> int:
     """Set torch's CPU threads to what this machine can give now, and return the number.
 
@@ -55,13 +85,11 @@ def fit_threads(threads: int | None = None, *, verbose: bool = True, file: Any =
 
     from .errors import ConfigError
 
-    env = os.environ.get("ICP_THREADS")
+    env = threads_from_env()
     cores = os.cpu_count() or 1
     why = "set by the caller"
-    if threads is None and env:
-        if not env.strip().isdigit():
-            raise ConfigError(f"ICP_THREADS must be a whole number ≥ 1, got {env!r}.")
-        threads, why = int(env), "ICP_THREADS"
+    if threads is None and env is not None:
+        threads, why = env, THREADS_ENV
     if threads is None:
         busy = busy_cores()
         omp = (os.environ.get("OMP_NUM_THREADS") or "").split(",")[0].strip()  # OpenMP allows "4,2"

@@ -60,21 +60,23 @@ def load_results(folder: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return out
 
 
-THREADS_ENV = "ICP_BENCH_THREADS"
-
-
 def configure_threads() -> dict[str, Any]:
-    """Apply ``ICP_BENCH_THREADS`` (if set) to torch and report the CPU situation.
+    """Apply ``ICP_THREADS`` (if set; the one thread setting of the project) to torch and report
+    the CPU situation.
 
-    On a shared, oversubscribed CPU a 2-thread OpenMP pool can be several times *slower*
-    than one thread (each operator waits for a descheduled worker); the benchmarks record
-    the thread count and the load average so such runs can be recognised.
+    Unlike the notebooks and the command line, a benchmark does not fit its threads to the
+    load: it measures the configuration it is given. On a shared, oversubscribed CPU a
+    2-thread OpenMP pool can be several times *slower* than one thread (each operator waits for
+    a descheduled worker); the benchmarks record the thread count and the load average so such
+    runs can be recognised.
     """
     import torch
 
-    n = os.environ.get(THREADS_ENV)
-    if n:
-        torch.set_num_threads(int(n))
+    from ..utils import threads_from_env
+
+    n = threads_from_env()
+    if n is not None:
+        torch.set_num_threads(n)
     try:
         load = os.getloadavg()[0]
     except OSError:  # pragma: no cover

@@ -26,7 +26,7 @@ the gradient valuators); single timings, so expect noise of a few percent (``loa
 says how busy the machine was). The default run takes about 20 minutes on two cores, not
 ten: at 64 and 100 probes ICP and the one-step ground truth each need two probe sides and
 three candidates — 5 × 164 probe-sequence forwards (≈ 20 TFLOP) between them — to separate
-the per-candidate cost from the probe side. Use ``ICP_BENCH_THREADS=1`` on a busy machine.
+the per-candidate cost from the probe side. Use ``ICP_THREADS=1`` on a busy machine.
 
 **Crossover**: the number of probes where ICP's per-candidate cost reaches the inner
 product's — log-log interpolation between measured probe counts, and from straight-line fits

@@ -30,7 +30,7 @@ example's gradient to ``k = 8192`` with a Gaussian matrix (``2·D·k`` FLOPs plu
 ``2·D·k`` / matmul rate that no chunk size beats) and with CountSketch (``O(D)``), for this
 selection and for the "paper" selection (every linear layer of every block, 106 M numbers):
 both are linear in ``D``, so they are timed on a slice of the coordinates and scaled. Run it
-with ``ICP_BENCH_THREADS=1`` on a shared CPU: with two OpenMP threads on two busy cores the
+with ``ICP_THREADS=1`` on a shared CPU: with two OpenMP threads on two busy cores the
 element-wise operators stall several-fold.
 
 Per dtype (``by_dtype``): where the processor has native bf16 matrix units (``cpu_bf16``), the

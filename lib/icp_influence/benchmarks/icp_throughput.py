@@ -37,7 +37,7 @@ processor has native bf16 matrix units (without them bf16 is skipped: it is emul
 slow); ``dtype_chosen``: what ``dtype="auto"`` chooses for ICP here, and why.
 
 ``--smoke``: a small random GPT-NeoX on short synthetic examples (seconds).
-Threads: ``ICP_BENCH_THREADS`` (see :func:`~icp_influence.benchmarks._common.configure_threads`).
+Threads: ``ICP_THREADS`` (see :func:`~icp_influence.benchmarks._common.configure_threads`).
 """
 from __future__ import annotations
 

@@ -1,24 +1,18 @@
 """Theory experiments (notebooks 01 and 02): ``lsa-gd`` and ``icp-vs-influence-linear``."""
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..registry import experiment
+from ..utils import torch_threads
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
+def single_thread():
     """Tiny tensors: one torch thread is faster (and much faster on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return torch_threads(1)
 
 
 def lsa_gd_sizes(smoke: bool) -> dict[str, int]:
