@@ -227,3 +227,33 @@ def test_null_models_refuse_what_they_cannot_compute():
         make("answer_length")
     with pytest.raises(ConfigError, match="model"):
         make("candidate_nll")
+
+
+def test_within_and_between_group_agreement_separate_a_planted_structure():
+    """Scores that share only the group (a category effect) agree between groups and not within;
+    scores that share only the within-group order agree within and not between."""
+    from icp_influence import stats as S
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"cat{i:02d}" for i in range(12)], 25)
+    effect = rng.normal(size=12)[S.group_codes(groups)] * 3.0
+    a, b = effect + rng.normal(size=300), effect + rng.normal(size=300)       # share the group only
+    assert S.between_group_spearman(a, b, groups) > 0.8
+    assert abs(S.within_group_spearman(a, b, groups)) < 0.15
+    shared = rng.normal(size=300)
+    c = shared + rng.normal(scale=0.3, size=300) + rng.normal(size=12)[S.group_codes(groups)] * 5
+    d = shared + rng.normal(scale=0.3, size=300) + rng.normal(size=12)[S.group_codes(groups)] * 5
+    assert S.within_group_spearman(c, d, groups) > 0.8
+    # the pooled value is the size-weighted mean of per-group Spearman values, by hand
+    g2 = np.array(["x"] * 5 + ["y"] * 10)
+    x, y = rng.normal(size=15), rng.normal(size=15)
+    want = (5 * S.spearman(x[:5], y[:5]) + 10 * S.spearman(x[5:], y[5:])) / 15
+    assert S.within_group_spearman(x, y, g2) == pytest.approx(want, abs=1e-12)
+    assert np.isnan(S.between_group_spearman(x, y, g2))                 # two groups: no rank correlation
+    # the two-way bootstrap accepts labels as the control
+    Va = np.repeat(a[:, None], 4, axis=1) + rng.normal(scale=0.1, size=(300, 4))
+    Vb = np.repeat(b[:, None], 4, axis=1) + rng.normal(scale=0.1, size=(300, 4))
+    iv = S.controlled_agreement(Va, Vb, groups, method="between_groups", n_boot=200)
+    assert iv.value > 0.8 and iv.lo > 0.5
+    iv = S.controlled_agreement(Va, Vb, groups, method="within_groups", n_boot=200)
+    assert iv.lo < 0.15

@@ -266,3 +266,51 @@ def test_figures_tolerate_missing_values():
     PC.dose_response(res["dose_response"], res["prediction"], paper=A.PAPER_SPEARMAN)
     c = C.claims(res, None)
     assert c["prediction"]["partial"] is None
+
+
+def test_category_split_words_follow_the_numbers():
+    """The verdict's 'examples or kinds of example' paragraph and the summary bullet say what the
+    numbers say, and flip when the numbers flip."""
+    from icp_influence.experiments import confounds as C
+
+    def iv(v, lo, hi):
+        return {"spearman": v, "ci": [lo, hi]}
+
+    def result(within, between):
+        return {"n_candidates": 300, "n_probes": 64, "pending": ["intervention", "dose_response", "prediction", "ablations"],
+                "null_models": {}, "length_controlled": {},
+                "category_structure": {"instructions": {"n_categories": 26, "median_per_category": 12.0,
+                                                        "icp_mean_delta vs ip": {"raw": iv(0.23, 0.06, 0.39),
+                                                                                 "within_groups": iv(*within),
+                                                                                 "between_groups": iv(*between)}}}}
+
+    summ = {"agreement": {"icp_mean_delta vs ip": iv(0.23, 0.06, 0.39)}, "n_probes": 64,
+            "reliability": {k: {"value": 0.9} for k in ("icp_mean_delta", "icp_win_rate", "ip")}}
+    res = result((0.17, 0.02, 0.31), (0.37, 0.01, 0.65))
+    c = C.claims(res, summ)["category_structure"]["instructions"]
+    assert c["between_above_within"] and c["intervals_overlap"]
+    v = C.verdict(res, summ)
+    assert "weakly about which example is better **within** a category (0.17 [0.02, 0.31]" in v
+    assert "moderately about which **category** is better (0.37 [0.01, 0.65]" in v
+    assert "Most of what they share is about kinds of example" in C.summary(res, summ)
+    res = result((0.40, 0.30, 0.50), (0.10, -0.20, 0.40))
+    assert not C.claims(res, summ)["category_structure"]["instructions"]["between_above_within"]
+    assert "between-category agreement is the larger" not in C.verdict(res, summ)
+    assert "no more about kinds of example than about examples" in C.summary(res, summ)
+
+
+def test_category_structure_figure_draws_every_interval():
+    import matplotlib.pyplot as plt
+
+    from icp_course.plots import confounds as PC
+
+    row = {"raw": {"spearman": 0.2, "ci": [0.1, 0.3]}, "within_groups": {"spearman": 0.1, "ci": [0.0, 0.2]},
+           "between_groups": {"spearman": 0.5, "ci": [0.2, 0.7]}}
+    fig = PC.category_structure({"instructions": {"n_categories": 26, "icp_mean_delta vs ip": row},
+                                 "synthetic": {"n_categories": 14, "icp_mean_delta vs ip": row}})
+    ax = fig.axes[0]
+    xs = sorted(round(float(l.get_xdata()[0]), 3) for l in ax.get_lines() if l.get_marker() == "o")
+    assert xs == [0.1, 0.1, 0.2, 0.2, 0.5, 0.5]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["instruction set (26 categories)",
+                                                                   "synthetic task families (14 categories)"]
+    plt.close("all")

@@ -58,7 +58,7 @@ __all__ = [
     "bootstrap_ci", "t_interval", "aggregate", "split_half", "reliability_curve",
     "probes_needed", "spearman_brown", "disattenuate", "agreement", "pair_agreement", "pair_agreement_difference",
     "loglog_slope", "tost_paired", "format_p",
-    "CONTROLS", "partial_spearman", "strata", "stratified_spearman", "controlled_agreement", "within_probe_spearman",
+    "CONTROLS", "partial_spearman", "strata", "stratified_spearman", "group_codes", "within_group_spearman", "between_group_spearman", "controlled_agreement", "within_probe_spearman",
 ]
 
 
@@ -681,10 +681,23 @@ def stratified_spearman(x: Any, y: Any, control: Any, n_strata: int = 5) -> floa
     """Spearman of ``x`` and ``y`` within strata of ``control`` (quintiles by default), pooled
     as the mean of the strata's values weighted by their sizes. Strata with fewer than 3
     observations or a constant variable are left out; NaN when none is left."""
-    x, y = _finite_pair(x, y, "stratified_spearman")
-    s = strata(control, n_strata)
+    return within_group_spearman(x, y, strata(control, n_strata))
+
+
+def group_codes(groups: Any) -> np.ndarray:
+    """Integer codes 0 … k−1 of any labels (strings, numbers), in sorted order of the labels."""
+    return np.unique(np.asarray(groups).ravel(), return_inverse=True)[1]
+
+
+def within_group_spearman(x: Any, y: Any, groups: Any) -> float:
+    """Spearman of ``x`` and ``y`` inside each group (e.g. a task category), pooled as the
+    mean of the groups' values weighted by their sizes. Groups with fewer than 3 observations
+    or a constant variable are left out; NaN when none is left. What two scores share about
+    which example is better *within* a kind of example."""
+    x, y = _finite_pair(x, y, "within_group_spearman")
+    s = group_codes(groups)
     if s.size != x.size:
-        raise ConfigError(f"control has {s.size} values for {x.size} observations.")
+        raise ConfigError(f"groups has {s.size} values for {x.size} observations.")
     num = den = 0.0
     for k in np.unique(s):
         m = s == k
@@ -695,9 +708,29 @@ def stratified_spearman(x: Any, y: Any, control: Any, n_strata: int = 5) -> floa
     return num / den if den else float("nan")
 
 
+def between_group_spearman(x: Any, y: Any, groups: Any) -> float:
+    """Spearman of the group means of ``x`` and of ``y`` (one point per group): what two scores
+    share about which *kind* of example is better. NaN with fewer than 3 groups."""
+    x, y = _finite_pair(x, y, "between_group_spearman")
+    s = group_codes(groups)
+    if s.size != x.size:
+        raise ConfigError(f"groups has {s.size} values for {x.size} observations.")
+    k = s.max() + 1 if s.size else 0
+    n = np.bincount(s, minlength=k)
+    keep = n > 0
+    if keep.sum() < 3:
+        return float("nan")
+    mx = np.bincount(s, weights=x, minlength=k)[keep] / n[keep]
+    my = np.bincount(s, weights=y, minlength=k)[keep] / n[keep]
+    if np.ptp(mx) == 0 or np.ptp(my) == 0:
+        return float("nan")
+    return spearman(mx, my)
+
+
 #: How :func:`controlled_agreement` controls for the variable: not at all, by partial
-#: correlation, or within strata.
-CONTROLS = ("raw", "partial", "stratified")
+#: correlation, within strata of a numeric control, or — for a control that is a label such as
+#: the task category — within the groups or between the groups' means.
+CONTROLS = ("raw", "partial", "stratified", "within_groups", "between_groups")
 
 
 def controlled_agreement(Va: np.ndarray, Vb: np.ndarray, control: Any, how_a: str = "mean", how_b: str = "mean", *,
@@ -707,7 +740,9 @@ def controlled_agreement(Va: np.ndarray, Vb: np.ndarray, control: Any, how_a: st
     variable (``control`` ``[C]``, e.g. answer tokens), with a two-way bootstrap interval.
 
     ``method``: ``"raw"`` (plain Spearman, as :func:`agreement`), ``"partial"``
-    (:func:`partial_spearman`) or ``"stratified"`` (:func:`stratified_spearman`). Each
+    (:func:`partial_spearman`), ``"stratified"`` (:func:`stratified_spearman`), or for a
+    label such as the task category ``"within_groups"`` (:func:`within_group_spearman`) and
+    ``"between_groups"`` (:func:`between_group_spearman`). Each
     replicate resamples candidates (with their control values) and probes together; the
     interval is the Fisher-z normal interval around the point estimate, as in :func:`agreement`.
     A matrix that is constant across probes (a null model such as answer length) is
@@ -720,7 +755,11 @@ def controlled_agreement(Va: np.ndarray, Vb: np.ndarray, control: Any, how_a: st
     if Xa.shape != Xb.shape:
         raise ConfigError(f"controlled_agreement: shapes {Xa.shape} and {Xb.shape} differ; align the matrices first.")
     C, P = Xa.shape
-    z = np.asarray(control, dtype=np.float64)
+    grouped = method in ("within_groups", "between_groups")
+    labels = np.asarray(control).dtype.kind in "OUSb"
+    if labels and method in ("partial", "stratified"):
+        raise ConfigError(f"method {method!r} needs a numeric control; for labels use within_groups or between_groups.")
+    z = group_codes(control) if grouped or labels else np.asarray(control, dtype=np.float64)
     if z.shape[0] != C:
         raise ConfigError(f"control has {z.shape[0]} values for {C} candidates.")
 
@@ -729,6 +768,10 @@ def controlled_agreement(Va: np.ndarray, Vb: np.ndarray, control: Any, how_a: st
             return spearman(a, b)
         if method == "partial":
             return partial_spearman(a, b, zz)
+        if method == "within_groups":
+            return within_group_spearman(a, b, zz)
+        if method == "between_groups":
+            return between_group_spearman(a, b, zz)
         return stratified_spearman(a, b, zz, n_strata)
 
     point = stat(Xa.mean(axis=1), Xb.mean(axis=1), z)

@@ -241,3 +241,31 @@ def scores_vs_length(tokens: np.ndarray, scores: Mapping[str, np.ndarray]):
         ax.set_ylabel(label(n))
         ax.set_title(f"{label(n)}: Spearman {spearman(t, y):.2f}")
     return fig
+
+
+def category_structure(structure: Mapping[str, Mapping[str, Any]], pair: str = "icp_mean_delta vs ip"):
+    """For each pool: the agreement of the pair raw, within task categories and between the
+    categories' means, with two-way 95% intervals (one colour per pool)."""
+    rows = [("raw", "raw (all candidates)"), ("within_groups", "within a category"),
+            ("between_groups", "between category means")]
+    pools = [p for p in ("instructions", "synthetic") if pair in structure.get(p, {})]
+    names = {"instructions": "instruction set", "synthetic": "synthetic task families"}
+    fig, ax = _fig((7.5, 3.2))
+    offs = ((len(pools) - 1) / 2 - np.arange(max(1, len(pools)))) * 0.25
+    pal = ["#4c72b0", "#dd8452"]
+    for k, p in enumerate(pools):
+        t = structure[p]
+        for i, (m, _) in enumerate(rows):
+            e = t[pair].get(m)
+            if not e or e.get("spearman") is None:
+                continue
+            v, lo, hi = _err(e)
+            ax.errorbar([v], [len(rows) - 1 - i + offs[k]], xerr=[[lo], [hi]], fmt="o", color=pal[k], capsize=3,
+                        ms=6, lw=1.5, label=f"{names[p]} ({t['n_categories']} categories)" if i == 0 else None)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_yticks(np.arange(len(rows))[::-1], [t for _, t in rows])
+    a, b = pair.split(" vs ")
+    ax.set_xlabel(f"Spearman ρ, {label(a)} vs {label(b)} (95% two-way CI)")
+    ax.set_title("Do they agree about examples, or about kinds of example?")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

@@ -29,6 +29,7 @@ instruction run's folder); ``stages=`` runs a subset and the result lists the re
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -156,6 +157,43 @@ def length_controlled_table(v: dict[str, tuple[np.ndarray, str]], length: np.nda
                                                                      n_boot=n_boot, seed=seed))
         out[f"{a} vs {b}"] = row
     return out
+
+
+def category_structure(v: dict[str, tuple[np.ndarray, str]], categories: Sequence[str], *, n_boot: int,
+                       seed: int) -> dict[str, Any]:
+    """Is the agreement about examples or about kinds of example? For ICP (mean Δ, win-rate) vs
+    the inner product: raw, within task categories (size-weighted Spearman inside each category)
+    and between categories (Spearman of the category means), each with its two-way interval."""
+    from ..stats import controlled_agreement
+
+    cats = np.asarray(categories)
+    out: dict[str, Any] = {"n_categories": int(np.unique(cats).size),
+                           "median_per_category": float(np.median(np.unique(cats, return_counts=True)[1]))}
+    for a, b in PAIRS[:2]:
+        if a not in v or b not in v:
+            continue
+        (Va, ha), (Vb, hb) = v[a], v[b]
+        out[f"{a} vs {b}"] = {m: _iv(controlled_agreement(Va, Vb, cats, ha, hb, method=m, n_boot=n_boot, seed=seed))
+                              for m in ("raw", "within_groups", "between_groups")}
+    return out
+
+
+def synthetic_structure(mode: str, *, n_boot: int, seed: int) -> dict[str, Any] | None:
+    """:func:`category_structure` of the synthetic run (its cached ICP and inner-product matrices
+    and task families), or ``None`` when that run is not cached."""
+    from ..errors import IcpError
+    from ..scores import ScoreMatrix
+
+    folder = A.run_dir(mode, "synthetic")
+    try:
+        info = json.loads((folder / "data.json").read_text(encoding="utf-8"))
+        icp, ip = ScoreMatrix.load(folder / "icp"), ScoreMatrix.load(folder / "ip")
+    except (OSError, ValueError, IcpError):     # not run (or not this mode): nothing to add
+        return None
+    ids = list(icp.candidate_ids)
+    ip = ip.subset(ids, list(icp.probe_ids))
+    v = {"icp_mean_delta": (icp.values, "mean"), "icp_win_rate": (icp.values, "win_rate"), "ip": (ip.values, "mean")}
+    return category_structure(v, [info["pool"][i]["category"] for i in ids], n_boot=n_boot, seed=seed)
 
 
 def pair_level(v: dict[str, tuple[np.ndarray, str]], length: np.ndarray) -> dict[str, Any]:
@@ -374,6 +412,11 @@ def run(mode: str = "full", *, seed: int = 0, stages: tuple[str, ...] = STAGES, 
         res["length_controlled"] = length_controlled_table(v, length, n_boot=ccfg.n_boot, n_strata=ccfg.n_strata,
                                                            seed=ccfg.seed)
         res["pair_level"] = pair_level(v, length)
+        res["category_structure"] = {"instructions": category_structure(v, [e.task for e in d["pool"]],
+                                                                        n_boot=ccfg.n_boot, seed=ccfg.seed)}
+        syn = synthetic_structure(mode, n_boot=ccfg.n_boot, seed=ccfg.seed)
+        if syn is not None:
+            res["category_structure"]["synthetic"] = syn
     else:
         res["pending"].append("length_controlled")
     if "intervention" in stages:
@@ -614,6 +657,21 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
     else:
         out["pair_level"] = PENDING
     out["log_token_sd"] = res.get("log_token_sd")
+    # examples or kinds of example: agreement within task categories and between their means
+    if "category_structure" in res:
+        cs = {}
+        for pool, t in res["category_structure"].items():
+            row = t.get(_pair_key("icp_mean_delta", "ip"))
+            if not row:
+                continue
+            f = {m: _iv_facts(row[m]) for m in ("raw", "within_groups", "between_groups") if row.get(m)}
+            f["n_categories"] = t["n_categories"]
+            f["between_above_within"] = bool(f["between_groups"]["spearman"] > f["within_groups"]["spearman"])
+            f["intervals_overlap"] = _overlap(f["between_groups"]["ci"], f["within_groups"]["ci"])
+            cs[pool] = f
+        out["category_structure"] = cs
+    else:
+        out["category_structure"] = PENDING
     # the intervention
     if "intervention" in res and "intervention" not in pending:
         eff = {}
@@ -765,6 +823,32 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                   f"over {pl['n_probes']} probes ({pl['strength']}; {_zero(pl)}), positive for "
                   f"{pl['fraction_positive']:.0%} of them.")
         parts.append(s)
+    cs = c["category_structure"]
+    if cs != PENDING and cs:
+        bits = []
+        for pool in ("instructions", "synthetic"):
+            f = cs.get(pool)
+            if not f:
+                continue
+            what = "the instruction set" if pool == "instructions" else "the synthetic task families"
+            bits.append(f"on {what} ({f['n_categories']} categories; raw {f['raw']['spearman']:.2f}) ICP mean Δ and the "
+                        f"inner product agree {f['within_groups']['strength']}ly about which example is better "
+                        f"**within** a category ({_fmt_iv(f['within_groups'])}; {_zero(f['within_groups'])}) and "
+                        f"{f['between_groups']['strength']}ly about which **category** is better "
+                        f"({_fmt_iv(f['between_groups'])}; {_zero(f['between_groups'])})")
+        s = "**Examples or kinds of example?** Split each agreement into its two parts: " + "; ".join(bits) + "."
+        if all(f["between_above_within"] for f in cs.values()):
+            s += (" In both pools the between-category agreement is the larger"
+                  + (" (though the intervals overlap in " + ", ".join(p for p, f in cs.items() if f["intervals_overlap"])
+                     + ")" if any(f["intervals_overlap"] for f in cs.values()) else "")
+                  + ": what the two valuators share is mostly which kind of example helps the probes, much less "
+                  "which example of that kind does.")
+            syn = cs.get("synthetic")
+            if syn:
+                s += (f" This is also why the synthetic pool agrees more ({syn['raw']['spearman']:.2f}) even though its "
+                      "answers are a few tokens long: its categories are narrow task families, and the agreement "
+                      "there is between families.")
+        parts.append(s)
     iv = c["intervention"]
     if iv == PENDING:
         parts.append("**The intervention** (the same instructions with short and long correct answers) is pending: "
@@ -839,6 +923,14 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     if pl != PENDING:
         lines.append(f"- Pair by pair, within each probe, Δ follows the inner product {pl['strength']}ly "
                      f"(mean Spearman {pl['mean']:.2f}, positive for {pl['fraction_positive']:.0%} of probes).")
+    cs = c["category_structure"]
+    if cs != PENDING and cs.get("instructions"):
+        f = cs["instructions"]
+        lines.append(("- Most of what they share is about kinds of example: between categories " if f["between_above_within"]
+                      else "- What they share is no more about kinds of example than about examples: between categories ")
+                     + f"{f['between_groups']['spearman']:.2f}, within a category {f['within_groups']['spearman']:.2f}"
+                     + (f" (synthetic families: {cs['synthetic']['between_groups']['spearman']:.2f} between, "
+                        f"{cs['synthetic']['within_groups']['spearman']:.2f} within)." if cs.get("synthetic") else "."))
     pr = c["prediction"]
     if pr == PENDING:
         lines.append("- The length intervention and the prediction for a pool as wide as the paper's are pending.")
