@@ -314,3 +314,23 @@ def test_category_structure_figure_draws_every_interval():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["instruction set (26 categories)",
                                                                    "synthetic task families (14 categories)"]
     plt.close("all")
+
+
+def test_referee_line_states_icp_against_real_steps_from_the_committed_ground_truth():
+    import json
+
+    from icp_influence.experiments import ground_truth as GT
+    from icp_influence.experiments import llm_agreement as A
+    from icp_influence.paths import results_dir
+
+    summ = json.loads((results_dir() / "instruction-agreement-full.json").read_text(encoding="utf-8"))
+    gt = GT.load("full")
+    rows = [r for r in gt["table"] if r["valuator"] == "icp_mean_delta" and r["level"] == "candidate"
+            and r["pool"] == "instructions"]
+    line = A.referee_lines(summ, gt)[-1]
+    assert line.startswith("- ICP against real training steps")
+    for r in rows:
+        assert f"{A.name_of(r['ground_truth'])} {r['spearman']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}], " \
+               f"{A.strength(r['spearman'])}" in line
+    best = max(r["spearman"] for r in rows)
+    assert line.endswith(f"is {best:.2f}, {A.strength(best)}.")

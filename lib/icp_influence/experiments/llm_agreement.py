@@ -680,6 +680,14 @@ def referee_lines(summary: dict[str, Any], gt: dict[str, Any] | None) -> list[st
         lines.append(f"- What tracks a real training step best at the candidate level ({name_of(g)}, "
                      f"{row['n_candidates']} candidates × {row['n_probes']} probes): {name_of(v)}, Spearman {ci(row)}; "
                      + ", ".join(f"{name_of(r['valuator'])} {ci(r)}" for r in others) + ".")
+    icp_rows = [r for r in gt["table"] if r["valuator"] == "icp_mean_delta" and r["level"] == "candidate"
+                and r["pool"] == "instructions"]
+    if icp_rows:
+        lines.append("- ICP against real training steps (candidate level): "
+                     + "; ".join(f"{name_of(r['ground_truth'])} {ci(r)}, {strength(r['spearman'])}"
+                                 + (", interval includes 0" if r["ci"][0] <= 0 <= r["ci"][1] else "") for r in icp_rows)
+                     + f". The closest ICP comes to a real step is {max(r['spearman'] for r in icp_rows):.2f}, "
+                       f"{strength(max(r['spearman'] for r in icp_rows))}.")
     return lines
 
 
