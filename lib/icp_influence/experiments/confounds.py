@@ -382,8 +382,11 @@ def _score_variants(acfg, ccfg, d, model, tok, out, *, log, progress: bool):
 
 
 def run(mode: str = "full", *, seed: int = 0, stages: tuple[str, ...] = STAGES, progress: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the stages (cached), analyse, write ``<results>/confounds-<mode>.json``."""
+        log: Callable[[str], None] = print, ablations: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the stages (cached), analyse, write ``<results>/confounds-<mode>.json``.
+
+    ``ablations``: run only these of the mode's whole-pool ablations (the rest are listed under
+    ``ablations_pending`` in the result, never silently dropped)."""
     from ..errors import ConfigError
     from ..utils import atomic_write_json, code_version, config_hash
 
@@ -391,6 +394,12 @@ def run(mode: str = "full", *, seed: int = 0, stages: tuple[str, ...] = STAGES, 
     if bad:
         raise ConfigError(f"Unknown stage(s) {bad}; choose from {', '.join(STAGES)}.")
     ccfg = ConfoundsConfig.for_mode(mode, seed)
+    planned = list(ccfg.ablations)
+    if ablations is not None:
+        unknown = [a for a in ablations if a not in ABLATIONS]
+        if unknown:
+            raise ConfigError(f"Unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}.")
+        ccfg.ablations = [a for a in planned if a in ablations]
     t0 = time.perf_counter()
     acfg, model, tok, d, out = A.open_run(mode, "instructions", seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,8 +452,10 @@ def run(mode: str = "full", *, seed: int = 0, stages: tuple[str, ...] = STAGES, 
     if "ablations" in stages:
         res["ablations"] = ablation_rows(acfg, d, model, tok, out, mats, grad_cache, length, ccfg, log=log,
                                          progress=progress)
+        res["ablations_pending"] = [a for a in ABLATIONS if a not in {r["ablation"] for r in res["ablations"]}]
     else:
         res["pending"].append("ablations")
+        res["ablations_pending"] = list(ABLATIONS)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
     return res
@@ -473,7 +484,8 @@ def ablation_rows(acfg, d, model, tok, out, mats, grad_cache, length, ccfg, *, l
                                      n_boot=ccfg.n_boot, seed=ccfg.seed)
         rows.append({"ablation": name, "spearman": ag.spearman, "ci": list(ag.ci),
                      "disattenuated": ag.disattenuated, "partial": _iv(par),
-                     "seconds": float(abl[name].meta.get("seconds", 0.0))})
+                     "seconds": float(abl[name].meta.get("seconds", 0.0)),
+                     "settings": dict(A.valuator_specs(acfg, None)[name]["settings"]), "n_candidates": len(ids)})
     return rows
 
 
@@ -500,6 +512,9 @@ NAMES = {
     "ip_per_token_loss": "inner product of the per-token losses", "answer_length": "answer length",
     "candidate_nll": "the model's loss on the candidate", "candidate_nll_per_token": "the model's loss per answer token",
     "gradient_norm": "gradient norm", "random": "a random number",
+    # the whole-pool ablations, each against ICP mean Δ (the chat template's ICP against the inner product)
+    "ip_last2": "inner product, q/v of the last two blocks", "ip_linear": "inner product, every linear layer (projected)",
+    "icp_chat": "ICP with the chat template", "psl": "the authors' signed-log inner product",
 }
 #: The methods of :func:`length_controlled_table`, in words.
 METHOD_NAMES = {"raw": "raw", "partial": "partial, given answer tokens", "stratified": "within length quintiles",
