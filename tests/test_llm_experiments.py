@@ -232,3 +232,23 @@ def test_a_run_keeps_the_probes_it_recorded(results):
     d = build_data(cfg, None, None, recorded=swapped)       # no model: nothing is chosen again
     assert [p.id for p in d["probes"]] == rec["probe_order"][::-1]
     assert d["ablation_ids"] == rec["ablation_ids"]
+
+
+def test_a_configuration_read_back_from_its_result_file_builds_the_same_pool():
+    """Result files are written with sorted keys; the split's parts must not change order with them."""
+    import json
+
+    from icp_influence.experiments import llm_agreement as A
+
+    for data in ("instructions", "synthetic"):
+        cfg = A.AgreementConfig.for_mode("full", data=data)
+        back = A.AgreementConfig(**json.loads(json.dumps(cfg.to_dict(), sort_keys=True)))
+        assert list(back.split) == list(cfg.split) == ["pool", "probe_candidates", "eval"]
+        assert [e.id for e in A.build_pool(back)[1]] == [e.id for e in A.build_pool(cfg)[1]]
+    # the committed runs' recorded pools are what the configuration builds
+    from icp_influence.paths import results_dir
+
+    for data, name in (("instructions", "instruction-agreement-full"), ("synthetic", "synthetic-agreement-full")):
+        rec = json.loads((results_dir() / name / "data.json").read_text(encoding="utf-8"))
+        cfg = A.AgreementConfig(**json.loads((results_dir() / f"{name}.json").read_text(encoding="utf-8"))["config"])
+        assert sorted(e.id for e in A.build_pool(cfg)[1]) == sorted(rec["pool"])

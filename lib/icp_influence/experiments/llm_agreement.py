@@ -54,6 +54,10 @@ NEUTRAL_DEMO = Example(id="neutral-demo", instruction="Say hello.", input="",
 MODES = ("full", "smoke", "tiny")
 
 
+#: The order in which the category split draws its parts (see ``AgreementConfig.__post_init__``).
+SPLIT_ORDER = ("pool", "probe_candidates", "eval")
+
+
 @dataclass
 class AgreementConfig:
     """Everything that determines the measurement (hashed into the cached results)."""
@@ -76,6 +80,13 @@ class AgreementConfig:
     probe_counts: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     n_boot: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The category split draws its parts in the order of ``split``; a configuration read back
+        # from a result file (JSON objects are written with sorted keys) must give the same pool,
+        # so the parts always come in one order: pool, probe candidates, evaluation, then the rest.
+        first = [k for k in SPLIT_ORDER if k in self.split]
+        self.split = {k: self.split[k] for k in first + sorted(k for k in self.split if k not in SPLIT_ORDER)}
 
     @classmethod
     def for_mode(cls, mode: str, data: str = "instructions", seed: int = 0) -> "AgreementConfig":
