@@ -157,3 +157,25 @@ def test_selection_profiles_of_the_committed_synthetic_run():
     means = [v["mean"] for v in ref.values()]
     assert means == sorted(means, reverse=True)
     assert sum(v["n"] for v in ref.values()) == len(FE.A.load("full", "synthetic")["mats"]["gt_sgd_all"].candidate_ids)
+
+
+def test_exact_match_summary_follows_the_recorded_models():
+    import json
+
+    from icp_influence.experiments import finetune_equivalence as FE
+    from icp_influence.paths import results_dir
+
+    em = FE.exact_match("full", "synthetic")
+    rows = [json.loads(l) for l in (results_dir() / "finetune-equivalence-full" / "runs.jsonl").read_text().splitlines()
+            if l.strip()]
+    rows = [r for r in rows if r["pool"] == "synthetic" and not r.get("pilot")]
+    base = next(r for r in rows if r["arm"] == "base")
+    assert em["base"] == base["exact_match"] and em["n_heldout"] == base["n"] == 56
+    for b, arms in em["arms"].items():
+        for arm, v in arms.items():
+            seeds = sorted((r["seed"], r["exact_match"]) for r in rows if str(r["budget"]) == b and r["arm"] == arm)
+            assert v["seeds"] == [x for _, x in seeds] and len(seeds) == 5
+            assert v["mean"] == pytest.approx(np.mean(v["seeds"]))
+            # every rate is a whole number of the 56 held-out answers
+            assert all(abs(x * 56 - round(x * 56)) < 1e-9 for x in v["seeds"])
+    assert FE.exact_match("full", "no such pool") == {}

@@ -283,6 +283,28 @@ def finetune_equivalence(*, smoke: bool = False, seed: int = 0) -> dict:
             "verdicts": {f"{e['pool']} {e['a']} vs {e['b']} @{e['budget']}": e["verdict"] for e in res["equivalence"]}}
 
 
+def exact_match(mode: str = "full", pool: str = "synthetic") -> dict[str, Any]:
+    """Exact match on the held-out examples, per budget and arm: the mean over the paired seeds
+    with its 95% t-interval (read from ``runs.jsonl``; pilot models left out), and the base
+    model's rate. ``{}`` when no model of ``pool`` recorded an exact match."""
+    from ..stats import t_interval
+
+    done = _runs(results_dir() / f"{NAME}-{mode}" / "runs.jsonl")
+    rows = [r for r in done.values() if r["pool"] == pool and "exact_match" in r and not r.get("pilot")]
+    base = next((r for r in rows if r["arm"] == "base"), None)
+    out: dict[str, Any] = {"base": base["exact_match"] if base else None, "n_heldout": base["n"] if base else None,
+                           "arms": {}}
+    for r in rows:
+        if r["arm"] == "base":
+            continue
+        out["arms"].setdefault(str(r["budget"]), {}).setdefault(r["arm"], []).append((r["seed"], r["exact_match"]))
+    for b, arms in out["arms"].items():
+        for arm, vals in arms.items():
+            v = [x for _, x in sorted(vals)]
+            arms[arm] = {"mean": float(np.mean(v)), "ci": list(t_interval(v)), "seeds": v}
+    return out if out["arms"] else {}
+
+
 def selection_report(mode: str = "full") -> list[dict[str, Any]]:
     """What each arm selected at the largest budget: corrupted share (by kind) and categories."""
     res = load(mode)
