@@ -334,3 +334,38 @@ def test_referee_line_states_icp_against_real_steps_from_the_committed_ground_tr
                f"{A.strength(r['spearman'])}" in line
     best = max(r["spearman"] for r in rows)
     assert line.endswith(f"is {best:.2f}, {A.strength(best)}.")
+
+
+def test_dose_response_trend_words_need_an_interval_that_excludes_zero():
+    from icp_influence.experiments import confounds as C
+
+    assert C._trend_word(0.25, [0.10, 0.40]) == "rises"
+    assert C._trend_word(-0.03, [-0.20, 0.15]) == "shows no detectable trend"
+    assert C._trend_word(-0.30, [-0.50, -0.05]) == "falls"
+    assert C._trend_word(-0.03, None) == "falls"             # no interval recorded: the sign only
+    assert C._slope_txt(0.25, [0.1, 0.4]) == " (+0.25 per unit of spread [+0.10, +0.40])"
+
+
+def test_dose_response_slope_interval_covers_a_planted_trend():
+    """Pools whose two scores share more as the length spread widens: the fitted slope of the raw
+    agreement is positive with an interval above 0, and the partial agreement has no trend."""
+    import numpy as np
+
+    from icp_influence.experiments import confounds as C
+
+    rng = np.random.default_rng(0)
+    n, P = 120, 8
+    content = rng.normal(size=n)
+    versions = np.array(["short", "middle", "long"] * n)
+    groups = np.repeat([f"i{k:03d}" for k in range(n)], 3)
+    logt = np.log(np.array([10.0, 60.0, 400.0] * n)) + rng.normal(scale=0.1, size=3 * n)
+    base = np.repeat(content, 3)
+    D = (base + logt)[:, None] + rng.normal(scale=1.0, size=(3 * n, P))
+    IP = (0.3 * base + 2 * logt)[:, None] + rng.normal(scale=1.0, size=(3 * n, P))
+    table, pred = C.dose_response({"icp_mean_delta": (D, "mean"), "ip": (IP, "mean")}, logt, versions, groups,
+                                  [0.0, 0.5, 1.0], n_draws=60, seed=0)
+    assert table[0]["log_token_sd"] < table[-1]["log_token_sd"]
+    lo, hi = pred["slope"]["raw"]["ci"]
+    assert lo > 0 and pred["slope"]["raw"]["per_unit_sd"] > 0
+    plo, phi = pred["slope"]["partial"]["ci"]
+    assert plo < 0 < phi          # given length, what the scores share (the content) does not depend on the spread

@@ -323,8 +323,16 @@ def dose_response(v: dict[str, tuple[np.ndarray, str]], log_tokens: np.ndarray, 
         return {"spearman": float(np.tanh(np.polyval(mean_line, wide_sd))),
                 "ci": np.quantile(preds, [0.025, 0.975]).tolist()}
 
+    def slope(values: np.ndarray) -> dict[str, Any]:
+        # the draws are paired across levels (same instructions, probes and coin flips), so the
+        # spread of the per-draw slopes is an interval for the trend itself
+        per = [np.polyfit(sd[:, d], values[:, d], 1)[0] for d in range(n_draws) if np.all(np.isfinite(values[:, d]))]
+        return {"per_unit_sd": float(np.polyfit(sd.mean(axis=1), np.nanmean(values, axis=1), 1)[0]),
+                "ci": np.quantile(per, [0.025, 0.975]).tolist()}
+
     reached = float(sd.mean(axis=1).max())
     prediction = {"log_token_sd": wide_sd, "raw": predict(raw), "partial": predict(par),
+                  "slope": {"raw": slope(raw), "partial": slope(par)},
                   "max_log_token_sd_reached": reached, "extrapolates_by": max(0.0, wide_sd - reached)}
     return table, prediction
 
@@ -593,6 +601,22 @@ def _slope(x, y) -> float | None:
     return float(np.polyfit(x[ok], y[ok], 1)[0])
 
 
+def _slope_txt(slope: float | None, ci: Sequence[float] | None) -> str:
+    if slope is None or not _finite(slope):
+        return ""
+    if ci is None:
+        return f" ({slope:+.2f} per unit of spread)"
+    return f" ({slope:+.2f} per unit of spread [{ci[0]:+.2f}, {ci[1]:+.2f}])"
+
+
+def _trend_word(slope: float | None, ci: Sequence[float] | None) -> str:
+    """'rises' / 'falls' when the slope's interval excludes 0; without an interval, the sign."""
+    if ci is None or slope is None:
+        return _sign_word(slope)
+    lo, hi = ci
+    return "rises" if lo > 0 else ("falls" if hi < 0 else "shows no detectable trend")
+
+
 def _sign_word(v: float | None, eps: float = 1e-12) -> str:
     if v is None:
         return "could not be computed"
@@ -704,9 +728,13 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
         sd = [row["log_token_sd"] for row in dr]
         sl_raw = _slope(sd, [row["raw"]["spearman"] for row in dr])
         sl_par = _slope(sd, [row["partial"]["spearman"] for row in dr])
-        out["dose_response"] = {"slope_raw": sl_raw, "slope_partial": sl_par, "raw": _sign_word(sl_raw),
-                                "partial": _sign_word(sl_par), "sd_range": [min(sd), max(sd)],
-                                "n_levels": len(dr)}
+        trend = (res.get("prediction") or {}).get("slope", {})
+        out["dose_response"] = {"slope_raw": sl_raw, "slope_partial": sl_par,
+                                "raw": _trend_word(sl_raw, (trend.get("raw") or {}).get("ci")),
+                                "partial": _trend_word(sl_par, (trend.get("partial") or {}).get("ci")),
+                                "slope_raw_ci": (trend.get("raw") or {}).get("ci"),
+                                "slope_partial_ci": (trend.get("partial") or {}).get("ci"),
+                                "sd_range": [min(sd), max(sd)], "n_levels": len(dr)}
     else:
         out["dose_response"] = PENDING
     if "prediction" in res and "prediction" not in pending:
@@ -890,7 +918,8 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     else:
         s = (f"**The paper's {A.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}; "
              f"as the variant pools widen it ({dr['sd_range'][0]:.2f} to {dr['sd_range'][1]:.2f}), the raw agreement "
-             f"{dr['raw']} and the length-controlled one {dr['partial']}.")
+             f"{dr['raw']}{_slope_txt(dr['slope_raw'], dr.get('slope_raw_ci'))} and the length-controlled one "
+             f"{dr['partial']}{_slope_txt(dr['slope_partial'], dr.get('slope_partial_ci'))}.")
         if pr.get("raw"):
             s += (f" At a spread of {pr['log_token_sd']} the curve predicts a raw Spearman of {_fmt_iv(pr['raw'])} "
                   f"({pr['raw']['strength']}); the paper's {A.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} "
