@@ -369,3 +369,29 @@ def test_dose_response_slope_interval_covers_a_planted_trend():
     assert lo > 0 and pred["slope"]["raw"]["per_unit_sd"] > 0
     plo, phi = pred["slope"]["partial"]["ci"]
     assert plo < 0 < phi          # given length, what the scores share (the content) does not depend on the spread
+
+
+def test_summary_states_the_committed_intervention_and_prediction():
+    import json
+
+    from icp_influence.experiments import confounds as C
+    from icp_influence.paths import results_dir
+
+    res = json.loads((results_dir() / "confounds-full.json").read_text(encoding="utf-8"))
+    summ = json.loads((results_dir() / "instruction-agreement-full.json").read_text(encoding="utf-8"))
+    text = C.summary(res, summ)
+    if "intervention" in res.get("pending", []):
+        assert "pending" in text
+        return
+    iv = res["intervention"]
+    for k in ("ip", "icp_mean_delta"):
+        assert f"{iv[k]['rank_effect']:+.0f}" in text
+    both_up = all(iv[k]["rank_ci"][0] > 0 for k in ("ip", "icp_mean_delta"))
+    assert ("Length is a cause" in text) == both_up
+    pr = res["prediction"]
+    assert f"predicted to give {pr['raw']['spearman']:.2f} [{pr['raw']['ci'][0]:.2f}, {pr['raw']['ci'][1]:.2f}]" in text
+    assert f"given length the prediction is {pr['partial']['spearman']:.2f}" in text
+    # the paper's value is placed against the raw interval as the numbers say
+    lo, hi = pr["raw"]["ci"]
+    where = "above" if 0.73 > hi else ("below" if 0.73 < lo else "inside")
+    assert f"the paper's 0.73 lies {where} its interval" in text

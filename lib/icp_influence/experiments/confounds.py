@@ -975,13 +975,28 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                      + f"{f['between_groups']['spearman']:.2f}, within a category {f['within_groups']['spearman']:.2f}"
                      + (f" (synthetic families: {cs['synthetic']['between_groups']['spearman']:.2f} between, "
                         f"{cs['synthetic']['within_groups']['spearman']:.2f} within)." if cs.get("synthetic") else "."))
+    iv = c["intervention"]
+    if iv != PENDING and "ip" in iv and "icp_mean_delta" in iv:
+        both = all(iv[k]["direction"] == "longer ranks higher" for k in ("ip", "icp_mean_delta"))
+        lines.append(("- Length is a cause, not only a correlate: " if both else "- The intervention: ")
+                     + f"with the content fixed, a longer answer moves the inner "
+                     f"product's rank by {iv['ip']['rank_effect']:+.0f} percentile points "
+                     f"[{iv['ip']['rank_ci'][0]:+.0f}, {iv['ip']['rank_ci'][1]:+.0f}] and ICP mean Δ's by "
+                     f"{iv['icp_mean_delta']['rank_effect']:+.0f} [{iv['icp_mean_delta']['rank_ci'][0]:+.0f}, "
+                     f"{iv['icp_mean_delta']['rank_ci'][1]:+.0f}].")
     pr = c["prediction"]
     if pr == PENDING:
         lines.append("- The length intervention and the prediction for a pool as wide as the paper's are pending.")
     elif pr.get("raw"):
         lines.append(f"- A pool as wide in answer length as the paper's is predicted to give "
-                     f"{pr['raw']['spearman']:.2f}; the paper's {A.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} "
-                     f"its interval.")
+                     f"{pr['raw']['spearman']:.2f} [{pr['raw']['ci'][0]:.2f}, {pr['raw']['ci'][1]:.2f}]; the paper's "
+                     f"{A.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} its interval"
+                     + (f", and given length the prediction is {pr['partial']['spearman']:.2f} "
+                        f"[{pr['partial']['ci'][0]:.2f}, {pr['partial']['ci'][1]:.2f}]"
+                        + (": a wider spread of lengths raises the raw agreement, not what the two share beyond length."
+                           if c["dose_response"] != PENDING and c["dose_response"]["raw"] == "rises"
+                           and c["dose_response"]["partial"] != "rises" else ".")
+                        if pr.get("partial") else "."))
     return "\n".join(lines)
 
 
