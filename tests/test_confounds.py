@@ -257,3 +257,22 @@ def test_within_and_between_group_agreement_separate_a_planted_structure():
     assert iv.value > 0.8 and iv.lo > 0.5
     iv = S.controlled_agreement(Va, Vb, groups, method="within_groups", n_boot=200)
     assert iv.lo < 0.15
+
+
+def test_agreement_difference_is_paired_and_signed():
+    from icp_influence import stats as S
+
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=120)
+    A = truth[:, None] + rng.normal(scale=1.0, size=(120, 16))
+    B = 0.3 * truth[:, None] + rng.normal(scale=1.0, size=(120, 16))       # weaker with A
+    Cm = truth[:, None] + rng.normal(scale=1.0, size=(120, 16))            # stronger with A
+    d = S.agreement_difference(A, B, Cm, n_boot=300)
+    want = S.spearman(A.mean(1), Cm.mean(1)) - S.spearman(A.mean(1), B.mean(1))
+    assert d.value == pytest.approx(want, abs=1e-12) and d.lo > 0
+    back = S.agreement_difference(A, Cm, B, n_boot=300)
+    assert back.value == pytest.approx(-d.value, abs=1e-12) and back.hi < 0
+    same = S.agreement_difference(A, B, B, n_boot=50)
+    assert same.value == 0 and same.lo == same.hi == 0
+    with pytest.raises(Exception, match="aligned"):
+        S.agreement_difference(A, B[:5], Cm)

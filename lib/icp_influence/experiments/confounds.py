@@ -490,7 +490,14 @@ def ablation_rows(acfg, d, model, tok, out, mats, grad_cache, length, ccfg, *, l
         ag = S.agreement(pair[0][0], pair[1][0], pair[0][1], pair[1][1], n_boot=ccfg.n_boot, seed=ccfg.seed)
         par = S.controlled_agreement(pair[0][0], pair[1][0], length, pair[0][1], pair[1][1], method="partial",
                                      n_boot=ccfg.n_boot, seed=ccfg.seed)
+        # against the reference pair (ICP mean Δ vs the inner product over q/v of every block), paired
+        ref_b = mats["ip"].subset(ids).values
+        if name == "icp_chat":
+            dif = S.agreement_difference(ref_b, D, V, n_boot=ccfg.n_boot, seed=ccfg.seed)
+        else:
+            dif = S.agreement_difference(D, ref_b, V, n_boot=ccfg.n_boot, seed=ccfg.seed)
         rows.append({"ablation": name, "spearman": ag.spearman, "ci": list(ag.ci),
+                     "difference_from_reference": _iv(dif),
                      "disattenuated": ag.disattenuated, "partial": _iv(par),
                      "seconds": float(abl[name].meta.get("seconds", 0.0)),
                      "settings": dict(A.valuator_specs(acfg, None)[name]["settings"]), "n_candidates": len(ids)})
@@ -758,6 +765,7 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
     else:
         out["prediction"] = PENDING
     out["ablations"] = res["ablations"] if "ablations" in res and "ablations" not in pending else PENDING
+    out["ablations_pending"] = list(res.get("ablations_pending", []))
     return out
 
 
@@ -891,6 +899,32 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                 s += (f" This is also why the synthetic pool agrees more ({syn['raw']['spearman']:.2f}) even though its "
                       "answers are a few tokens long: its categories are narrow task families, and the agreement "
                       "there is between families.")
+        parts.append(s)
+    ab = c["ablations"]
+    if ab != PENDING and ab:
+        bits = []
+        for r in ab:
+            e = {"spearman": r["spearman"], "ci": r["ci"]}
+            t = (f"{n(r['ablation'])}: {_fmt_iv(e)} ({A.strength(r['spearman'])}), given length "
+                 f"{_fmt_iv(r['partial'])}")
+            dif = r.get("difference_from_reference")
+            if dif and _finite(dif.get("spearman")):
+                lo, hi = dif["ci"]
+                t += (f", {dif['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}] against the reference "
+                      + ("(higher)" if lo > 0 else "(lower)" if hi < 0 else "(no detectable difference)"))
+            bits.append(t)
+        s = (f"**Which gradients?** The same candidates and probes, with the gradient score changed, each against ICP mean Δ "
+             f"(reference: the inner product over the q/v weights of every block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
+        higher = [r for r in ab if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
+        if higher:
+            best = max(higher, key=lambda r: r["spearman"])
+            s += (f" The largest, {n(best['ablation'])}, agrees with ICP {A.strength(best['spearman'])}ly "
+                  f"({best['spearman']:.2f}), {best['difference_from_reference']['spearman']:+.2f} above the reference with "
+                  f"an interval above 0, and {_fmt_iv(best['partial'])} given length"
+                  + (": a gradient score can agree with ICP more than the paper's choice does, and the agreement holds "
+                     "with length controlled." if best["partial"]["ci"][0] > 0 else "."))
+        if c.get("ablations_pending"):
+            s += " Not run on the whole pool yet: " + ", ".join(n(a) for a in c["ablations_pending"]) + "."
         parts.append(s)
     iv = c["intervention"]
     if iv == PENDING:
