@@ -921,7 +921,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
             s += (f" The largest, {n(best['ablation'])}, agrees with ICP {A.strength(best['spearman'])}ly "
                   f"({best['spearman']:.2f}), {best['difference_from_reference']['spearman']:+.2f} above the reference with "
                   f"an interval above 0, and {_fmt_iv(best['partial'])} given length"
-                  + (": a gradient score can agree with ICP more than the paper's choice does, and the agreement holds "
+                  + (": which gradients the inner product uses moves the agreement, and the higher agreement holds "
                      "with length controlled." if best["partial"]["ci"][0] > 0 else "."))
         if c.get("ablations_pending"):
             s += " Not run on the whole pool yet: " + ", ".join(n(a) for a in c["ablations_pending"]) + "."
