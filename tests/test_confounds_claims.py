@@ -311,7 +311,7 @@ def test_category_structure_figure_draws_every_interval():
     ax = fig.axes[0]
     xs = sorted(round(float(l.get_xdata()[0]), 3) for l in ax.get_lines() if l.get_marker() == "o")
     assert xs == [0.1, 0.1, 0.2, 0.2, 0.5, 0.5]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["instruction set (26 categories)",
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["instruction set (26 categories)",
                                                                    "synthetic task families (14 categories)"]
     plt.close("all")
 

@@ -267,5 +267,5 @@ def category_structure(structure: Mapping[str, Mapping[str, Any]], pair: str = "
     a, b = pair.split(" vs ")
     ax.set_xlabel(f"Spearman ρ, {label(a)} vs {label(b)} (95% two-way CI)")
     ax.set_title("Do they agree about examples, or about kinds of example?")
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", ncol=2, frameon=False, fontsize=8)
     return fig
