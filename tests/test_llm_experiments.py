@@ -245,10 +245,12 @@ def test_a_configuration_read_back_from_its_result_file_builds_the_same_pool():
         back = A.AgreementConfig(**json.loads(json.dumps(cfg.to_dict(), sort_keys=True)))
         assert list(back.split) == list(cfg.split) == ["pool", "probe_candidates", "eval"]
         assert [e.id for e in A.build_pool(back)[1]] == [e.id for e in A.build_pool(cfg)[1]]
-    # the committed runs' recorded pools are what the configuration builds
-    from icp_influence.paths import results_dir
+    # the committed runs' recorded pools are what the configuration builds (read from the checkout: this
+    # module points the results folder at a temporary one)
+    from pathlib import Path
 
+    committed = Path(__file__).resolve().parents[1] / "data" / "results"
     for data, name in (("instructions", "instruction-agreement-full"), ("synthetic", "synthetic-agreement-full")):
-        rec = json.loads((results_dir() / name / "data.json").read_text(encoding="utf-8"))
-        cfg = A.AgreementConfig(**json.loads((results_dir() / f"{name}.json").read_text(encoding="utf-8"))["config"])
+        rec = json.loads((committed / name / "data.json").read_text(encoding="utf-8"))
+        cfg = A.AgreementConfig(**json.loads((committed / f"{name}.json").read_text(encoding="utf-8"))["config"])
         assert sorted(e.id for e in A.build_pool(cfg)[1]) == sorted(rec["pool"])

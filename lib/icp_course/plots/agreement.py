@@ -40,7 +40,7 @@ def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: fl
 
 
 def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the agreement?",
-           xlabel: str = "Spearman ρ with a 95% two-way CI (◆ corrected for attenuation)", reference: bool = True):
+           xlabel: str = "Spearman ρ with a 95% two-way CI (◇ corrected for attenuation)", reference: bool = True):
     """One row per ablation: Spearman with its CI (line) and the attenuation-corrected value (◆).
 
     ``reference``: a dotted line at the first row's value, labelled in a short legend beside the

@@ -758,6 +758,20 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
                       "below" if _finite(lo) and A.PAPER_SPEARMAN < lo else "undetermined"))
             pred[m] = {"spearman": e["spearman"], "ci": [lo, hi], "strength": A.strength(e["spearman"]),
                        "paper_relative_to_ci": where}
+        # the variant pool is scored on fewer probes than the run: its agreement is attenuated by
+        # probe noise; the run's measured reliability at that probe count gives the factor
+        k = (res.get("variant_pool") or {}).get("n_probes")
+        curves = (agreement_summary or {}).get("reliability_curves", {})
+        rel_k = {n: dict(zip(c["k"], c["reliability"])).get(k) for n, c in curves.items()} if k else {}
+        if pred.get("raw") and rel_k.get("icp_mean_delta") and rel_k.get("ip"):
+            f = float(np.sqrt(rel_k["icp_mean_delta"] * rel_k["ip"]))
+            lo, hi = pred["raw"]["ci"]
+            pred["attenuation"] = {"n_probes": k, "reliability_icp": rel_k["icp_mean_delta"], "reliability_ip": rel_k["ip"],
+                                   "factor": f, "corrected": min(1.0, pred["raw"]["spearman"] / f),
+                                   "corrected_ci": [min(1.0, lo / f), min(1.0, hi / f)]}
+            c_lo, c_hi = pred["attenuation"]["corrected_ci"]
+            pred["attenuation"]["paper_relative_to_corrected_ci"] = (
+                "inside" if c_lo <= A.PAPER_SPEARMAN <= c_hi else ("above" if A.PAPER_SPEARMAN > c_hi else "below"))
         pred["log_token_sd"] = pr["log_token_sd"]
         pred["extrapolates_by"] = pr.get("extrapolates_by", 0.0)
         pred["max_log_token_sd_reached"] = pr.get("max_log_token_sd_reached")
@@ -889,16 +903,20 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                         f"({_fmt_iv(f['between_groups'])}; {_zero(f['between_groups'])})")
         s = "**Examples or kinds of example?** Split each agreement into its two parts: " + "; ".join(bits) + "."
         if all(f["between_above_within"] for f in cs.values()):
-            s += (" In both pools the between-category agreement is the larger"
-                  + (" (though the intervals overlap in " + ", ".join(p for p, f in cs.items() if f["intervals_overlap"])
-                     + ")" if any(f["intervals_overlap"] for f in cs.values()) else "")
-                  + ": what the two valuators share is mostly which kind of example helps the probes, much less "
-                  "which example of that kind does.")
-            syn = cs.get("synthetic")
-            if syn:
-                s += (f" This is also why the synthetic pool agrees more ({syn['raw']['spearman']:.2f}) even though its "
-                      "answers are a few tokens long: its categories are narrow task families, and the agreement "
-                      "there is between families.")
+            overl = [("the instruction set" if p == "instructions" else "the synthetic families")
+                     for p, f in cs.items() if f["intervals_overlap"]]
+            if overl:
+                s += (" In both pools the between-category point estimate is the larger, but on " + " and ".join(overl)
+                      + " the two intervals overlap: there the split is suggestive, not established.")
+            else:
+                s += (" In both pools the between-category agreement is the larger, with intervals that do not overlap: "
+                      "what the two valuators share is more about which kind of example helps than about which example "
+                      "of that kind does.")
+        syn = cs.get("synthetic")
+        if syn and not syn["within_groups"]["excludes_zero"] and syn["between_groups"]["excludes_zero"]:
+            s += (f" On the synthetic families, whose answers are a few tokens long, the within-family agreement is not "
+                  f"detected ({_fmt_iv(syn['within_groups'])}): the agreement there ({syn['raw']['spearman']:.2f}) lies "
+                  "between families.")
         parts.append(s)
     ab = c["ablations"]
     if ab != PENDING and ab:
@@ -911,7 +929,9 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
             if dif and _finite(dif.get("spearman")):
                 lo, hi = dif["ci"]
                 t += (f", {dif['spearman']:+.2f} [{lo:+.2f}, {hi:+.2f}] against the reference "
-                      + ("(higher)" if lo > 0 else "(lower)" if hi < 0 else "(no detectable difference)"))
+                      + (("(higher; the interval only just excludes 0)" if lo < 0.01 else "(higher)") if lo > 0 else
+                         ("(lower; the interval only just excludes 0)" if hi > -0.01 else "(lower)") if hi < 0 else
+                         "(no detectable difference)"))
             bits.append(t)
         s = (f"**Which gradients?** The same candidates and probes, with the gradient score changed, each against ICP mean Δ "
              f"(reference: the inner product over the q/v weights of every block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
@@ -938,8 +958,10 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                 f"{iv[v]['fraction_long_higher']:.0%} of instructions)"
                 for v in ("ip", "icp_mean_delta", "icp_win_rate") if v in iv]
         k = next(iter(iv.values()))["n_instructions"]
-        parts.append(f"**The intervention.** With the content fixed ({k} instructions, each with a short and a long "
-                     f"correct answer), a longer answer moves each valuator's rank as follows: " + "; ".join(bits) + ".")
+        parts.append(f"**The intervention.** With the instruction fixed ({k} instructions, each answered correctly both briefly "
+                     f"and at length), a longer answer moves each valuator's rank as follows: " + "; ".join(bits) + ". This "
+                     f"shows that length raises each score; whether it is what the two scores share is the question of the "
+                     f"controls above and of the spread below.")
     pr, dr = c["prediction"], c["dose_response"]
     sd = c.get("log_token_sd")
     sd_txt = f"{sd:.2f}" if _finite(sd) else "unknown"
@@ -950,21 +972,71 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                      f"like the paper's Alpaca, spans about 4 to 500 answer tokens). Whether a pool as wide would reach {A.PAPER_SPEARMAN} is what the "
                      f"dose–response curve answers, and it is pending.")
     else:
-        s = (f"**The paper's {A.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}; "
-             f"as the variant pools widen it ({dr['sd_range'][0]:.2f} to {dr['sd_range'][1]:.2f}), the raw agreement "
+        s = (f"**The paper's {A.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}. The "
+             f"analysis takes {pr['log_token_sd']} for a pool that, like the paper's Alpaca, spans about 4 to 500 answer "
+             f"tokens (an assumption about the paper's data: it does not report the spread). As the variant pools widen "
+             f"the spread ({dr['sd_range'][0]:.2f} to {dr['sd_range'][1]:.2f}), the raw agreement "
              f"{dr['raw']}{_slope_txt(dr['slope_raw'], dr.get('slope_raw_ci'))} and the length-controlled one "
              f"{dr['partial']}{_slope_txt(dr['slope_partial'], dr.get('slope_partial_ci'))}.")
         if pr.get("raw"):
-            s += (f" At a spread of {pr['log_token_sd']} the curve predicts a raw Spearman of {_fmt_iv(pr['raw'])} "
-                  f"({pr['raw']['strength']}); the paper's {A.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} "
-                  f"that interval")
+            inside = pr.get("extrapolates_by", 0) == 0
+            s += (f" At a spread of {pr['log_token_sd']} ({'inside the measured range, so an interpolation' if inside else 'beyond the measured range'}) "
+                  f"the raw agreement is {_fmt_iv(pr['raw'])} ({pr['raw']['strength']}); the paper's {A.PAPER_SPEARMAN} lies "
+                  f"{pr['raw']['paper_relative_to_ci']} that interval")
             if pr.get("partial"):
-                s += f", and given length the prediction is {_fmt_iv(pr['partial'])}"
+                s += f", and given length it is {_fmt_iv(pr['partial'])}"
             s += "."
+            att = pr.get("attenuation")
+            if att:
+                s += (f" The variant pools are scored on {att['n_probes']} probes, where this run's reliabilities are "
+                      f"{att['reliability_icp']:.2f} (ICP mean Δ) and {att['reliability_ip']:.2f} (inner product): probe noise "
+                      f"shrinks that agreement by a factor of about {att['factor']:.2f}. Corrected, it is about "
+                      f"{att['corrected']:.2f} [{att['corrected_ci'][0]:.2f}, {att['corrected_ci'][1]:.2f}], and the paper's "
+                      f"{A.PAPER_SPEARMAN} lies {att['paper_relative_to_corrected_ci']} that interval.")
         if pr.get("extrapolates_by", 0) > 0:
             s += f" (The prediction extrapolates {pr['extrapolates_by']:.2f} beyond the widest pool measured.)"
         parts.append(s)
+        parts.append(_answer(c, md, agreement_summary))
     return "\n\n".join(parts)
+
+
+def _answer(c: dict[str, Any], md: dict[str, Any], agreement_summary: dict[str, Any] | None) -> str:
+    """The closing paragraph: what the measurements say about 0.23 here against the paper's 0.73."""
+    pr, ab, dr = c["prediction"], c["ablations"], c["dose_response"]
+    corr = ((agreement_summary or {}).get("agreement", {}).get(_pair_key("icp_mean_delta", "ip")) or {}).get("disattenuated")
+    bits = [f"probe noise is not the reason (corrected for attenuation the agreement is {corr:.2f})" if _finite(corr)
+            else "probe noise was not measured here"]
+    reach = []
+    if pr != PENDING and pr.get("raw"):
+        att = pr.get("attenuation")
+        reach.append(att["corrected"] if att else pr["raw"]["spearman"])
+        trend = "" if dr == PENDING or dr["raw"] == "rises" else ", though its rise with the spread is not detectable with these intervals"
+        txt = (f"in pools whose answer lengths vary about as widely as the paper's the raw agreement is about "
+               f"{pr['raw']['spearman']:.2f}" + (f" ({att['corrected']:.2f} corrected for probe noise)" if att else "") + trend)
+        if pr.get("partial"):
+            txt += f", and given length it is {pr['partial']['spearman']:.2f}"
+        bits.append(txt)
+    higher = [r for r in (ab if ab != PENDING else []) if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
+    if higher:
+        best = max(higher, key=lambda r: r["spearman"])
+        reach.append(best["disattenuated"] if _finite(best.get("disattenuated")) else best["spearman"])
+        bits.append(f"the choice of gradients moves it ({name_of(best['ablation'])}: {best['spearman']:.2f}, "
+                    f"{best['difference_from_reference']['spearman']:+.2f} against the reference in a paired comparison)")
+    s = "**So why 0.23 here and 0.73 in the paper?** On this model and this data: " + "; ".join(bits) + "."
+    if reach and max(reach) < A.PAPER_SPEARMAN:
+        att = pr.get("attenuation") if pr != PENDING else None
+        s += (f" No single lever measured here reaches {A.PAPER_SPEARMAN} as a point estimate, even corrected for probe "
+              f"noise (the largest is {max(reach):.2f})"
+              + (", although the corrected interval of the widest pools includes it"
+                 if att and att["paper_relative_to_corrected_ci"] == "inside" else "")
+              + ". Not varied here: the model (the paper uses Pythia-1b, this course SmolLM2-135M), the data (Alpaca) and "
+              "the paper's exact pairing (win-rate against the signed-log inner product on the paper's layers).")
+        lc = c["length_controlled"]
+        here = (lc.get(_pair_key("icp_mean_delta", "ip")) or {}).get("partial") if lc != PENDING else None
+        if here and pr.get("partial") and pr["partial"]["spearman"] <= here["spearman"]:
+            s += (f" Given length, the widest pools agree no more than this pool does ({pr['partial']['spearman']:.2f} "
+                  f"against {here['spearman']:.2f}): whatever a wide length spread adds, it adds through length.")
+    return s
 
 
 def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None) -> str:
@@ -1004,20 +1076,33 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     cs = c["category_structure"]
     if cs != PENDING and cs.get("instructions"):
         f = cs["instructions"]
-        lines.append(("- Most of what they share is about kinds of example: between categories " if f["between_above_within"]
-                      else "- What they share is no more about kinds of example than about examples: between categories ")
+        lines.append(("- Most of what they share is about kinds of example: between categories "
+                      if f["between_above_within"] and not f["intervals_overlap"] else
+                      "- Between categories they agree more than within one, as point estimates (the intervals overlap): "
+                      if f["between_above_within"] else
+                      "- What they share is no more about kinds of example than about examples: between categories ")
                      + f"{f['between_groups']['spearman']:.2f}, within a category {f['within_groups']['spearman']:.2f}"
                      + (f" (synthetic families: {cs['synthetic']['between_groups']['spearman']:.2f} between, "
                         f"{cs['synthetic']['within_groups']['spearman']:.2f} within)." if cs.get("synthetic") else "."))
     iv = c["intervention"]
     if iv != PENDING and "ip" in iv and "icp_mean_delta" in iv:
         both = all(iv[k]["direction"] == "longer ranks higher" for k in ("ip", "icp_mean_delta"))
-        lines.append(("- Length is a cause, not only a correlate: " if both else "- The intervention: ")
-                     + f"with the content fixed, a longer answer moves the inner "
+        lines.append(("- A longer answer raises both scores (the same instruction, answered briefly or at length): "
+                      if both else "- The intervention (the same instruction, answered briefly or at length): ")
+                     + f"a longer answer moves the inner "
                      f"product's rank by {iv['ip']['rank_effect']:+.0f} percentile points "
                      f"[{iv['ip']['rank_ci'][0]:+.0f}, {iv['ip']['rank_ci'][1]:+.0f}] and ICP mean Δ's by "
                      f"{iv['icp_mean_delta']['rank_effect']:+.0f} [{iv['icp_mean_delta']['rank_ci'][0]:+.0f}, "
                      f"{iv['icp_mean_delta']['rank_ci'][1]:+.0f}].")
+    ab = c["ablations"]
+    higher = [r for r in (ab if ab != PENDING else []) if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
+    if higher:
+        best = max(higher, key=lambda r: r["spearman"])
+        d = best["difference_from_reference"]
+        lines.append(f"- Which gradients matter: {name_of(best['ablation'])} agrees with ICP mean Δ at {best['spearman']:.2f} "
+                     f"({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] above "
+                     f"the inner product over every block in a paired comparison, and {best['partial']['spearman']:.2f} "
+                     f"given length.")
     pr = c["prediction"]
     if pr == PENDING:
         lines.append("- The length intervention and the prediction for a pool as wide as the paper's are pending.")
@@ -1031,6 +1116,12 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                            if c["dose_response"] != PENDING and c["dose_response"]["raw"] == "rises"
                            and c["dose_response"]["partial"] != "rises" else ".")
                         if pr.get("partial") else "."))
+        att = pr.get("attenuation")
+        if att:
+            lines.append(f"- Corrected for the probe noise of the variant pools ({att['n_probes']} probes) that is about "
+                         f"{att['corrected']:.2f} [{att['corrected_ci'][0]:.2f}, {att['corrected_ci'][1]:.2f}]: no lever "
+                         f"measured here reaches {A.PAPER_SPEARMAN} as a point estimate; the model, the data and the "
+                         f"paper's exact valuator pair were not varied.")
     return "\n".join(lines)
 
 

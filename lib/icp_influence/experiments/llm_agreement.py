@@ -695,8 +695,9 @@ def referee_lines(summary: dict[str, Any], gt: dict[str, Any] | None) -> list[st
                 and r["pool"] == "instructions"]
     if icp_rows:
         lines.append("- ICP against real training steps (candidate level): "
-                     + "; ".join(f"{name_of(r['ground_truth'])} {ci(r)}, {strength(r['spearman'])}"
-                                 + (", interval includes 0" if r["ci"][0] <= 0 <= r["ci"][1] else "") for r in icp_rows)
+                     + "; ".join(f"{name_of(r['ground_truth'])} {ci(r)}, "
+                                 + ("not detected (interval includes 0)" if r["ci"][0] <= 0 <= r["ci"][1]
+                                    else strength(r["spearman"])) for r in icp_rows)
                      + f". The closest ICP comes to a real step is {max(r['spearman'] for r in icp_rows):.2f}, "
                        f"{strength(max(r['spearman'] for r in icp_rows))}.")
     return lines
