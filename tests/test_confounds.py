@@ -276,3 +276,20 @@ def test_agreement_difference_is_paired_and_signed():
     assert same.value == 0 and same.lo == same.hi == 0
     with pytest.raises(Exception, match="aligned"):
         S.agreement_difference(A, B[:5], Cm)
+
+
+def test_null_controlled_agreement_removes_a_planted_shared_null():
+    """Two scores that share only a null model (plus noise) agree raw but not given that null."""
+    from icp_influence.experiments import confounds as C
+
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=200)
+    A_ = (z + 0.6 * rng.normal(size=200))[:, None] + 0.2 * rng.normal(size=(200, 8))
+    B_ = (z + 0.6 * rng.normal(size=200))[:, None] + 0.2 * rng.normal(size=(200, 8))
+    v = {"icp_mean_delta": (A_, "mean"), "icp_win_rate": (A_, "win_rate"), "ip": (B_, "mean"),
+         "candidate_nll": (np.repeat(z[:, None], 8, axis=1), "mean")}
+    out = C.null_controlled(v, n_boot=200, seed=0)
+    g = out["icp_mean_delta vs ip"]["candidate_nll"]
+    assert g["ci"][0] < 0 < g["ci"][1] and abs(g["spearman"]) < 0.15
+    from icp_influence import stats as S
+    assert S.spearman(A_.mean(1), B_.mean(1)) > 0.5
