@@ -326,6 +326,11 @@ def test_confounds_result_matches_its_configuration_and_follows_from_the_cached_
         for k in ("raw", "partial"):
             sl = res["prediction"]["slope"][k]
             assert sl["ci"][0] <= sl["per_unit_sd"] <= sl["ci"][1]
+    if "null_controlled" in res:
+        a, b = S.aggregate(*v["icp_mean_delta"]), S.aggregate(*v["ip"])
+        for null, e in res["null_controlled"]["icp_mean_delta vs ip"].items():
+            want = S.partial_spearman(a, b, S.aggregate(*v[null]))
+            assert e["spearman"] == pytest.approx(want, abs=1e-12), null
     if "category_structure" in res:
         cats = [json.loads((out / "data.json").read_text())["pool"][i]["category"] for i in ids]
         row = res["category_structure"]["instructions"]["icp_mean_delta vs ip"]
