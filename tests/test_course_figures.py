@@ -145,3 +145,19 @@ def test_percentile_rank_axes_stay_within_0_and_100():
     ax = fig.axes[0]
     assert ax.get_xlim() == (0, 101) and ax.get_ylim() == (0, 101)
     plt.close("all")
+
+
+def test_forest_groups_never_borrow_a_valuator_colour():
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from icp_course import style
+    from icp_course.plots import agreement as PA
+
+    rows = [{"name": f"row {i}", "group": g, "spearman": 0.1 * i, "ci": [0.1 * i - 0.1, 0.1 * i + 0.1]}
+            for i, g in enumerate(["reference", "aggregation", "baseline", "gradient score", "probes", "domain", "data"])]
+    fig = PA.forest(rows)
+    used = {mcolors.to_hex(l.get_color()) for l in fig.axes[0].get_lines() if l.get_marker() == "o"}
+    valuator = {mcolors.to_hex(c) for c in style.VALUATOR_COLORS.values()}
+    assert len(used) == 7 and not used & valuator
+    plt.close("all")

@@ -52,7 +52,10 @@ def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the ag
     fig, ax = plt.subplots(figsize=(10.0, 0.5 * len(rows) + 1.4))
     y = np.arange(len(rows))[::-1]
     groups = list(dict.fromkeys(r.get("group", "") for r in rows))
-    gcol = dict(zip(groups, colors([f"__group_{g}" for g in groups])))
+    import seaborn as sns
+
+    # groups of rows get a palette of their own (Set2), so no group borrows a valuator's colour
+    gcol = dict(zip(groups, sns.color_palette("Set2", max(1, len(groups)))))
     if "null model" in gcol:    # the null models keep their course colour
         gcol["null model"] = colors(["answer_length"])[0]
     for yi, r in zip(y, rows):
