@@ -430,3 +430,41 @@ def test_the_answer_paragraph_follows_the_committed_numbers():
     assert (f"No single lever measured here reaches 0.73" in para) == (max(levers) < 0.73)
     assert ("the corrected interval of the widest pools includes it" in para) == \
         (att["corrected_ci"][0] <= 0.73 <= att["corrected_ci"][1])
+
+
+def _ablation_row(name, rho, dif, dif_ci, partial_lo=0.1):
+    return {"ablation": name, "spearman": rho, "ci": [rho - 0.1, rho + 0.1], "disattenuated": rho + 0.02,
+            "partial": {"spearman": rho - 0.02, "ci": [partial_lo, rho + 0.05]},
+            "difference_from_reference": {"spearman": dif, "ci": list(dif_ci)}, "seconds": 1.0, "n_candidates": 300}
+
+
+def test_the_ablation_lever_is_the_largest_row_above_the_reference_and_named_by_what_it_changes():
+    """One filter (``claims``) decides which ablations lie above the reference; the verdict,
+    the closing paragraph and the summary all read it, and name the choice the row changes."""
+    from icp_influence.experiments import confounds as C
+
+    res = _result()
+    res["pending"] = [p for p in res["pending"] if p != "ablations"]
+    res["ablations"] = [_ablation_row("ip_last2", 0.41, 0.18, (0.04, 0.32)),
+                        _ablation_row("psl", 0.31, 0.08, (-0.01, 0.16)),        # includes 0: not above
+                        _ablation_row("icp_chat", 0.47, 0.24, (0.02, 0.45)),     # the largest above
+                        _ablation_row("ekfac", 0.12, -0.11, (-0.20, -0.02))]     # below
+    res["ablations_pending"] = ["ip_linear"]
+    c = C.claims(res)
+    assert c["ablations_above_reference"] == ["ip_last2", "icp_chat"]
+    assert c["ablations_below_reference"] == ["ekfac"]
+    assert c["ablation_lever"]["ablation"] == "icp_chat" and c["ablation_lever"]["kind"] == "template"
+    v = C.verdict(res, SUMMARY)
+    assert "The largest, ICP with the chat template, agrees moderately (0.47)" in v
+    assert "the prompt template of ICP moves the agreement" in v
+    assert "the prompt template of ICP moves it (ICP with the chat template: 0.47" in v
+    assert "Not run on the whole pool yet: inner product, every linear layer (projected)." in v
+    assert "-0.11 [-0.20, -0.02] against the reference (lower)" in v
+    s = C.summary(res, SUMMARY)
+    assert "- What moves it: the prompt template of ICP. With ICP with the chat template the agreement is 0.47" in s
+    # without any row above the reference, no text claims a lever
+    for r in res["ablations"]:
+        r["difference_from_reference"]["ci"] = [-0.05, 0.05]
+    c = C.claims(res)
+    assert c["ablation_lever"] is None and c["ablations_above_reference"] == []
+    assert "moves the agreement" not in C.verdict(res, SUMMARY) and "What moves it" not in C.summary(res, SUMMARY)

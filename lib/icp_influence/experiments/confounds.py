@@ -50,6 +50,13 @@ PAPER_VIEWS = {"icp_mean_delta": ("icp", "mean"), "icp_win_rate": ("icp", "win_r
 PAIRS = (("icp_mean_delta", "ip"), ("icp_win_rate", "ip"), ("icp_mean_delta", "cosine"))
 #: Whole-pool ablations of the instruction run (names of :func:`llm_agreement.valuator_specs`).
 ABLATIONS = ("ip_last2", "ip_linear", "icp_chat", "psl", "ekfac")
+#: What each whole-pool ablation changes in the paper's setup (the text says which choice moved the agreement).
+ABLATION_KINDS = {"ip_last2": "gradients", "ip_linear": "gradients", "psl": "score", "ekfac": "hessian",
+                  "icp_chat": "template"}
+#: Each kind in words, as the subject of "… moves the agreement".
+LEVER_WORDS = {"gradients": "which gradients the inner product uses", "score": "the form of the gradient score",
+               "hessian": "preconditioning the inner product with the Hessian (EK-FAC)",
+               "template": "the prompt template of ICP"}
 #: Spread (standard deviation of log answer tokens) of the paper's pool, where the dose-response predicts.
 WIDE_LOG_TOKEN_SD = 1.5
 #: The null models of the analysis (the candidate's model loss twice: summed and per token).
@@ -804,7 +811,24 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
         out["prediction"] = PENDING
     out["ablations"] = res["ablations"] if "ablations" in res and "ablations" not in pending else PENDING
     out["ablations_pending"] = list(res.get("ablations_pending", []))
+    # the ablations whose paired difference from the reference has an interval above 0, and the largest of them
+    rows = out["ablations"] if out["ablations"] != PENDING else []
+    higher = [r for r in rows if _above_reference(r)]
+    out["ablations_above_reference"] = [r["ablation"] for r in higher]
+    out["ablations_below_reference"] = [r["ablation"] for r in rows if _below_reference(r)]
+    best = max(higher, key=lambda r: r["spearman"]) if higher else None
+    out["ablation_lever"] = ({**best, "kind": ABLATION_KINDS.get(best["ablation"], "gradients")} if best else None)
     return out
+
+
+def _above_reference(row: dict[str, Any]) -> bool:
+    ci = (row.get("difference_from_reference") or {}).get("ci")
+    return bool(ci and _finite(ci[0]) and ci[0] > 0)
+
+
+def _below_reference(row: dict[str, Any]) -> bool:
+    ci = (row.get("difference_from_reference") or {}).get("ci")
+    return bool(ci and _finite(ci[1]) and ci[1] < 0)
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -962,15 +986,16 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                          ("(lower; the interval only just excludes 0)" if hi > -0.01 else "(lower)") if hi < 0 else
                          "(no detectable difference)"))
             bits.append(t)
-        s = (f"**Which gradients?** The same candidates and probes, with the gradient score changed, each against ICP mean Δ "
-             f"(reference: the inner product over the q/v weights of every block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
-        higher = [r for r in ab if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
-        if higher:
-            best = max(higher, key=lambda r: r["spearman"])
-            s += (f" The largest, {n(best['ablation'])}, agrees with ICP {A.strength(best['spearman'])}ly "
+        s = (f"**Which choices of the setup?** The same candidates and probes with one choice changed — the gradients, "
+             f"the form of the score, the Hessian, or ICP's prompt template —, each against ICP mean Δ (the chat template's "
+             f"ICP against the inner product; reference: ICP mean Δ vs the inner product over the q/v weights of every "
+             f"block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
+        best = c["ablation_lever"]
+        if best:
+            s += (f" The largest, {n(best['ablation'])}, agrees {A.strength(best['spearman'])}ly "
                   f"({best['spearman']:.2f}), {best['difference_from_reference']['spearman']:+.2f} above the reference with "
                   f"an interval above 0, and {_fmt_iv(best['partial'])} given length"
-                  + (": which gradients the inner product uses moves the agreement, and the higher agreement holds "
+                  + (f": {LEVER_WORDS[best['kind']]} moves the agreement, and the higher agreement holds "
                      "with length controlled." if best["partial"]["ci"][0] > 0 else "."))
         if c.get("ablations_pending"):
             s += " Not run on the whole pool yet: " + ", ".join(n(a) for a in c["ablations_pending"]) + "."
@@ -1031,7 +1056,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
 
 def _answer(c: dict[str, Any], md: dict[str, Any], agreement_summary: dict[str, Any] | None) -> str:
     """The closing paragraph: what the measurements say about 0.23 here against the paper's 0.73."""
-    pr, ab, dr = c["prediction"], c["ablations"], c["dose_response"]
+    pr, dr = c["prediction"], c["dose_response"]
     corr = ((agreement_summary or {}).get("agreement", {}).get(_pair_key("icp_mean_delta", "ip")) or {}).get("disattenuated")
     bits = [f"probe noise is not the reason (corrected for attenuation the agreement is {corr:.2f})" if _finite(corr)
             else "probe noise was not measured here"]
@@ -1045,11 +1070,11 @@ def _answer(c: dict[str, Any], md: dict[str, Any], agreement_summary: dict[str, 
         if pr.get("partial"):
             txt += f", and given length it is {pr['partial']['spearman']:.2f}"
         bits.append(txt)
-    higher = [r for r in (ab if ab != PENDING else []) if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
-    if higher:
-        best = max(higher, key=lambda r: r["spearman"])
-        reach.append(best["disattenuated"] if _finite(best.get("disattenuated")) else best["spearman"])
-        bits.append(f"the choice of gradients moves it ({name_of(best['ablation'])}: {best['spearman']:.2f}, "
+    best = c["ablation_lever"]
+    if best:
+        reach += [r["disattenuated"] if _finite(r.get("disattenuated")) else r["spearman"] for r in c["ablations"]
+                  if r["ablation"] in c["ablations_above_reference"]]
+        bits.append(f"{LEVER_WORDS[best['kind']]} moves it ({name_of(best['ablation'])}: {best['spearman']:.2f}, "
                     f"{best['difference_from_reference']['spearman']:+.2f} against the reference in a paired comparison)")
     s = "**So why 0.23 here and 0.73 in the paper?** On this model and this data: " + "; ".join(bits) + "."
     if reach and max(reach) < A.PAPER_SPEARMAN:
@@ -1123,15 +1148,13 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                      f"[{iv['ip']['rank_ci'][0]:+.0f}, {iv['ip']['rank_ci'][1]:+.0f}] and ICP mean Δ's by "
                      f"{iv['icp_mean_delta']['rank_effect']:+.0f} [{iv['icp_mean_delta']['rank_ci'][0]:+.0f}, "
                      f"{iv['icp_mean_delta']['rank_ci'][1]:+.0f}].")
-    ab = c["ablations"]
-    higher = [r for r in (ab if ab != PENDING else []) if (r.get("difference_from_reference") or {}).get("ci", [0, 0])[0] > 0]
-    if higher:
-        best = max(higher, key=lambda r: r["spearman"])
+    best = c["ablation_lever"]
+    if best:
         d = best["difference_from_reference"]
-        lines.append(f"- Which gradients matter: {name_of(best['ablation'])} agrees with ICP mean Δ at {best['spearman']:.2f} "
-                     f"({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] above "
-                     f"the inner product over every block in a paired comparison, and {best['partial']['spearman']:.2f} "
-                     f"given length.")
+        lines.append(f"- What moves it: {LEVER_WORDS[best['kind']]}. With {name_of(best['ablation'])} the agreement is "
+                     f"{best['spearman']:.2f} ({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] above "
+                     f"the reference pair (ICP mean Δ vs the inner product over every block) in a paired comparison, and "
+                     f"{best['partial']['spearman']:.2f} given length.")
     pr = c["prediction"]
     if pr == PENDING:
         lines.append("- The length intervention and the prediction for a pool as wide as the paper's are pending.")
