@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 
 from icp_course import style  # noqa: E402
 from icp_course.plots import confounds as PC  # noqa: E402
-from icp_influence.experiments import confounds as C  # noqa: E402
+from icp_influence.experiments import confounds as C, confounds_report as R  # noqa: E402
 from icp_influence.experiments import llm_agreement as A  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def test_strength_rule_is_the_one_the_notebook_states():
 
 def test_claims_follow_the_numbers():
     res = _result()
-    c = C.claims(res, SUMMARY)
+    c = R.claims(res, SUMMARY)
     md = c["raw"]["icp_mean_delta vs ip"]
     # one number for one comparison: the agreement run's value when it has the pair
     assert md["spearman"] == 0.227 and md["ci"] == [0.06, 0.39] and md["strength"] == "weak" and md["excludes_zero"]
@@ -115,48 +115,48 @@ def test_claims_follow_the_numbers():
     assert iv["icp_win_rate"]["direction"] == "no detectable effect"
     assert c["dose_response"]["raw"] == "rises" and c["dose_response"]["partial"] == "falls"
     assert c["prediction"]["raw"]["paper_relative_to_ci"] == "above"
-    assert c["ablations"] == C.PENDING
+    assert c["ablations"] == R.PENDING
 
 
 def test_a_null_model_that_matches_the_agreement_is_reported_as_such():
     res = _result()
     for v in ("icp_mean_delta", "ip"):
         res["null_models"]["gradient_norm"]["spearman_vs"][v] = _iv(0.5)
-    c = C.claims(res, SUMMARY)
+    c = R.claims(res, SUMMARY)
     assert c["raw"]["icp_mean_delta vs ip"]["no_better_than_null"] is True
-    assert "no better than a null model does with both" in C.verdict(res, SUMMARY)
+    assert "no better than a null model does with both" in R.verdict(res, SUMMARY)
 
 
 def test_pending_stages_are_pending_not_guessed():
     res = _result(intervention=False)
-    c = C.claims(res, SUMMARY)
+    c = R.claims(res, SUMMARY)
     for k in ("intervention", "dose_response", "prediction", "ablations"):
-        assert c[k] == C.PENDING
-    text = C.verdict(res, SUMMARY)
+        assert c[k] == R.PENDING
+    text = R.verdict(res, SUMMARY)
     assert "pending" in text and "0.59" in text
-    assert "pending" in C.summary(res, SUMMARY)
+    assert "pending" in R.summary(res, SUMMARY)
     # listed as pending although a (stale) key is present: still pending
     res2 = _result()
     res2["pending"] += ["intervention", "dose_response", "prediction"]
-    assert C.claims(res2, SUMMARY)["intervention"] == C.PENDING
+    assert R.claims(res2, SUMMARY)["intervention"] == R.PENDING
     # no length-controlled stage
     res3 = _result(intervention=False)
     del res3["length_controlled"], res3["pair_level"]
     res3["pending"].append("length_controlled")
-    c3 = C.claims(res3, None)
-    assert c3["length_controlled"] == C.PENDING and c3["pair_level"] == C.PENDING and c3["raw"] == {}
-    assert "not been measured" in C.verdict(res3, None)
+    c3 = R.claims(res3, None)
+    assert c3["length_controlled"] == R.PENDING and c3["pair_level"] == R.PENDING and c3["raw"] == {}
+    assert "not been measured" in R.verdict(res3, None)
 
 
 def test_verdict_and_summary_state_the_numbers_in_plain_words():
     res = _result()
-    text = C.verdict(res, SUMMARY)
+    text = R.verdict(res, SUMMARY)
     for s in ("0.23 [0.06, 0.39]", "weakly", "0.18 [0.08, 0.28]", "0.15 [0.12, 0.18]", "88%", "+50 percentile points",
               "ranks the long version lower", "0.48 [0.35, 0.60]", "above", str(A.PAPER_SPEARMAN)):
         assert s in text, s
     for ident in ("icp_", "ip_per", "_nll", "gradient_norm", "answer_length", "gt_"):
         assert ident not in text, ident
-    summ = C.summary(res, SUMMARY)
+    summ = R.summary(res, SUMMARY)
     assert summ.count("\n- ") >= 4 and "0.91" in summ and "outside the interval" in summ
     assert "icp_" not in summ and "ip_per" not in summ
 
@@ -164,7 +164,7 @@ def test_verdict_and_summary_state_the_numbers_in_plain_words():
 def test_an_interval_that_only_just_excludes_zero_says_so():
     res = _result()
     res["length_controlled"]["icp_win_rate vs ip"]["partial"] = {"spearman": 0.15, "ci": [0.0015, 0.29]}
-    assert "only just excludes 0" in C.verdict(res, SUMMARY)
+    assert "only just excludes 0" in R.verdict(res, SUMMARY)
 
 
 def test_names_of_the_text_match_the_figure_labels():
@@ -264,14 +264,14 @@ def test_figures_tolerate_missing_values():
     res["prediction"]["partial"] = {"spearman": None, "ci": [None, None]}
     PC.null_models(res, None)
     PC.dose_response(res["dose_response"], res["prediction"], paper=A.PAPER_SPEARMAN)
-    c = C.claims(res, None)
+    c = R.claims(res, None)
     assert c["prediction"]["partial"] is None
 
 
 def test_category_split_words_follow_the_numbers():
     """The verdict's 'examples or kinds of example' paragraph and the summary bullet say what the
     numbers say, and flip when the numbers flip."""
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds_report as R
 
     def iv(v, lo, hi):
         return {"spearman": v, "ci": [lo, hi]}
@@ -287,21 +287,21 @@ def test_category_split_words_follow_the_numbers():
     summ = {"agreement": {"icp_mean_delta vs ip": iv(0.23, 0.06, 0.39)}, "n_probes": 64,
             "reliability": {k: {"value": 0.9} for k in ("icp_mean_delta", "icp_win_rate", "ip")}}
     res = result((0.17, 0.02, 0.31), (0.37, 0.01, 0.65))
-    c = C.claims(res, summ)["category_structure"]["instructions"]
+    c = R.claims(res, summ)["category_structure"]["instructions"]
     assert c["between_above_within"] and c["intervals_overlap"]
-    v = C.verdict(res, summ)
+    v = R.verdict(res, summ)
     assert "weakly about which example is better **within** a category (0.17 [0.02, 0.31]" in v
     assert "moderately about which **category** is better (0.37 [0.01, 0.65]" in v
     assert "Between categories they agree more than within one, as point estimates (the intervals overlap)" in \
-        C.summary(res, summ)
+        R.summary(res, summ)
     assert "the two intervals overlap: there the split is suggestive, not established" in v
     res_sep = result((0.10, 0.02, 0.18), (0.60, 0.40, 0.75))
-    assert "Most of what they share is about kinds of example" in C.summary(res_sep, summ)
-    assert "with intervals that do not overlap" in C.verdict(res_sep, summ)
+    assert "Most of what they share is about kinds of example" in R.summary(res_sep, summ)
+    assert "with intervals that do not overlap" in R.verdict(res_sep, summ)
     res = result((0.40, 0.30, 0.50), (0.10, -0.20, 0.40))
-    assert not C.claims(res, summ)["category_structure"]["instructions"]["between_above_within"]
-    assert "between-category agreement is the larger" not in C.verdict(res, summ)
-    assert "no more about kinds of example than about examples" in C.summary(res, summ)
+    assert not R.claims(res, summ)["category_structure"]["instructions"]["between_above_within"]
+    assert "between-category agreement is the larger" not in R.verdict(res, summ)
+    assert "no more about kinds of example than about examples" in R.summary(res, summ)
 
 
 def test_category_structure_figure_draws_every_interval():
@@ -342,13 +342,13 @@ def test_referee_line_states_icp_against_real_steps_from_the_committed_ground_tr
 
 
 def test_dose_response_trend_words_need_an_interval_that_excludes_zero():
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds_report as R
 
-    assert C._trend_word(0.25, [0.10, 0.40]) == "rises"
-    assert C._trend_word(-0.03, [-0.20, 0.15]) == "shows no detectable trend"
-    assert C._trend_word(-0.30, [-0.50, -0.05]) == "falls"
-    assert C._trend_word(-0.03, None) == "falls"             # no interval recorded: the sign only
-    assert C._slope_txt(0.25, [0.1, 0.4]) == " (+0.25 per unit of spread [+0.10, +0.40])"
+    assert R._trend_word(0.25, [0.10, 0.40]) == "rises"
+    assert R._trend_word(-0.03, [-0.20, 0.15]) == "shows no detectable trend"
+    assert R._trend_word(-0.30, [-0.50, -0.05]) == "falls"
+    assert R._trend_word(-0.03, None) == "falls"             # no interval recorded: the sign only
+    assert R._slope_txt(0.25, [0.1, 0.4]) == " (+0.25 per unit of spread [+0.10, +0.40])"
 
 
 def test_dose_response_slope_interval_covers_a_planted_trend():
@@ -379,12 +379,12 @@ def test_dose_response_slope_interval_covers_a_planted_trend():
 def test_summary_states_the_committed_intervention_and_prediction():
     import json
 
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds_report as R
     from icp_influence.paths import results_dir
 
     res = json.loads((results_dir() / "confounds-full.json").read_text(encoding="utf-8"))
     summ = json.loads((results_dir() / "instruction-agreement-full.json").read_text(encoding="utf-8"))
-    text = C.summary(res, summ)
+    text = R.summary(res, summ)
     if "intervention" in res.get("pending", []):
         assert "pending" in text
         return
@@ -408,20 +408,20 @@ def test_the_answer_paragraph_follows_the_committed_numbers():
 
     import numpy as np
 
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds_report as R
     from icp_influence.paths import results_dir
 
     res = json.loads((results_dir() / "confounds-full.json").read_text(encoding="utf-8"))
     summ = json.loads((results_dir() / "instruction-agreement-full.json").read_text(encoding="utf-8"))
     if "prediction" in res.get("pending", []):
         return
-    pred = C.claims(res, summ)["prediction"]
+    pred = R.claims(res, summ)["prediction"]
     att = pred["attenuation"]
     k = res["variant_pool"]["n_probes"]
     r = {n: dict(zip(c["k"], c["reliability"]))[k] for n, c in summ["reliability_curves"].items()}
     assert att["factor"] == pytest.approx(np.sqrt(r["icp_mean_delta"] * r["ip"]), abs=1e-12)
     assert att["corrected"] == pytest.approx(pred["raw"]["spearman"] / att["factor"], abs=1e-12)
-    v = C.verdict(res, summ)
+    v = R.verdict(res, summ)
     para = v[v.index("**So why 0.23 here and 0.73 in the paper?**"):]
     assert f"corrected for attenuation the agreement is {summ['agreement']['icp_mean_delta vs ip']['disattenuated']:.2f}" in para
     assert f"({att['corrected']:.2f} corrected for probe noise)" in para
@@ -441,7 +441,7 @@ def _ablation_row(name, rho, dif, dif_ci, partial_lo=0.1):
 def test_the_ablation_lever_is_the_largest_row_above_the_reference_and_named_by_what_it_changes():
     """One filter (``claims``) decides which ablations lie above the reference; the verdict,
     the closing paragraph and the summary all read it, and name the choice the row changes."""
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds_report as R
 
     res = _result()
     res["pending"] = [p for p in res["pending"] if p != "ablations"]
@@ -450,21 +450,21 @@ def test_the_ablation_lever_is_the_largest_row_above_the_reference_and_named_by_
                         _ablation_row("icp_chat", 0.47, 0.24, (0.02, 0.45)),     # the largest above
                         _ablation_row("ekfac", 0.12, -0.11, (-0.20, -0.02))]     # below
     res["ablations_pending"] = ["ip_linear"]
-    c = C.claims(res)
+    c = R.claims(res)
     assert c["ablations_above_reference"] == ["ip_last2", "icp_chat"]
     assert c["ablations_below_reference"] == ["ekfac"]
     assert c["ablation_lever"]["ablation"] == "icp_chat" and c["ablation_lever"]["kind"] == "template"
-    v = C.verdict(res, SUMMARY)
+    v = R.verdict(res, SUMMARY)
     assert "The largest, ICP with the chat template, agrees moderately (0.47)" in v
     assert "the prompt template of ICP moves the agreement" in v
     assert "the prompt template of ICP moves it (ICP with the chat template: 0.47" in v
     assert "Not run on the whole pool yet: inner product, every linear layer (projected)." in v
     assert "-0.11 [-0.20, -0.02] against the reference (lower)" in v
-    s = C.summary(res, SUMMARY)
+    s = R.summary(res, SUMMARY)
     assert "- What moves it: the prompt template of ICP. With ICP with the chat template the agreement is 0.47" in s
     # without any row above the reference, no text claims a lever
     for r in res["ablations"]:
         r["difference_from_reference"]["ci"] = [-0.05, 0.05]
-    c = C.claims(res)
+    c = R.claims(res)
     assert c["ablation_lever"] is None and c["ablations_above_reference"] == []
-    assert "moves the agreement" not in C.verdict(res, SUMMARY) and "What moves it" not in C.summary(res, SUMMARY)
+    assert "moves the agreement" not in R.verdict(res, SUMMARY) and "What moves it" not in R.summary(res, SUMMARY)

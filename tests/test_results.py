@@ -188,13 +188,13 @@ HAVE_CONFOUNDS = (results_dir() / "confounds-full.json").exists()
 
 @pytest.mark.skipif(not HAVE_CONFOUNDS, reason="no confounds result committed (notebook 05 says so when it runs)")
 def test_the_claims_notebook_05_makes_about_what_drives_agreement_hold():
-    from icp_influence.experiments import confounds as C
+    from icp_influence.experiments import confounds as C, confounds_report as R
 
     res = C.load("full")
     summary = A.load("full")["summary"]
     assert res["agreement_config_hash"] == summary["config_hash"], "the confounds analysis is of another agreement run"
     assert res["n_candidates"] == summary["n_candidates"] and res["n_probes"] == summary["n_probes"]
-    c = C.claims(res, summary)
+    c = R.claims(res, summary)
     # one number for one comparison: the raw agreement is section 2's, and the analysis's own raw point agrees with it
     for key, f in c["raw"].items():
         assert f["strength"] == A.strength(f["spearman"])
@@ -208,7 +208,7 @@ def test_the_claims_notebook_05_makes_about_what_drives_agreement_hold():
         assert e["null"] == best[1]
     # section 3's premise: the inner product (summed loss) grows with answer length
     assert c["length_correlation"]["ip"]["spearman"] > 0
-    text = C.verdict(res, summary)
+    text = R.verdict(res, summary)
     md = c["raw"]["icp_mean_delta vs ip"]
     assert f"{md['spearman']:.2f} [{md['ci'][0]:.2f}, {md['ci'][1]:.2f}]" in text and f"**{md['strength']}ly**" in text
     assert ("more closely than it follows ICP" in text) == c["ip_follows_length_more_than_icp"]
@@ -222,7 +222,7 @@ def test_the_claims_notebook_05_makes_about_what_drives_agreement_hold():
             # overlap is not a test: the verdict partials the null model out and reads that interval
             assert f"the pair agrees at {g['spearman']:.2f} [{g['ci'][0]:.2f}, {g['ci'][1]:.2f}]" in text
             assert ("they share something beyond it" in text) == g["excludes_zero"]
-    if c["length_controlled"] != C.PENDING:
+    if c["length_controlled"] != R.PENDING:
         row = c["length_controlled"]["icp_mean_delta vs ip"]
         for m in ("partial", "stratified", "per_token"):
             e = row[m]
@@ -233,19 +233,19 @@ def test_the_claims_notebook_05_makes_about_what_drives_agreement_hold():
             overl = all(row[f"{m}_overlaps_raw"] for m in ("partial", "stratified", "per_token"))
             assert ("every interval still overlaps the raw one" in text) == overl
     for stage in ("intervention", "prediction"):
-        assert (c[stage] == C.PENDING) == (stage in res["pending"] or stage not in res)
-    if c["intervention"] == C.PENDING:
+        assert (c[stage] == R.PENDING) == (stage in res["pending"] or stage not in res)
+    if c["intervention"] == R.PENDING:
         assert "**The intervention** (the same instructions with short and long correct answers) is pending" in text
     else:
         for v, e in c["intervention"].items():
             lo, hi = e["rank_ci"]
             assert e["direction"] == ("longer ranks higher" if lo > 0 else "longer ranks lower" if hi < 0
                                       else "no detectable effect")
-    if c["prediction"] != C.PENDING and c["prediction"].get("raw"):
+    if c["prediction"] != R.PENDING and c["prediction"].get("raw"):
         p = c["prediction"]["raw"]
         assert f"lies {p['paper_relative_to_ci']} that interval" in text
     # the Summary's bullets are computed from the same claims
-    assert f"{md['spearman']:.2f} [{md['ci'][0]:.2f}, {md['ci'][1]:.2f}]" in C.summary(res, summary)
+    assert f"{md['spearman']:.2f} [{md['ci'][0]:.2f}, {md['ci'][1]:.2f}]" in R.summary(res, summary)
 
 
 def test_notebook_05s_explanations_of_its_odd_rows_hold():

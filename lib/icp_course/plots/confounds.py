@@ -34,7 +34,7 @@ def _err(e: Mapping[str, Any]) -> tuple[float, float, float]:
 
 
 def _raw(res, summary, a, b):
-    from icp_influence.experiments.confounds import raw_agreement
+    from icp_influence.experiments.confounds_report import raw_agreement
 
     return raw_agreement(res, summary, f"{a} vs {b}")
 
