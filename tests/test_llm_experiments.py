@@ -50,6 +50,21 @@ def test_agreement_run_records_what_it_skipped_and_follows_from_its_matrices(res
         assert v["spearman"] == pytest.approx(again["agreement"][pair]["spearman"], abs=1e-12), pair
         assert v["disattenuated"] == pytest.approx(v["spearman"] / np.sqrt(v["rel_a"] * v["rel_b"]), rel=1e-9) \
             or not (v["rel_a"] > 0 and v["rel_b"] > 0)
+    # every ablation row's change is against the row it differs from by one change; the neutral
+    # baseline (a win-rate) against the zero-shot win-rate row, the rest against the reference
+    rows = {r["name"]: r for r in summary["ablations"]}
+    ref = summary["ablations"][0]
+    for r in summary["ablations"]:
+        base = rows[r["compared_with"]] if r["compared_with"] else r
+        assert r["change"] == pytest.approx(r["spearman"] - base["spearman"], abs=1e-12), r["name"]
+    assert rows["baseline: neutral demonstration (win-rate)"]["compared_with"] == "aggregation: win-rate"
+    assert rows["aggregation: win-rate"]["compared_with"] == ref["name"]
+    # the biggest mover is a single change (never a probe-count draw or the domain rows), largest |change|
+    single = [r for r in summary["ablations"] if r["group"] in A.SINGLE_CHANGE_GROUPS]
+    assert summary["biggest_mover"] == max(single, key=lambda r: abs(r["change"]))["name"]
+    assert {r["group"] for r in summary["ablations"]} - set(A.SINGLE_CHANGE_GROUPS) >= {"reference", "number of probes"}
+    for r in summary["reliability"].values():    # whole probes
+        assert isinstance(r["probes_needed_0_8"], int) or r["probes_needed_0_8"] == float("inf")
     # the ICP views are the matrix itself: mean Δ and win-rate recomputed by hand
     icp = run["mats"]["icp"].values
     views = A.icp_views(run["mats"])

@@ -407,8 +407,9 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
     reliability = {}
     for name, (V, how) in views.items():
         r = S.split_half(V, how, n_boot=nb // 2, seed=seed)
+        need = S.probes_needed(r.value, V.shape[1], 0.8)    # probes are whole: the smallest count that reaches 0.8
         reliability[name] = {"value": r.value, "ci": r.ci, "half": r.half,
-                             "probes_needed_0_8": S.probes_needed(r.value, V.shape[1], 0.8)}
+                             "probes_needed_0_8": need if not np.isfinite(need) else int(np.ceil(need - 1e-9))}
     curves = {name: S.reliability_curve(V, how, [k // 2 for k in cfg.probe_counts if k // 2 >= 1], seed=seed)
               for name, (V, how) in views.items() if name in ("icp_win_rate", "icp_mean_delta", "ip")}
     # agreement of the main pairs
@@ -423,11 +424,12 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
     ref = ("icp_mean_delta", "ip")
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, group: str, a, b, note: str = "") -> None:
+    def add(name: str, group: str, a, b, note: str = "", compared_with: str | None = None) -> None:
         r = _agreement(a, b, n_boot=nb, seed=seed)
         rows.append({"name": name, "group": group, "spearman": r["spearman"], "ci": r["ci"],
                      "disattenuated": r["disattenuated"], "disattenuated_ci": r["disattenuated_ci"],
-                     "n_candidates": r["n_candidates"], "n_probes": r["n_probes"], "note": note})
+                     "n_candidates": r["n_candidates"], "n_probes": r["n_probes"], "note": note,
+                     "compared_with": compared_with or (rows[0]["name"] if rows else None)})
 
     add("reference: ICP mean Δ vs IP (q/v every block), paper template, zero-shot, all probes", "reference",
         av[ref[0]], av[ref[1]])
@@ -435,7 +437,8 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
     add("aggregation: per-token Δ", "aggregation", av["icp_per_token"], av["ip"])
     if "icp_win_rate_neutral" in av:
         add("baseline: neutral demonstration (win-rate)", "baseline", av["icp_win_rate_neutral"], av["ip"],
-            "a per-probe baseline cannot change a mean's ranking, only the win-rate's")
+            "a per-probe baseline cannot change a mean's ranking, only the win-rate's; compared with the "
+            "zero-shot win-rate, so that only the baseline changes", compared_with="aggregation: win-rate")
     if "icp_chat" in mats:
         chat = mats["icp_chat"].subset(abl_ids)
         add("template: chat (mean Δ)", "template", (chat.values, "mean"), av["ip"])
@@ -468,12 +471,12 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
             lo, hi = S.bootstrap_ci(x, y, "spearman", n_boot=nb, seed=seed)
             rows.append({"name": label, "group": "domain", "spearman": S.spearman(x, y), "ci": [lo, hi],
                          "disattenuated": None, "disattenuated_ci": None, "n_candidates": int(len(x)),
-                         "n_probes": None, "note": "candidates resampled (each candidate has its own probe set)"})
-    reference = rows[0]["spearman"]
-    for r in rows:
-        r["change"] = r["spearman"] - reference
-    movers = [r for r in rows if r["group"] not in ("reference",)]
-    biggest = max(movers, key=lambda r: abs(r["change"])) if movers else None
+                         "n_probes": None, "note": "candidates resampled (each candidate has its own probe set)",
+                         "compared_with": rows[0]["name"]})
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:   # each row against the row it differs from by one change (the reference unless stated)
+        r["change"] = r["spearman"] - by_name[r["compared_with"]]["spearman"] if r["compared_with"] else 0.0
+    biggest = biggest_single_change(rows)
     # noisy labels
     auc = {name: _auc_by_kind(S.aggregate(V, how), ids, info)
            for name, (V, how) in views.items()}
@@ -575,6 +578,18 @@ def load(mode: str = "full", data: str = "instructions") -> dict[str, Any]:
             "config": AgreementConfig(**summary["config"])}
 
 
+#: Ablation groups that change one thing about the same candidates and probes. The others are
+#: not single changes: ``number of probes`` rows are one random draw of probes each, ``domain``
+#: rows give each candidate its own probes, ``data`` is another pool altogether.
+SINGLE_CHANGE_GROUPS = ("aggregation", "baseline", "template", "gradient subset", "gradient score")
+
+
+def biggest_single_change(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ablation row of :data:`SINGLE_CHANGE_GROUPS` whose agreement moves most (by |change|)."""
+    movers = [r for r in rows if r["group"] in SINGLE_CHANGE_GROUPS and np.isfinite(r.get("change", np.nan))]
+    return max(movers, key=lambda r: abs(r["change"])) if movers else None
+
+
 def _result_keys(res: dict[str, Any]) -> dict[str, Any]:
     keep = ("n_candidates", "n_probes", "reliability", "agreement", "biggest_mover", "auc_noise", "seconds")
     return {k: res[k] for k in keep if k in res}
@@ -589,9 +604,10 @@ def with_synthetic(res: dict[str, Any], syn: dict[str, Any]) -> dict[str, Any]:
                  "spearman": ref["spearman"], "ci": ref["ci"], "disattenuated": ref["disattenuated"],
                  "disattenuated_ci": ref["disattenuated_ci"], "n_candidates": ref["n_candidates"],
                  "n_probes": ref["n_probes"], "note": "the synthetic run: other candidates and probes",
-                 "change": ref["spearman"] - rows[0]["spearman"]})
+                 "compared_with": rows[0]["name"], "change": ref["spearman"] - rows[0]["spearman"]})
     res["ablations"] = rows
-    res["biggest_mover"] = max(rows[1:], key=lambda r: abs(r["change"]))["name"]
+    biggest = biggest_single_change(rows)
+    res["biggest_mover"] = biggest["name"] if biggest else None
     res["synthetic"] = {k: syn[k] for k in ("n_candidates", "n_probes", "reliability", "agreement", "auc_noise",
                                             "diagnostics", "seconds")}
     return res
@@ -718,7 +734,7 @@ def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
         f"{PAPER_SPEARMAN} on Alpaca with Pythia-1b is {'inside' if c['paper_value_inside_win_rate_ci'] else 'outside'} this interval.",
         f"- Reliability across probes: ICP mean Δ {rel['icp_mean_delta']['value']:.2f}, win-rate "
         f"{rel['icp_win_rate']['value']:.2f}, inner product {rel['ip']['value']:.2f}.",
-        f"- The ablation that moves agreement most: {summary['biggest_mover']}.",
+        f"- The single change that moves agreement most: {summary['biggest_mover']}.",
     ]
     if "synthetic" in summary:
         s = summary["synthetic"]["agreement"]["icp_mean_delta vs ip"]
