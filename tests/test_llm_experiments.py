@@ -269,3 +269,42 @@ def test_a_configuration_read_back_from_its_result_file_builds_the_same_pool():
         rec = json.loads((committed / name / "data.json").read_text(encoding="utf-8"))
         cfg = A.AgreementConfig(**json.loads((committed / f"{name}.json").read_text(encoding="utf-8"))["config"])
         assert sorted(e.id for e in A.build_pool(cfg)[1]) == sorted(rec["pool"])
+
+
+@pytest.mark.parametrize("data", ["instructions", "synthetic"])
+def test_the_committed_runs_reuse_their_recorded_probes(data):
+    """The recorded pool is a JSON object written with sorted keys; the synthetic pool's own order is
+    not sorted. The run must still recognise its pool and reuse the probes it scored (choosing them
+    again by k-means gave 2 of 64 other probes on this processor, and every cached matrix went stale)."""
+    from icp_influence.experiments.llm_agreement import build_data, recorded_data, run_dir
+
+    rec = recorded_data(run_dir("full", data))
+    if rec is None:
+        pytest.skip(f"no committed {data} run")
+    cfg = A.AgreementConfig.for_mode("full", data=data)
+    d = build_data(cfg, None, None, recorded=rec)     # no model: choosing the probes again would fail
+    assert [p.id for p in d["probes"]] == rec["probe_order"]
+    assert sorted(e.id for e in d["pool"]) == sorted(rec["pool"])
+
+
+def test_noise_verdict_reads_the_auc_intervals():
+    """Section 7's conclusion follows the intervals: above 0.5, containing 0.5, below 0.5; kinds
+    are called separated only where one valuator's per-kind intervals do not overlap."""
+    s = {"auc_noise": {"icp_mean_delta": {"any": 0.55, "swap": 0.5, "truncate": 0.6},
+                       "ip": {"any": 0.64, "swap": 0.55, "truncate": 0.7},
+                       "cosine": {"any": 0.40, "swap": 0.4, "truncate": 0.4}},
+         "auc_noise_ci": {"icp_mean_delta": {"any": [0.45, 0.65], "swap": [0.3, 0.7], "truncate": [0.4, 0.8]},
+                          "ip": {"any": [0.55, 0.73], "swap": [0.35, 0.75], "truncate": [0.5, 0.9]},
+                          "cosine": {"any": [0.31, 0.49], "swap": [0.2, 0.6], "truncate": [0.2, 0.6]}}}
+    text = A.noise_verdict(s, {"swap": 10, "truncate": 11})
+    assert "Better than chance at flagging any corruption: inner product 0.64 [0.55, 0.73]." in text
+    assert "Not distinguishable from chance: ICP mean Δ 0.55 [0.45, 0.65]." in text
+    assert "Corrupted candidates valued *higher*: cosine 0.40 [0.31, 0.49]." in text
+    assert "the inner-product family notices wrong answers and ICP does not" in text
+    assert "21 corrupted candidates: 10 swap, 11 truncate" in text
+    assert "no valuator's per-kind intervals separate" in text
+    s["auc_noise_ci"]["ip"]["truncate"] = [0.8, 0.95]
+    s["auc_noise_ci"]["ip"]["swap"] = [0.3, 0.6]
+    assert "only inner product separates some kinds" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
+    s["auc_noise_ci"]["icp_mean_delta"]["any"] = [0.52, 0.6]
+    assert "ICP notices wrong answers too" in A.noise_verdict(s, {"swap": 10, "truncate": 11})

@@ -162,7 +162,8 @@ def build_data(cfg: AgreementConfig, model, tokenizer, *, recorded: dict[str, An
     ablation_ids = [pool[i].id for i in ablation]
     by_id = {e.id: e for e in parts["probe_candidates"]}
     order = (recorded or {}).get("probe_order", ())
-    if (recorded is not None and list(recorded.get("pool", ())) == [e.id for e in pool]
+    # the recorded pool is a JSON object (keys written sorted): the same pool has the same ids, in any order
+    if (recorded is not None and sorted(recorded.get("pool", ())) == sorted(e.id for e in pool)
             and len(order) == cfg.n_probes and all(i in by_id for i in order)):
         probes = [by_id[i] for i in order]
     else:
@@ -378,11 +379,19 @@ def _agreement(a, b, *, n_boot: int, seed: int) -> dict[str, Any]:
             "n_candidates": ag.n_candidates, "n_probes": ag.n_probes}
 
 
-def _auc_by_kind(values: np.ndarray, ids: list[str], info: dict[str, Any]) -> dict[str, float]:
+def _auc_by_kind(values: np.ndarray, ids: list[str], info: dict[str, Any], *, n_boot: int = 0,
+                 seed: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """ROC AUC of ``−value`` as a detector of each corruption kind (and ``any``), against the
+    clean candidates; with ``n_boot`` > 0 also a percentile interval (candidates resampled)."""
     from sklearn.metrics import roc_auc_score
 
+    from .. import stats as S
+
+    def auc_of(v, y):
+        return float(roc_auc_score(y, -v)) if 0 < y.sum() < len(y) else float("nan")
+
     kinds = sorted({v["corruption"] for v in info["pool"].values() if v["corruption"]})
-    out = {}
+    out, cis = {}, {}
     for kind in ["any", *kinds]:
         keep, y = [], []
         for i, c in enumerate(ids):
@@ -390,9 +399,12 @@ def _auc_by_kind(values: np.ndarray, ids: list[str], info: dict[str, Any]) -> di
             if k is None or kind == "any" or k == kind:
                 keep.append(i)
                 y.append(int(k is not None))
-        if 0 < sum(y) < len(y):
-            out[kind] = float(roc_auc_score(y, -values[keep]))
-    return out
+        y = np.asarray(y)
+        if 0 < y.sum() < len(y):
+            out[kind] = auc_of(values[keep], y)
+            if n_boot > 0:
+                cis[kind] = list(S.bootstrap_ci(values[keep], y, auc_of, n_boot=n_boot, seed=seed))
+    return out, cis
 
 
 def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -478,8 +490,10 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
         r["change"] = r["spearman"] - by_name[r["compared_with"]]["spearman"] if r["compared_with"] else 0.0
     biggest = biggest_single_change(rows)
     # noisy labels
-    auc = {name: _auc_by_kind(S.aggregate(V, how), ids, info)
-           for name, (V, how) in views.items()}
+    auc_pairs = {name: _auc_by_kind(S.aggregate(V, how), ids, info, n_boot=nb, seed=seed)
+                 for name, (V, how) in views.items()}
+    auc = {name: a for name, (a, _) in auc_pairs.items()}
+    auc_ci = {name: c for name, (_, c) in auc_pairs.items()}
     # diagnostics
     D, IP = views["icp_mean_delta"][0], views["ip"][0]
     per_probe = []
@@ -505,7 +519,7 @@ def summarise(cfg: AgreementConfig, mats: dict[str, Any], info: dict[str, Any]) 
         "config": cfg.to_dict(), "n_candidates": len(ids), "n_probes": len(probes),
         "n_ablation_candidates": len(abl_ids),
         "reliability": reliability, "reliability_curves": curves, "agreement": agreement,
-        "ablations": rows, "biggest_mover": biggest["name"] if biggest else None, "auc_noise": auc,
+        "ablations": rows, "biggest_mover": biggest["name"] if biggest else None, "auc_noise": auc, "auc_noise_ci": auc_ci,
         "diagnostics": diagnostics, "seconds": sum(v for v in seconds.values() if np.isfinite(v)),
         "seconds_per_valuator": seconds,
     }
@@ -609,7 +623,7 @@ def with_synthetic(res: dict[str, Any], syn: dict[str, Any]) -> dict[str, Any]:
     biggest = biggest_single_change(rows)
     res["biggest_mover"] = biggest["name"] if biggest else None
     res["synthetic"] = {k: syn[k] for k in ("n_candidates", "n_probes", "reliability", "agreement", "auc_noise",
-                                            "diagnostics", "seconds")}
+                                            "auc_noise_ci", "diagnostics", "seconds") if k in syn}
     return res
 
 
@@ -633,6 +647,7 @@ def instruction_agreement(*, smoke: bool = False, seed: int = 0, skip: tuple[str
 PAPER_SPEARMAN = 0.73  # the authors' released Alpaca scores: Spearman(ICP win-rate, mean IP) (Pythia-1b, 52,002 × 100)
 #: Readable names of the valuators and ground truths for the text (the course's figure labels say the same).
 NAMES = {"icp_mean_delta": "ICP mean Δ", "icp_win_rate": "ICP win-rate", "icp_per_token": "ICP per-token Δ",
+         "icp_win_rate_neutral": "ICP win-rate (neutral baseline)",
          "ip": "inner product", "ip_per_token": "inner product ÷ candidate tokens", "cosine": "cosine",
          "ekfac": "EK-FAC", "gt_sgd_small": "one small SGD step on the q/v weights",
          "gt_sgd_all": "one SGD step on all weights", "gt_adam_sign": "one Adam step (β₁ = β₂ = 0)"}
@@ -717,6 +732,51 @@ def referee_lines(summary: dict[str, Any], gt: dict[str, Any] | None) -> list[st
                      + f". The closest ICP comes to a real step is {max(r['spearman'] for r in icp_rows):.2f}, "
                        f"{strength(max(r['spearman'] for r in icp_rows))}.")
     return lines
+
+
+def noise_verdict(summary: dict[str, Any], n_corrupted: dict[str, int]) -> str:
+    """What section 7's noise AUCs support, by their intervals: which valuators flag corrupted
+    candidates better than chance (interval above 0.5), which cannot be told from chance, and
+    whether the kinds of corruption can be told apart. ``n_corrupted``: corrupted candidates per kind."""
+    auc, ci = summary["auc_noise"], summary.get("auc_noise_ci") or {}
+    names = [n for n in auc if "any" in auc[n] and "any" in ci.get(n, {})]
+    if not names:
+        return "The noise AUCs have no intervals in this result; re-run the summary to read them."
+
+    def iv(n, k="any"):
+        lo, hi = ci[n][k]
+        return f"{auc[n][k]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    above = [n for n in names if ci[n]["any"][0] > 0.5]
+    below = [n for n in names if ci[n]["any"][1] < 0.5]
+    chance = [n for n in names if n not in above and n not in below]
+    total = sum(n_corrupted.values())
+    s = (f"**What the noise AUCs support** ({total} corrupted candidates: "
+         + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in n_corrupted.items()) + "; 95% intervals, candidates resampled). ")
+    if above:
+        s += "Better than chance at flagging any corruption: " + "; ".join(f"{name_of(n)} {iv(n)}" for n in above) + ". "
+    if chance:
+        s += "Not distinguishable from chance: " + "; ".join(f"{name_of(n)} {iv(n)}" for n in chance) + ". "
+    if below:
+        s += "Corrupted candidates valued *higher*: " + "; ".join(f"{name_of(n)} {iv(n)}" for n in below) + ". "
+    icp = [n for n in names if n.startswith("icp_")]
+    grad = [n for n in names if not n.startswith("icp_")]
+    if icp and all(n in chance for n in icp) and any(n in above for n in grad):
+        s += ("So the inner-product family notices wrong answers and ICP does not, at this sample size: what the "
+              "'format' explanation predicts for ICP. ")
+    elif icp and any(n in above for n in icp):
+        s += "ICP notices wrong answers too: the 'format' explanation does not hold in full here. "
+    # can the kinds be told apart? Only where some valuator's per-kind intervals do not overlap
+    kinds = [k for k in n_corrupted if all(k in ci.get(n, {}) for n in names)]
+    separated = [n for n in names if any(ci[n][a][1] < ci[n][b][0] for a in kinds for b in kinds if a != b)]
+    if kinds:
+        s += (f"By kind ({min(n_corrupted[k] for k in kinds)}–{max(n_corrupted[k] for k in kinds)} corrupted candidates "
+              "each) the intervals are wide: "
+              + ("no valuator's per-kind intervals separate, so the differences between kinds in the figure are not "
+                 "established by these data." if not separated else
+                 "only " + ", ".join(name_of(n) for n in separated) + " separates some kinds with intervals that do "
+                 "not overlap; the other differences between kinds are not established."))
+    return s.strip()
 
 
 def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
