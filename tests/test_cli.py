@@ -79,3 +79,28 @@ def test_run_and_score_fit_torch_threads_and_say_so_on_stderr(capsys, monkeypatc
     assert main(["score", "--list"]) == 2
     err = capsys.readouterr().err
     assert "ICP_THREADS must be a whole number ≥ 1, got 'two'" in err and "Traceback" not in err
+
+
+def test_code_version_ignores_written_results_but_not_code(tmp_path, monkeypatch):
+    """A run that writes a result file must not mark the next run's code as changed; a changed
+    source file must."""
+    import subprocess
+
+    from icp_influence import utils
+
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "r.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(utils, "repo_root", lambda: tmp_path)
+    clean = utils.code_version()["commit"]
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "data" / "results" / "r.json").write_text('{"a": 1}')
+    assert utils.code_version()["commit"] == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert utils.code_version()["commit"] == clean + "+dirty"

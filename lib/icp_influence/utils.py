@@ -263,7 +263,9 @@ def environment_report() -> dict[str, Any]:
 def code_version() -> dict[str, Any]:
     """The package version and, in a git checkout, the commit (``+dirty`` when files changed).
 
-    Recorded in every cached result, so a reader can tell which code made it.
+    Recorded in every cached result, so a reader can tell which code made it. Changed files
+    under ``data/results/`` do not count: they are what runs write (the agreement run writes
+    its instruction result before the synthetic one records its version), not code.
     """
     import subprocess
 
@@ -275,7 +277,8 @@ def code_version() -> dict[str, Any]:
         try:
             commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True, timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                    ".", ":(exclude)data/results"],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             out["commit"] = (commit + ("+dirty" if dirty else "")) or None
         except (OSError, subprocess.SubprocessError):  # pragma: no cover - git missing
