@@ -213,3 +213,31 @@ def test_token_explorer_recomputes(tiny, pool):
     assert abs(res["delta"] - ref.total_delta) < 1e-12
     res2 = update(candidate=cands[0].id)
     assert res2["delta"] != res["delta"]
+
+
+def test_per_token_is_the_one_definition_of_icp_per_token_delta():
+    """Δ / |y_p| by column, with its errors; every stored form of an ICP matrix gives the same
+    per-token values and aggregates."""
+    import numpy as np
+
+    from icp_influence.errors import ConfigError
+    from icp_influence.icp import icp_mean_delta, icp_per_token_delta, per_token, per_token_values
+    from icp_influence.scores import ScoreMatrix
+
+    rng = np.random.default_rng(0)
+    D = rng.normal(size=(5, 3))
+    n = np.array([1, 4, 10])
+    np.testing.assert_array_equal(per_token(D, n), np.stack([D[:, j] / n[j] for j in range(3)], axis=1))
+    with pytest.raises(ConfigError):
+        per_token(D, [1, 2])
+    with pytest.raises(ConfigError):
+        per_token(D, [1, 0, 2])
+    ids, probes = [f"c{i}" for i in range(5)], ["p0", "p1", "p2"]
+    as_delta = ScoreMatrix(D, ids, probes, {"values": "delta", "n_answer_tokens": n.tolist()})
+    as_per_token = ScoreMatrix(D / n, ids, probes, {"values": "per_token_delta", "n_answer_tokens": n.tolist()})
+    for sm in (as_delta, as_per_token):
+        np.testing.assert_allclose(per_token_values(sm), D / n, rtol=1e-15)
+        np.testing.assert_allclose(icp_per_token_delta(sm), (D / n).mean(axis=1), rtol=1e-15)
+        np.testing.assert_allclose(icp_mean_delta(sm), D.mean(axis=1), rtol=1e-14)
+    with pytest.raises(ConfigError):
+        per_token_values(ScoreMatrix(D, ids, probes, {"values": "delta"}))

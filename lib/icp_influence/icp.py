@@ -127,7 +127,7 @@ import torch
 from .data import Example
 from .encoding import Encoded, PairEncoder, check_template, encode_pair
 from .errors import ConfigError, DataFormatError, EmptyPoolError, MethodError
-from .lm import answer_logprobs, model_device
+from .lm import answer_logprobs, model_device, target_logprobs
 from .models import context_length
 from .precision import PrecisionChoice, autocast, choose_precision, full_precision
 from .scores import ScoreMatrix, aggregate
@@ -354,8 +354,8 @@ def _head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.
     with full_precision(hidden):
         hidden = hidden.to(head.weight.dtype)
         for s in range(0, hidden.shape[0], HEAD_ROWS):
-            logits = head(hidden[s:s + HEAD_ROWS]).double()
-            out[s:s + HEAD_ROWS] = torch.log_softmax(logits, dim=-1).gather(-1, targets[s:s + HEAD_ROWS, None])[:, 0]
+            out[s:s + HEAD_ROWS] = target_logprobs(head(hidden[s:s + HEAD_ROWS]), targets[s:s + HEAD_ROWS],
+                                                   dtype=torch.float64)
     return out
 
 
@@ -544,21 +544,14 @@ def _hf_cache_answer_logprobs(model, prefix: list[int], sufs: list[tuple[list[in
                 t_idx.append(len(q) + j - 1 - off)
                 tgt.append(tok)
         sel = logits[torch.tensor(r_idx, device=device), torch.tensor(t_idx, device=device)]
-        lp = _head_free_logprobs(sel, torch.tensor(tgt, device=device)).cpu().numpy()
+        lp = target_logprobs(sel, torch.tensor(tgt, device=device), dtype=torch.float64,
+                             chunk_rows=HEAD_ROWS).cpu().numpy()
         pos_in = 0
         for i in rows:
             n = len(sufs[i][1])
             results[i] = lp[pos_in:pos_in + n].copy()
             pos_in += n
     return results  # type: ignore[return-value]
-
-
-def _head_free_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(logits.shape[0], dtype=torch.float64, device=logits.device)
-    for s in range(0, logits.shape[0], HEAD_ROWS):
-        rows = logits[s:s + HEAD_ROWS].double()
-        out[s:s + HEAD_ROWS] = torch.log_softmax(rows, dim=-1).gather(-1, targets[s:s + HEAD_ROWS, None])[:, 0]
-    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -757,7 +750,7 @@ class IcpScorer:
         """The stored per-probe values for ``method``: deltas, or per-token deltas."""
         check_method(method)
         d = self.deltas(candidates, progress=progress)
-        return d / self.n_answer_tokens[None, :] if method == "per_token" else d
+        return per_token(d, self.n_answer_tokens) if method == "per_token" else d
 
     def meta(self, method: str, model_name: str | None = None) -> dict[str, Any]:
         return icp_meta(method, template=self.template, model_name=model_name or model_label(self.model),
@@ -837,7 +830,7 @@ class LoglikMatrix:
 
     @property
     def per_token_delta(self) -> np.ndarray:
-        return self.delta / self.n_answer_tokens[None, :]
+        return per_token(self.delta, self.n_answer_tokens)
 
     def to_score_matrix(self, method: str = "win_rate", model_name: str = "?") -> ScoreMatrix:
         check_method(method)
@@ -923,13 +916,39 @@ def score_icp(model, tokenizer, candidates: Sequence[Example], probes: Sequence[
     return sm.check_finite()
 
 
+def per_token(deltas: Any, n_answer_tokens: Any) -> np.ndarray:
+    """ICP's per-token Δ: each probe's ``Δ(z, p)`` divided by its answer tokens ``|y_p|``.
+
+    The one definition (the valuator's stored values, the aggregates, the agreement views and
+    the widgets all call it). ``deltas`` ``[..., P]``, ``n_answer_tokens`` ``[P]`` (≥ 1).
+    """
+    d = np.asarray(deltas, dtype=np.float64)
+    n = np.asarray(n_answer_tokens, dtype=np.float64)
+    if n.ndim != 1 or d.shape[-1:] != n.shape:
+        raise ConfigError(f"per_token: {n.shape} answer-token counts for deltas of shape {d.shape}; need one per probe.")
+    if n.size and n.min() < 1:
+        raise ConfigError("per_token: every probe needs at least one answer token.")
+    return d / n
+
+
+def _answer_tokens_of(sm: ScoreMatrix) -> np.ndarray:
+    n = np.asarray(sm.meta.get("n_answer_tokens"), dtype=np.float64)
+    if n.shape != (sm.shape[1],):
+        raise ConfigError("This ICP matrix has no 'n_answer_tokens' in its meta; score it with the 'icp' valuator.")
+    return n
+
+
 def _deltas_of(sm: ScoreMatrix) -> np.ndarray:
     if sm.meta.get("values") == "per_token_delta":
-        n = np.asarray(sm.meta.get("n_answer_tokens"), dtype=np.float64)
-        if n.shape != (sm.shape[1],):
-            raise ConfigError("This per-token ICP matrix has no 'n_answer_tokens' in its meta; cannot undo the normalisation.")
-        return sm.values * n[None, :]
+        return sm.values * _answer_tokens_of(sm)[None, :]
     return sm.values
+
+
+def per_token_values(sm: ScoreMatrix) -> np.ndarray:
+    """The per-probe per-token Δ ``[C, P]`` of an ICP matrix (whatever form it was stored in)."""
+    if sm.meta.get("values") == "per_token_delta":
+        return sm.values
+    return per_token(sm.values, _answer_tokens_of(sm))
 
 
 def icp_win_rate(sm: ScoreMatrix) -> np.ndarray:
@@ -944,12 +963,7 @@ def icp_mean_delta(sm: ScoreMatrix) -> np.ndarray:
 
 def icp_per_token_delta(sm: ScoreMatrix) -> np.ndarray:
     """Mean over probes of ``(ll(p|z) − ll(p)) / |y_p|`` in nats per token, shape ``[C]``."""
-    if sm.meta.get("values") == "per_token_delta":
-        return sm.values.mean(axis=1)
-    n = np.asarray(sm.meta.get("n_answer_tokens"), dtype=np.float64)
-    if n.shape != (sm.shape[1],):
-        raise ConfigError("This ICP matrix has no 'n_answer_tokens' in its meta; re-score with score_icp.")
-    return (sm.values / n[None, :]).mean(axis=1)
+    return aggregate(per_token_values(sm), "mean")
 
 
 # --------------------------------------------------------------------------- token level

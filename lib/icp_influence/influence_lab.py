@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .gradients import Objective, TensorItems, select_parameters
+from .lm import target_logprobs
 
 
 class BinaryLogits(nn.Module):
@@ -39,7 +40,7 @@ class BinaryLogits(nn.Module):
 def ce_example_loss(forward, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of one example (``x [d]``, integer ``y``)."""
     logits = forward(x.unsqueeze(0))[0]
-    return -torch.log_softmax(logits, dim=-1).gather(0, y.reshape(1)).squeeze(0)
+    return -target_logprobs(logits, y.reshape(()))
 
 
 def classifier_token_view(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,27 @@ def shift_answer(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return logits[..., :-1, :], labels[..., 1:]
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, dtype: torch.dtype | None = None,
+                    chunk_rows: int | None = None) -> torch.Tensor:
+    """``log softmax(logits)[target]`` of every row: the one place the project turns logits into
+    token log-probabilities (every answer log-likelihood, loss and ICP score goes through it).
+
+    ``logits`` ``[..., V]``, ``targets`` ``[...]`` (valid token ids). Computed in ``dtype``
+    (default: the logits' own, widened to float32 from float16/bfloat16; ICP asks for float64:
+    a float32 log-softmax over a 49k vocabulary is biased by about 1e-5 nats per token).
+    ``chunk_rows``: for 2-D logits, that many rows at a time (bounds the memory of a wide
+    log-softmax).
+    """
+    if dtype is None:
+        dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    if chunk_rows is None or logits.dim() != 2:
+        return torch.log_softmax(logits.to(dtype), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    out = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)
+    for s in range(0, logits.shape[0], chunk_rows):
+        out[s:s + chunk_rows] = target_logprobs(logits[s:s + chunk_rows], targets[s:s + chunk_rows], dtype=dtype)
+    return out
+
+
 def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log p(labels[t+1] | ≤ t)`` at every position; 0 where the label is ``-100`` (not scored).
 
@@ -55,10 +76,7 @@ def answer_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     Returns ``[..., T-1]`` aligned with ``labels[..., 1:]``, in float32 or wider.
     """
     shift_logits, shift_labels = shift_answer(logits, labels)
-    if shift_logits.dtype in (torch.float16, torch.bfloat16):
-        shift_logits = shift_logits.float()
-    logp = torch.log_softmax(shift_logits, dim=-1)
-    out = logp.gather(-1, shift_labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    out = target_logprobs(shift_logits, shift_labels.clamp_min(0))
     return out.masked_fill(shift_labels == -100, 0.0)
 
 
@@ -107,10 +125,7 @@ def batch_answer_nll(model, ids: torch.Tensor, labels: torch.Tensor, reduction: 
         target = labels[:, 1:]
         keep = target != -100
         with full_precision(hidden):  # under bf16 autocast: the head and log-softmax stay in the weights' dtype
-            logits = head(hidden[:, :-1][keep].to(head.weight.dtype))
-            if logits.dtype in (torch.float16, torch.bfloat16):
-                logits = logits.float()
-            tok = torch.log_softmax(logits, dim=-1).gather(-1, target[keep].unsqueeze(-1)).squeeze(-1)
+            tok = target_logprobs(head(hidden[:, :-1][keep].to(head.weight.dtype)), target[keep])
         row = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(target)[keep]
         nll = torch.zeros(ids.shape[0], dtype=tok.dtype, device=ids.device).index_add(0, row, -tok)
     else:
@@ -145,9 +160,8 @@ def answer_logprobs(model, encs: Sequence[Encoded], *, pad_id: int, batch_size: 
             # float64 log-softmax on the answer positions only: a float32 log-softmax over a
             # large vocabulary is biased by ~1e-5 nats per token (SmolLM2: 49k tokens).
             a0, n = e.answer_start, len(e.answer_ids)
-            rows = logits[i, a0 - 1:a0 - 1 + n].double()
-            tgt = torch.tensor(e.answer_ids, device=rows.device).unsqueeze(-1)
-            out.append(torch.log_softmax(rows, dim=-1).gather(-1, tgt).squeeze(-1).cpu().numpy().copy())
+            tgt = torch.tensor(e.answer_ids, device=logits.device)
+            out.append(target_logprobs(logits[i, a0 - 1:a0 - 1 + n], tgt, dtype=torch.float64).cpu().numpy().copy())
     return out
 
 

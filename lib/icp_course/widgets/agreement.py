@@ -22,7 +22,9 @@ def _icp_view(mats: Mapping[str, Any], aggregation: str, baseline: str) -> tuple
             raise ConfigError("These results have no neutral-demonstration row (icp_neutral).")
         D = D - mats["icp_neutral"].values[0][None, :]
     if aggregation == "per-token Δ":
-        return D / np.asarray(icp.meta["n_answer_tokens"], dtype=float)[None, :], "mean"
+        from icp_influence.icp import per_token
+
+        return per_token(D, icp.meta["n_answer_tokens"]), "mean"
     return D, "win_rate" if aggregation == "win-rate" else "mean"
 
 

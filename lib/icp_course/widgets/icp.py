@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 from IPython.display import display
 
 from icp_influence.data import Example
+from icp_influence.icp import per_token
 
 
 def token_explorer(model, tokenizer, candidates: Sequence[Example], probes: Sequence[Example], *,
@@ -118,7 +119,7 @@ class PairCache:
         V = self.ll - base[None, :]
         kind, how = AGGREGATIONS[aggregation]
         if kind == "per_token":
-            V = V / self.n_answer_tokens[None, :]
+            V = per_token(V, self.n_answer_tokens)
         return V, how
 
 

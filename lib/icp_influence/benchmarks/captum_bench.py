@@ -31,20 +31,11 @@ class _LogitsOnly(torch.nn.Module):
         return self.lm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
 
-def per_example_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[B]`` summed answer NLL of padded sequences (labels −100 = not scored)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    lab = labels[:, 1:]
-    mask = (lab != -100).to(logp.dtype)
-    tok = logp.gather(-1, lab.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return -(tok * mask).sum(dim=1)
-
-
 def captum_tracin_scores(model, tokenizer, names, cand_encs, probe_encs, batch_size: int = 8) -> np.ndarray:
     """``[n_candidates, n_probes]`` TracInCP scores (one checkpoint, learning rate 1)."""
     from captum.influence import TracInCP
 
-    from ..lm import pad_batch
+    from ..lm import answer_nll, pad_batch
 
     wrapped = _LogitsOnly(model)
     mods = sorted({n.rsplit(".", 1)[0] for n in names})
@@ -61,7 +52,7 @@ def captum_tracin_scores(model, tokenizer, names, cand_encs, probe_encs, batch_s
     c_ids, c_lab = padded(cand_encs)
     p_ids, p_lab = padded(probe_encs)
     tracin = TracInCP(wrapped, torch.utils.data.TensorDataset(c_ids, c_lab), checkpoints=["current"],
-                      checkpoints_load_func=lambda m, path: 1.0, layers=layers, loss_fn=per_example_answer_nll,
+                      checkpoints_load_func=lambda m, path: 1.0, layers=layers, loss_fn=answer_nll,
                       batch_size=batch_size, sample_wise_grads_per_batch=False)
     scores = tracin.influence((p_ids, p_lab), show_progress=False)  # [n_probes, n_candidates]
     return scores.detach().double().T.numpy()

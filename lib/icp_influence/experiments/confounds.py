@@ -39,6 +39,7 @@ import numpy as np
 
 from ..paths import results_dir
 from ..registry import experiment
+from ..icp import per_token
 from . import llm_agreement as A
 
 NAME = "confounds"
@@ -99,7 +100,7 @@ def views(mats: dict[str, Any], ids: list[str]) -> dict[str, tuple[np.ndarray, s
     out = {name: (mats[m].subset(ids).values, how) for name, (m, how) in PAPER_VIEWS.items() if m in mats}
     t_z, t_p = token_counts(mats, ids)
     D, IP = mats["icp"].subset(ids).values, mats["ip"].subset(ids).values
-    out["icp_per_token"] = (D / t_p[None, :], "mean")
+    out["icp_per_token"] = (per_token(D, t_p), "mean")
     out["ip_per_candidate_token"] = (IP / t_z[:, None], "mean")
     out["ip_per_token_loss"] = (IP / (t_z[:, None] * t_p[None, :]), "mean")
     for name in NULL_NAMES:

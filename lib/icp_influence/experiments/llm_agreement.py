@@ -352,11 +352,12 @@ def icp_views(mats: dict[str, Any], candidate_ids: list[str] | None = None) -> d
     ``{name: (V [C, P], aggregate)}`` for ``icp_win_rate``, ``icp_mean_delta``,
     ``icp_per_token`` and ``icp_win_rate_neutral`` (deltas against the neutral demonstration).
     """
+    from ..icp import per_token_values
+
     icp = _values(mats, "icp", candidate_ids)
     D = icp.values
-    n_tok = np.asarray(icp.meta["n_answer_tokens"], dtype=np.float64)
     views = {"icp_win_rate": (D, "win_rate"), "icp_mean_delta": (D, "mean"),
-             "icp_per_token": (D / n_tok[None, :], "mean")}
+             "icp_per_token": (per_token_values(icp), "mean")}
     if "icp_neutral" in mats:
         views["icp_win_rate_neutral"] = (D - mats["icp_neutral"].values[0][None, :], "win_rate")
     return views
