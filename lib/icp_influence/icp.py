@@ -31,84 +31,16 @@ The baseline runs once per probe set. Architectures the packed path does not cov
 (sliding-window or soft-capped attention, or a failed self-check) fall back to the
 previous Hugging Face KV-cache path; :attr:`IcpScorer.engine` says which is in use.
 
-Why the previous engine was slow (measured with ``torch.profiler`` and timers on
-SmolLM2-135M, one thread of this 2-core AMD EPYC, instruction-set lengths: a 153-token
-prefix and 16 probe suffixes of 39–233 tokens). It took 1.43 s per pair, against 1.04 s
-for the simple reference (one unpadded 246-token sequence per forward, full logits):
-
-* right padding ran 2 648 suffix positions for 1 788 real ones (+48 %), the lengths of a
-  batch varying sixfold;
-* the LM head ran on every position from the earliest answer start to the latest answer
-  end of a batch (``logits_to_keep`` is a range), padding included;
-* ``aten::mm`` took 75 % of the time (the useful FLOPs were about two thirds of it);
-  the flash-attention kernel over ``B`` replicated prefixes with a padding mask 9.6 %;
-  ``aten::copy_``/``aten::cat`` (the ``DynamicCache`` concatenation that materialises ``B``
-  copies of the prefix per layer, and GQA ``repeat_kv``) 3.4 %; the float64 log-softmax on
-  freshly allocated ~700 × 49k buffers (page faults) 3.3 % and gathering those rows 1.5 %.
-
-The packed engine removes all of these: the same pairs cost 0.57 s per pair on a quiet
-machine (one thread). In the ``icp-throughput`` benchmark (instruction set, 3 candidates
-× 12 probes, each round measured side by side) on a quiet machine with two threads it
-takes 0.33 s per pair against 0.67 s for the reference, 1.02 s for the naive path
-(padded batches of 8) and 0.68 s for the previous engine, at 0.71 of the dense fp32
-matmul rate measured in the same rounds (the reference: 0.68); with one thread beside
-other work (load average 3.7–5.7): 0.91, 1.96, 3.36 and 2.70 s, efficiency 0.73 (0.64).
-The speed-up over the reference (2.11× quiet, rounds 1.93–2.11; 2.14× loaded) is,
-exactly and round by round, the FLOP ratio (reference FLOPs ÷ engine FLOPs: 1.84–2.05
-per round, 1.96 over the run) times the efficiency ratio, because both are timed against
-the same matmul rate; one ~270-token sequence already fills the GEMMs well, so the
-second factor is small. The cache can only save the prefix's share of the work and the
-LM head at non-answer positions, so even an engine at the dense matmul rate (efficiency
-1) would be 2.81–2.97× faster than the reference in these rounds, and a 3× speed-up
-would need an efficiency of 1.01–1.07: the issue's goal of 3× is out of reach on this
-CPU in float32, the efficiency goal (≥ 0.6) is met (``round_bounds`` in the benchmark
-module computes these figures; notebook 07 plots them). Variants measured: the prefix
-pass runs at the efficiency of the suffix passes (6.9 % of the time for 7.7 % of the
-tokens), so packing several candidates' prefixes into one pass would gain nothing. Each
-segment's attention call concatenates the context keys with its own (``aten::cat`` +
-``aten::copy_`` ≈ 1.6 % of the time, the attention kernel 10.7 %); a copy-free variant —
-one kernel call for all queries of a pass against the context, one causal call per
-segment, merged by log-sum-exp — was as fast (11.9 % vs 12.3 % in total) and further
-from the naive path (rms 4.8e-5 vs 3.6e-5 nats), so the simpler one stays.
-Token budgets from 256 to 4 096 positions give the same speed within noise. bfloat16
-is not an option on this CPU (Zen 3, AVX2, no AVX-512-BF16/AMX): a 2048² bf16 matmul ran
-at 0.14 GFLOP/s (fp32: 54) and bf16 ICP at 10.2 s per pair (previous engine; fp32 packed:
-1.22 s, same load), with errors of up to 0.85 nats against a float64 run.
-
-bf16 (``precision="bf16"``, :mod:`icp_influence.precision`), measured on a CPU that has
-AVX-512 BF16 (AMD EPYC, 2 cores; bf16 1024² matmul 2.8× the fp32 rate), SmolLM2 on 16
-instruction-set candidates of varied length × 8 probes, against the fp32 engine, one thread on a
-busy machine (load 5–8). Weights *stored* in bf16: 0.54× the fp32 speed, max |Δ| 2.9 nats (from
-the issue). fp32 weights under ``torch.autocast`` (bf16 matrix products): with the LM head
-also in bf16, 1.71× and max |Δ| 1.59 nats, candidate Spearman of mean Δ 0.991 (the issue's
-sample); with the head and its log-softmax in float32 (what the engine does): 90 s vs 196 s
-(2.2×, separate runs; 1.12× in the recorded check, both in one run on two threads), max |Δ| 0.85 nats, rms 0.36, pair Spearman 0.9970, candidate Spearman 0.997 (mean Δ)
-and 0.954 (win-rate), per-candidate |Δ mean| up to 0.11 probe-bootstrap SE; attention also in
-float32 (``BF16_ATTENTION_FP32``): no better (0.90 / 0.35 / 0.9978 / 0.994 / 0.967 / 0.28) and
-slower. Where the error comes from: the products' *inputs* — the activations — rounded to bf16.
-Exact weights (split into bf16 high and low parts, two products, float32 outputs) with bf16
-activations were as far off (max 1.06, rms 0.45) and slower than fp32; weights rounded to
-bf16 with float32 activations and products came to max 0.22, rms 0.076, pair Spearman 0.9997,
-candidate Spearman 0.997 (mean) and 1.0 (win-rate), 0.04 SE. So no bf16 variant reaches the
-goal (candidate Spearman ≥ 0.998 for every aggregate, < 0.1 SE); the ``"auto"`` policy keeps
-ICP in float32 on this processor (the recorded check: ``benchmarks/results/precision-check.json``).
-
 Exactness. The engine equals the naive per-pair forward pass (:func:`naive_loglik_matrix`)
-up to float32 rounding, which is *not* negligible on long answers. Against a float64 run
-of the same model, on 32 instruction-set pairs (answers of 29–207 tokens) the naive
-float32 path is off by up to 7.6e-5 nats (rms 3.0e-5) and the packed engine by up to
-6.4e-5 (rms 3.3e-5); on a 315-token answer (chat template) the naive path is +1.3e-4 and
-the engine −1.2e-4 off, so they differ by 2.5e-4. In the benchmark (36 pairs) the engine
-is within 9.0e-5 of the naive path and 1.05e-4 of one sequence per forward, which
-themselves differ by up to 6.6e-5. Two float32 evaluations of the same long sum cannot
-agree better: the noise does not come from padding or the attention
-kernel (float64 attention leaves it unchanged; the naive path with padded batches of 8
-differs from one sequence per forward by as much), but from float32 logits (about half
-the variance: a float64 LM head lowers the naive path's rms error to 2.1e-5) and the
-float32 body, ~1e-5 nats per answer token. So the tests check 1e-4 nats per probe for
-answers up to 100 tokens and 1e-6 nats per answer token beyond, and — in float64, where
-rounding is out of the way — agreement to 1e-9 on short and long sequences, every
-template, three architectures.
+up to float32 rounding, about 1e-5 nats per answer token (the float32 logits and body; not
+padding or the attention kernel). So the tests check 1e-4 nats per probe for answers up to
+100 tokens and 1e-6 nats per answer token beyond, and, in float64, agreement to 1e-9 on short
+and long sequences, every template, three architectures.
+
+Speed and precision, measured (why the previous engine was slow, the packed engine's
+speed-up and efficiency, the bf16 variants and why ``"auto"`` keeps ICP in float32 on
+this CPU, the exactness measurements behind the tolerances): ``benchmarks/README.md``,
+section "The ICP engine: measurements".
 """
 from __future__ import annotations
 
