@@ -80,3 +80,49 @@ def test_to_pool_keeps_selection_order():
     ids = [pool.ids[5], pool.ids[0]]
     sub = S.to_pool(pool, ids)
     assert sub.ids == ids and sub[0].output == pool.by_id(ids[0]).output
+
+
+def test_longest_k_orders_by_answer_length_with_stable_ties():
+    lengths = {"a": 5, "b": 300, "c": 40, "d": 300, "e": 1}
+    assert S.longest_k(lengths, 3) == ["b", "d", "c"]
+    with pytest.raises(ConfigError):
+        S.longest_k(lengths, 6)
+    with pytest.raises(ConfigError):
+        S.longest_k({"a": 0}, 1)
+
+
+def test_length_matched_k_matches_the_reference_length_distribution():
+    """Against a reference of long answers, the matched control has (nearly) the same log-length
+    distribution while a uniform random sample does not; distinct ids, seeded, none from the reference."""
+    rng = np.random.default_rng(0)
+    lengths = {f"c{i}": int(x) for i, x in enumerate(np.exp(rng.normal(4.2, 0.6, size=300)).round() + 1)}
+    longer_half = S.longest_k(lengths, 150)
+    ref = [longer_half[i] for i in sorted(rng.choice(150, size=30, replace=False))]   # a selection that favours length
+    logs = lambda ids: np.sort(np.log([lengths[i] for i in ids]))
+    matched = S.length_matched_k(lengths, ref, seed=1)
+    assert len(matched) == len(set(matched)) == len(ref)
+    assert matched == S.length_matched_k(lengths, ref, seed=1) and matched != S.length_matched_k(lengths, ref, seed=2)
+    gap_matched = np.mean(np.abs(logs(matched) - logs(ref)))            # quantile by quantile, in log tokens
+    gap_random = np.mean(np.abs(logs(S.random_k(list(lengths), 30, seed=1)) - logs(ref)))
+    assert gap_matched < 0.05 and gap_random > 0.3
+    assert not set(matched) & set(ref)                                  # its lengths, other examples
+    with pytest.raises(ConfigError):
+        S.length_matched_k(lengths, ["nope"])
+    with pytest.raises(ConfigError):
+        S.length_matched_k(lengths, list(lengths)[:151])               # more than half: nothing left to match
+
+
+def test_corrupted_k_takes_the_labelled_corruptions_first():
+    from icp_influence.instructions import corrupt, load_instructions
+
+    pool = corrupt(load_instructions(["arithmetic", "define", "email"]), 0.2, seed=0)
+    bad = [e.id for e in pool if e.meta.get("corruption")]
+    assert 0 < len(bad) < 20
+    sel = S.corrupted_k(pool, 20, seed=0)
+    assert len(sel) == len(set(sel)) == 20 and set(bad) <= set(sel)
+    assert sel == [e.id for e in pool if e.id in set(sel)]             # pool order
+    few = S.corrupted_k(pool, 3, seed=0)
+    assert len(few) == 3 and set(few) <= set(bad)
+    clean = pool.subset([e.id for e in pool if not e.meta.get("corruption")], name="clean")
+    with pytest.raises(ConfigError):
+        S.corrupted_k(clean, 3)

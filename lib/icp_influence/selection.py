@@ -8,6 +8,16 @@ Strategies (``budget`` = number of examples, identical across arms):
 * ``bin``    — a seeded sample of ``budget`` candidates from one of the paper's
   percentile-rank bins (``">0.9"``, ``"<=0.5"``, ... see :data:`compare.PAPER_BINS`).
 
+Controls for a selection (what separates "this valuator picks good data" from "it picks
+long answers" or "it avoids broken ones"):
+
+* :func:`longest_k` — the ``budget`` candidates with the longest answers;
+* :func:`length_matched_k` — a seeded random selection with the same answer-length
+  distribution as a reference selection (each reference example replaced by a random one
+  of its nearest neighbours in log length);
+* :func:`corrupted_k` — the pool's labelled corrupted examples, as many as the budget
+  allows, padded with a seeded sample of clean ones.
+
 Every function returns a list of candidate ids; :func:`to_pool` turns it into a Pool.
 Ties are broken by candidate order (stable), so selections are deterministic.
 """
@@ -54,6 +64,77 @@ def random_k(candidates: Scores | Sequence[str] | Pool, budget: int, *, seed: in
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(ids), size=b, replace=False))
     return [ids[i] for i in idx]
+
+
+def _lengths(lengths: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+    ids = [str(i) for i in lengths]
+    v = np.asarray([float(lengths[i]) for i in lengths], dtype=np.float64)
+    if not len(ids):
+        raise ConfigError("No candidates: the length table is empty.")
+    if not np.all(np.isfinite(v)) or (v < 1).any():
+        raise ConfigError("Answer lengths must be finite and at least 1 token.")
+    return ids, v
+
+
+def longest_k(lengths: Mapping[str, float], budget: int) -> list[str]:
+    """Ids of the ``budget`` candidates with the longest answers (``lengths``: id → answer
+    tokens), longest first; ties by candidate order."""
+    ids, v = _lengths(lengths)
+    return [ids[i] for i in top_k_indices(v, _budget(budget, len(ids)))]
+
+
+def length_matched_k(lengths: Mapping[str, float], reference: Sequence[str], *, seed: int = 0,
+                     neighbours: int = 5) -> list[str]:
+    """A random selection with the answer-length distribution of ``reference``, from the
+    other candidates.
+
+    For each reference example, in a seeded random order, one candidate is drawn uniformly
+    from the ``neighbours`` candidates (outside the reference, not yet drawn) whose log
+    answer length is nearest to its own. The reference is left out so that the control
+    shares its lengths and not its examples: "does the valuator pick better data than
+    length alone would?" needs other data of the same lengths. Where the reference holds the
+    extremes (the very longest answers), the match is as close as the rest of the pool
+    allows. Returns ``len(reference)`` distinct ids, in the order of the examples they match.
+    """
+    ids, v = _lengths(lengths)
+    pos = {c: i for i, c in enumerate(ids)}
+    missing = [r for r in reference if r not in pos]
+    if missing:
+        raise ConfigError(f"{len(missing)} reference id(s) have no length, e.g. {missing[:3]}.")
+    if not 1 <= len(set(reference)) == len(reference) <= len(ids) // 2:
+        raise ConfigError(f"The reference needs 1 to {len(ids) // 2} distinct ids (half the candidates, so that "
+                          f"the others can match it), got {len(reference)}.")
+    if neighbours < 1:
+        raise ConfigError(f"neighbours must be ≥ 1, got {neighbours}.")
+    rng = np.random.default_rng(seed)
+    logv = np.log(v)
+    free = np.ones(len(ids), dtype=bool)
+    free[[pos[r] for r in reference]] = False
+    out: list[str | None] = [None] * len(reference)
+    for j in rng.permutation(len(reference)):
+        cand = np.flatnonzero(free)
+        d = np.abs(logv[cand] - logv[pos[reference[j]]])
+        near = cand[np.argsort(d, kind="stable")[:neighbours]]
+        pick = int(rng.choice(near))
+        free[pick] = False
+        out[j] = ids[pick]
+    return [str(c) for c in out]
+
+
+def corrupted_k(pool: Pool, budget: int, *, seed: int = 0) -> list[str]:
+    """The labelled corrupted examples of ``pool`` (``meta["corruption"]``), as many as
+    ``budget`` allows (a seeded sample when there are more), padded with a seeded sample of
+    clean ones; in pool order."""
+    b = _budget(budget, len(pool))
+    bad = [e.id for e in pool if e.meta.get("corruption")]
+    clean = [e.id for e in pool if not e.meta.get("corruption")]
+    if not bad:
+        raise ConfigError("The pool has no labelled corrupted examples (meta['corruption']); nothing to select.")
+    rng = np.random.default_rng(seed)
+    take = sorted(rng.choice(len(bad), size=min(b, len(bad)), replace=False).tolist())
+    pad = sorted(rng.choice(len(clean), size=b - len(take), replace=False).tolist()) if b > len(take) else []
+    chosen = {bad[i] for i in take} | {clean[i] for i in pad}
+    return [e.id for e in pool if e.id in chosen]
 
 
 def bin_sample(scores: Scores, bin_label: str, budget: int | None = None, *, how: str | None = None,
