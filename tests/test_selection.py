@@ -126,3 +126,8 @@ def test_corrupted_k_takes_the_labelled_corruptions_first():
     clean = pool.subset([e.id for e in pool if not e.meta.get("corruption")], name="clean")
     with pytest.raises(ConfigError):
         S.corrupted_k(clean, 3)
+    # the synthetic pool's label noise (data.add_label_noise) is found the same way
+    from icp_influence.data import add_label_noise
+
+    noisy = add_label_noise(make_synthetic_pool(56, seed=0), 0.1, seed=0)
+    assert set(noisy.noisy_ids()) <= set(S.corrupted_k(noisy, len(noisy.noisy_ids()) + 2, seed=0))

@@ -122,14 +122,15 @@ def length_matched_k(lengths: Mapping[str, float], reference: Sequence[str], *, 
 
 
 def corrupted_k(pool: Pool, budget: int, *, seed: int = 0) -> list[str]:
-    """The labelled corrupted examples of ``pool`` (``meta["corruption"]``), as many as
-    ``budget`` allows (a seeded sample when there are more), padded with a seeded sample of
-    clean ones; in pool order."""
+    """The labelled corrupted examples of ``pool`` (``meta["noisy"]``, what both
+    ``instructions.corrupt`` and ``data.add_label_noise`` set), as many as ``budget`` allows
+    (a seeded sample when there are more), padded with a seeded sample of clean ones; in
+    pool order."""
     b = _budget(budget, len(pool))
-    bad = [e.id for e in pool if e.meta.get("corruption")]
-    clean = [e.id for e in pool if not e.meta.get("corruption")]
+    bad = pool.noisy_ids()
+    clean = [e.id for e in pool if not e.meta.get("noisy")]
     if not bad:
-        raise ConfigError("The pool has no labelled corrupted examples (meta['corruption']); nothing to select.")
+        raise ConfigError("The pool has no labelled corrupted examples (meta['noisy']); nothing to select.")
     rng = np.random.default_rng(seed)
     take = sorted(rng.choice(len(bad), size=min(b, len(bad)), replace=False).tolist())
     pad = sorted(rng.choice(len(clean), size=b - len(take), replace=False).tolist()) if b > len(take) else []
