@@ -87,6 +87,11 @@ def test_palette_tokens_and_tables():
     assert fmt_ci(0.7123, [0.65, 0.77]) == "0.712 [0.650, 0.770]"
     df = frame({"ip": {"value": 0.81234, "ci": [0.7, 0.9], "n": 3}}, index="valuator")
     assert df.loc["ip", "value"] == "0.812 [0.700, 0.900]" and df.loc["ip", "n"] == 3
+    # rows with different columns (a null model has no reliability): missing cells read "–", never "nan"
+    df = frame({"pair": {"Spearman": 0.2, "Spearman_ci": [0.1, 0.3], "rel A": 0.9},
+                "null model": {"Spearman": 0.5, "Spearman_ci": [0.4, 0.6]}}, index="pair", digits=2)
+    assert df.loc["null model", "rel A"] == "–" and df.loc["pair", "rel A"] == "0.90"
+    assert "nan" not in df.to_string().lower()
 
 
 def test_measurement_explorer_recomputes_from_the_matrices():

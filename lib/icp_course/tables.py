@@ -51,6 +51,7 @@ def frame(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]], c
                 fmt(v, digits) if isinstance(v, float) else v)
         out.append(line)
     df = pd.DataFrame(out)
+    df = df.astype(object).where(df.notna(), "–")   # a cell a row does not have reads "–", never "nan"
     return df.set_index(df.columns[0]) if index or isinstance(rows, Mapping) else df
 
 
