@@ -107,13 +107,13 @@ def case_probe_k_larger_than_pool(tmp_path):
 
 
 def case_damping_not_positive(tmp_path):
-    from icp_influence.influence import check_damping
+    from icp_influence.ihvp import check_damping
 
     check_damping(0.0)
 
 
 def case_zero_norm_gradient_cosine(tmp_path):
-    from icp_influence.influence import cosine_scores
+    from icp_influence.gradient_scores import cosine_scores
 
     cosine_scores(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[1.0, 1.0]]), ["good", "flat"], ["p"])
 

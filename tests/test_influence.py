@@ -12,9 +12,9 @@ from icp_influence.errors import ConfigError, MethodError
 from icp_influence.lm import answer_nll
 from icp_influence.gradients import (GradientCache, Projector, encode_examples, lm_objective,
                                      select_parameters)
-from icp_influence.influence import (check_damping, cosine_scores, ihvp_cg, ihvp_exact, ihvp_lissa,
-                                     paper_signed_log_scores)
-from icp_influence.influence_lab import lab_scores, logreg_lab, mlp_lab
+from icp_influence.gradient_scores import cosine_scores, paper_signed_log_scores
+from icp_influence.ihvp import check_damping, ihvp_cg, ihvp_exact, ihvp_lissa
+from icp_influence.loo_models import lab_scores, logreg_lab, mlp_lab
 from icp_influence.valuators import ExactInfluence, InnerProduct, TracIn, make
 from icp_influence.stats import pearson, spearman
 from icp_influence.lm import pad_batch
@@ -504,7 +504,7 @@ def test_widget_and_plots_recompute():
 
 
 def test_inner_product_scores_blocked_equals_float64():
-    from icp_influence.influence import inner_product_scores
+    from icp_influence.gradient_scores import inner_product_scores
 
     g = torch.Generator().manual_seed(0)
     Gc, Gp = torch.randn(5, 3000, generator=g), torch.randn(4, 3000, generator=g)
@@ -540,7 +540,7 @@ def test_length_batches_are_optimal_buckets():
 def test_ekfac_probe_batches_accumulated_same_scores(neox):
     """Holding every probe batch before the pass over the candidates (one pass instead of one
     per probe batch) gives the same scores."""
-    from icp_influence.influence import EkfacFactors
+    from icp_influence.ihvp import EkfacFactors
 
     model, tok = neox
     obj = lm_objective(model, tok, params="paper")

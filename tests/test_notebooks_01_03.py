@@ -60,7 +60,7 @@ def test_notebook_01_says_the_layer_divides_by_n_and_has_one_w():
 
 def test_first_k_reaching_reads_the_curve_from_the_end():
     from icp_influence.errors import ConfigError
-    from icp_influence.influence_lab import first_k_reaching
+    from icp_influence.loo_models import first_k_reaching
 
     ks = [1, 2, 4, 8, 16]
     assert first_k_reaching(ks, [0.1, 0.96, 0.9, 0.97, 0.99], 0.95) == 8     # dips below after 2: not "reached" at 2
@@ -75,8 +75,8 @@ def test_first_k_reaching_reads_the_curve_from_the_end():
 
 def test_projection_agreement_matches_a_direct_computation():
     from icp_influence.gradients import Projector
-    from icp_influence.influence import inner_product_scores
-    from icp_influence.influence_lab import first_k_reaching, projection_agreement, projection_dim_needed
+    from icp_influence.gradient_scores import inner_product_scores
+    from icp_influence.loo_models import first_k_reaching, projection_agreement, projection_dim_needed
     from icp_influence.stats import spearman
 
     g = torch.Generator().manual_seed(0)
@@ -94,7 +94,7 @@ def test_projection_agreement_matches_a_direct_computation():
 def test_a_gaussian_projection_needs_k_far_above_d_on_notebook_03s_model():
     """The statement notebook 03 generates: on its logistic regression (D = 6, default sizes), the
     smallest k keeping the ranking at Spearman ≥ 0.95 is well above D (the old text said 'a few')."""
-    from icp_influence.influence_lab import PROJECTION_GRID, first_k_reaching, logreg_lab, projection_agreement
+    from icp_influence.loo_models import PROJECTION_GRID, first_k_reaching, logreg_lab, projection_agreement
 
     lab = logreg_lab(150, 5, n_probes=8, l2=0.01, seed=0, with_loo=False)   # notebook 03's default lab
     G = lab.obj.per_example_grads(lab.train, out_dtype=torch.float64)
@@ -193,7 +193,7 @@ def test_exact_hessian_and_ekfac_raise_no_future_warnings():
     torch.cuda.amp.GradScaler warn with FutureWarnings: filtered where they arise. A fresh
     process, since torch warns only once per process."""
     code = (
-        "from icp_influence.influence_lab import logreg_lab, lab_scores\n"
+        "from icp_influence.loo_models import logreg_lab, lab_scores\n"
         "lab = logreg_lab(20, 3, n_probes=2, l2=0.01, seed=0, with_loo=False)\n"
         "for m in ('exact', 'ekfac'):\n"
         "    lab_scores(lab.obj, lab.train, lab.train, lab.probes, m, damping=lab.l2, "

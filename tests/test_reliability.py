@@ -170,7 +170,7 @@ def test_same_seed_gives_bit_identical_scores(tmp_path, tiny, name, valuator):
 
 def test_influence_functions_are_bit_identical_on_a_convex_model():
     """exact, LiSSA, CG and EK-FAC influence on the logistic-regression lab, twice."""
-    from icp_influence.influence_lab import compare_methods, logreg_lab
+    from icp_influence.loo_models import compare_methods, logreg_lab
 
     lab = logreg_lab(40, with_loo=False, seed=2)
     a = compare_methods(lab, seed=0)

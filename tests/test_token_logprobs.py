@@ -40,7 +40,7 @@ def test_half_precision_logits_are_widened_and_batched_shapes_kept():
     want = -torch.nn.functional.cross_entropy(logits.float().reshape(-1, 300), targets.reshape(-1),
                                               reduction="none").reshape(2, 5)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    # one row: a scalar (the classifier of influence_lab)
+    # one row: a scalar (the classifier of loo_models)
     assert target_logprobs(logits[0, 0].float(), targets[0, 0]).shape == ()
 
 

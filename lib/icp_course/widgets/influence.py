@@ -17,7 +17,7 @@ def damping_projection_explorer(lab, *, seed: int = 0):
     import torch
 
     from icp_influence.gradients import Projector
-    from icp_influence.influence import inner_product_scores
+    from icp_influence.gradient_scores import inner_product_scores
     from icp_influence.stats import pearson, spearman
     from icp_course.plots.influence import scatter_vs_loo
 
@@ -33,7 +33,7 @@ def damping_projection_explorer(lab, *, seed: int = 0):
     state: dict = {}
 
     def _recompute(*_) -> dict:
-        from icp_influence.influence import ihvp_exact
+        from icp_influence.ihvp import ihvp_exact
 
         lam = 10 ** damp.value
         S = ihvp_exact(H, Gp, lam)

@@ -269,7 +269,7 @@ def _by_dtype(obj, encs, t32, flops: float, mm_gflops: float, eff: float, *, chu
     inner products' agreement (first half of the examples as candidates, second half as probes)."""
     import torch
 
-    from ..influence import inner_product_scores
+    from ..gradient_scores import inner_product_scores
     from ..precision import autocast, hardware_bf16, precision_agreement
 
     G32 = t32.result

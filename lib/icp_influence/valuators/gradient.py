@@ -9,7 +9,7 @@ All work on per-example gradients of the answer-only loss
 * ``cosine``: the same divided by both gradient norms;
 * ``tracin``: ``Σ_k η_k ⟨∇ℓ_k(p), ∇ℓ_k(z)⟩`` over checkpoints ``k``;
 * ``paper_signed_log``: not an inner product — the transform behind the authors'
-  released "IP" scores (see :func:`~icp_influence.influence.paper_signed_log_scores`).
+  released "IP" scores (see :func:`~icp_influence.gradient_scores.paper_signed_log_scores`).
 
 Probe gradients are computed once (``_prepare``); candidate gradients are computed one
 chunk at a time, scored and dropped (or written to a :class:`GradientCache` when
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..influence import cosine_scores, inner_product_scores, paper_signed_log_scores
+from ..gradient_scores import cosine_scores, inner_product_scores, paper_signed_log_scores
 from .base import Valuator, item_id, model_fingerprint, register
 
 

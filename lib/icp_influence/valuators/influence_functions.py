@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..influence import EkfacFactors, check_damping, ihvp_cg, ihvp_exact, ihvp_lissa, inner_product_scores
+from ..gradient_scores import inner_product_scores
+from ..ihvp import EkfacFactors, check_damping, ihvp_cg, ihvp_exact, ihvp_lissa
 from .base import register
 from .gradient import GradientValuator
 

@@ -274,7 +274,7 @@ def projection_agreement(G: torch.Tensor, Gp: torch.Tensor, sizes, ks, *, seeds:
     sizes (``Objective.sizes``); candidates and probes go through the same ``P`` (one seed).
     """
     from .gradients import Projector
-    from .influence import inner_product_scores
+    from .gradient_scores import inner_product_scores
     from .stats import spearman
 
     full = inner_product_scores(G, Gp)

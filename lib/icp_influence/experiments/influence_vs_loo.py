@@ -10,7 +10,7 @@ from ..registry import experiment
 
 @experiment("influence-vs-loo", "exact IF, LiSSA, CG, EK-FAC and inner product vs leave-one-out retraining (L2 logistic regression)")
 def influence_vs_loo(*, smoke: bool = False, seed: int = 0) -> dict:
-    from ..influence_lab import compare_methods, lab_scores, logreg_lab, mlp_lab
+    from ..loo_models import compare_methods, lab_scores, logreg_lab, mlp_lab
     from ..stats import pearson, spearman
 
     n = 40 if smoke else 150
