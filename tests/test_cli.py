@@ -102,5 +102,12 @@ def test_code_version_ignores_written_results_but_not_code(tmp_path, monkeypatch
     assert clean and not clean.endswith("+dirty")
     (tmp_path / "data" / "results" / "r.json").write_text('{"a": 1}')
     assert utils.code_version()["commit"] == clean
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "b.json").write_text("{}")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "bench")
+    clean = utils.code_version()["commit"]
+    (tmp_path / "benchmarks" / "results" / "b.json").write_text('{"b": 2}')
+    assert utils.code_version()["commit"] == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert utils.code_version()["commit"] == clean + "+dirty"

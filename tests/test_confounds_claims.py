@@ -454,17 +454,28 @@ def test_the_ablation_lever_is_the_largest_row_above_the_reference_and_named_by_
     assert c["ablations_above_reference"] == ["ip_last2", "icp_chat"]
     assert c["ablations_below_reference"] == ["ekfac"]
     assert c["ablation_lever"]["ablation"] == "icp_chat" and c["ablation_lever"]["kind"] == "template"
+    assert c["levers_overlap"] and not c["all_ablations_above_reference"]      # +0.24 [0.02, 0.45] vs [0.04, 0.32]
     v = R.verdict(res, SUMMARY)
-    assert "The largest, ICP with the chat template, agrees moderately (0.47)" in v
-    assert "the prompt template of ICP moves the agreement" in v
-    assert "the prompt template of ICP moves it (ICP with the chat template: 0.47" in v
+    assert "The largest point estimate, ICP with the chat template, agrees moderately (0.47)" in v
+    assert "(the reference given length: 0.18)" in v
+    assert "The paired differences' intervals overlap, so these data do not rank the changes." in v
+    assert "each of the 2 whole-pool changes that lie above the reference raises it, by +0.18 to +0.24" in v
+    assert "**So why 0.23 here and 0.73 in the paper?**" in v
     assert "Not run on the whole pool yet: inner product, every linear layer (projected)." in v
     assert "-0.11 [-0.20, -0.02] against the reference (lower)" in v
     s = R.summary(res, SUMMARY)
-    assert "- What moves it: the prompt template of ICP. With ICP with the chat template the agreement is 0.47" in s
+    assert "- What moves it: 2 of the 4 whole-pool changes raise the agreement above the reference pair" in s
+    assert "The largest point estimate is ICP with the chat template at 0.47 (moderate)" in s
+    # when the largest change's paired interval clears the others', the text names what it changed
+    res["ablations"][0]["difference_from_reference"]["ci"] = [0.01, 0.10]
+    res["ablations"][2]["difference_from_reference"]["ci"] = [0.15, 0.45]
+    c = R.claims(res)
+    assert not c["levers_overlap"]
+    assert "The prompt template of ICP moves it most (its paired interval clears the others')." in R.verdict(res, SUMMARY)
     # without any row above the reference, no text claims a lever
     for r in res["ablations"]:
         r["difference_from_reference"]["ci"] = [-0.05, 0.05]
     c = R.claims(res)
     assert c["ablation_lever"] is None and c["ablations_above_reference"] == []
-    assert "moves the agreement" not in R.verdict(res, SUMMARY) and "What moves it" not in R.summary(res, SUMMARY)
+    assert "moves it most" not in R.verdict(res, SUMMARY) and "What moves it" not in R.summary(res, SUMMARY)
+    assert "The largest point estimate" not in R.verdict(res, SUMMARY)

@@ -300,11 +300,16 @@ def test_noise_verdict_reads_the_auc_intervals():
     assert "Better than chance at flagging any corruption: inner product 0.64 [0.55, 0.73]." in text
     assert "Not distinguishable from chance: ICP mean Δ 0.55 [0.45, 0.65]." in text
     assert "Corrupted candidates valued *higher*: cosine 0.40 [0.31, 0.49]." in text
-    assert "the inner-product family notices wrong answers and ICP does not" in text
+    assert "ICP's AUCs cannot be told from chance and the gradient scores' can" in text
+    assert "though ICP's and the gradient scores' intervals overlap" in text          # [0.45, 0.65] vs [0.55, 0.73]
     assert "21 corrupted candidates: 10 swap, 11 truncate" in text
+    assert "By kind (10–11 corrupted candidates each; the per-kind intervals' median half-width is 0.20)" in text
     assert "no valuator's per-kind intervals separate" in text
+    assert "(10 corrupted candidates each" in A.noise_verdict(s, {"swap": 10, "truncate": 10})
     s["auc_noise_ci"]["ip"]["truncate"] = [0.8, 0.95]
     s["auc_noise_ci"]["ip"]["swap"] = [0.3, 0.6]
     assert "only inner product separates some kinds" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
+    s["auc_noise_ci"]["cosine"]["truncate"] = [0.65, 0.7]
+    assert "only inner product and cosine separate some kinds" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
     s["auc_noise_ci"]["icp_mean_delta"]["any"] = [0.52, 0.6]
-    assert "ICP notices wrong answers too" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
+    assert "ICP flags wrong answers better than chance too" in A.noise_verdict(s, {"swap": 10, "truncate": 11})

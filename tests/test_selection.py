@@ -112,6 +112,18 @@ def test_length_matched_k_matches_the_reference_length_distribution():
         S.length_matched_k(lengths, list(lengths)[:151])               # more than half: nothing left to match
 
 
+def test_length_matched_k_breaks_ties_at_random():
+    """Token counts are whole numbers, so equal lengths are common: ties must not favour pool order."""
+    lengths = {f"c{i:03d}": 50 for i in range(200)}
+    ref = [f"c{i:03d}" for i in range(180, 200)]
+    picked = set()
+    for seed in range(20):
+        picked |= set(S.length_matched_k(lengths, ref, seed=seed))
+    idx = sorted(int(c[1:]) for c in picked)
+    assert not set(picked) & set(ref)
+    assert len(picked) > 150 and idx[-1] > 150          # drawn from the whole pool, not its first rows
+
+
 def test_corrupted_k_takes_the_labelled_corruptions_first():
     from icp_influence.instructions import corrupt, load_instructions
 
@@ -121,6 +133,7 @@ def test_corrupted_k_takes_the_labelled_corruptions_first():
     sel = S.corrupted_k(pool, 20, seed=0)
     assert len(sel) == len(set(sel)) == 20 and set(bad) <= set(sel)
     assert sel == [e.id for e in pool if e.id in set(sel)]             # pool order
+    assert all(not pool.by_id(i).meta.get("noisy") for i in set(sel) - set(bad))   # padding is clean
     few = S.corrupted_k(pool, 3, seed=0)
     assert len(few) == 3 and set(few) <= set(bad)
     clean = pool.subset([e.id for e in pool if not e.meta.get("corruption")], name="clean")

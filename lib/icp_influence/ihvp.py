@@ -28,6 +28,7 @@ import torch
 
 from .errors import ConfigError, NonFiniteScoreError
 from .gradients import Objective
+from .lm import target_logprobs
 
 
 def check_damping(damping: float | None) -> float:
@@ -141,8 +142,9 @@ def ihvp_lissa(hvp: HVP, V: torch.Tensor, damping: float, *, depth: int = 1000, 
 def _make_task(token_view, tracked: list[str] | None):
     from kronfluence.task import Task
 
-    def summed_ce(logits, labels):
-        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    def summed_ce(logits, labels):   # the answer loss of the token view (labels −100: not scored)
+        keep = labels != -100
+        return -target_logprobs(logits[keep], labels[keep]).sum()
 
     class SummedLossTask(Task):
         """The summed loss as training loss (labels sampled from the model for the true Fisher)

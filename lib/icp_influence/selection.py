@@ -98,6 +98,7 @@ def length_matched_k(lengths: Mapping[str, float], reference: Sequence[str], *, 
     """
     ids, v = _lengths(lengths)
     pos = {c: i for i, c in enumerate(ids)}
+    reference = [str(r) for r in reference]
     missing = [r for r in reference if r not in pos]
     if missing:
         raise ConfigError(f"{len(missing)} reference id(s) have no length, e.g. {missing[:3]}.")
@@ -112,7 +113,7 @@ def length_matched_k(lengths: Mapping[str, float], reference: Sequence[str], *, 
     free[[pos[r] for r in reference]] = False
     out: list[str | None] = [None] * len(reference)
     for j in rng.permutation(len(reference)):
-        cand = np.flatnonzero(free)
+        cand = rng.permutation(np.flatnonzero(free))        # shuffled: equal lengths (common) tie at random
         d = np.abs(logv[cand] - logv[pos[reference[j]]])
         near = cand[np.argsort(d, kind="stable")[:neighbours]]
         pick = int(rng.choice(near))

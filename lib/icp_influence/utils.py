@@ -260,11 +260,15 @@ def environment_report() -> dict[str, Any]:
     return report
 
 
+#: Folders that runs write into (results and benchmark records): outputs, not code.
+OUTPUT_DIRS = ("data/results", "benchmarks/results")
+
+
 def code_version() -> dict[str, Any]:
     """The package version and, in a git checkout, the commit (``+dirty`` when files changed).
 
     Recorded in every cached result, so a reader can tell which code made it. Changed files
-    under ``data/results/`` do not count: they are what runs write (the agreement run writes
+    under :data:`OUTPUT_DIRS` do not count: they are what runs write (the agreement run writes
     its instruction result before the synthetic one records its version), not code.
     """
     import subprocess
@@ -278,7 +282,7 @@ def code_version() -> dict[str, Any]:
             commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                     text=True, timeout=10).stdout.strip()
             dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                    ".", ":(exclude)data/results"],
+                                    ".", *(f":(exclude){d}" for d in OUTPUT_DIRS)],
                                    capture_output=True, text=True, timeout=10).stdout.strip()
             out["commit"] = (commit + ("+dirty" if dirty else "")) or None
         except (OSError, subprocess.SubprocessError):  # pragma: no cover - git missing

@@ -22,7 +22,8 @@ from .confounds import NULL_NAMES, PAIRS, WIDE_LOG_TOKEN_SD, name_of
 ABLATION_KINDS = {"ip_last2": "gradients", "ip_linear": "gradients", "psl": "score", "ekfac": "hessian",
                   "icp_chat": "template"}
 #: Each kind in words, as the subject of "… moves the agreement".
-LEVER_WORDS = {"gradients": "which gradients the inner product uses", "score": "the form of the gradient score",
+LEVER_WORDS = {"other": "the changed setting",
+               "gradients": "which gradients the inner product uses", "score": "the form of the gradient score",
                "hessian": "preconditioning the inner product with the Hessian (EK-FAC)",
                "template": "the prompt template of ICP"}
 
@@ -257,8 +258,27 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
     out["ablations_above_reference"] = [r["ablation"] for r in higher]
     out["ablations_below_reference"] = [r["ablation"] for r in rows if _below_reference(r)]
     best = max(higher, key=lambda r: r["spearman"]) if higher else None
-    out["ablation_lever"] = ({**best, "kind": ABLATION_KINDS.get(best["ablation"], "gradients")} if best else None)
+    out["ablation_lever"] = ({**best, "kind": ABLATION_KINDS.get(best["ablation"], "other")} if best else None)
+    # can the changes above the reference be ranked? Only if the largest one's paired interval clears the others'
+    out["levers_overlap"] = bool(best and any(_overlap(best["difference_from_reference"]["ci"],
+                                                      r["difference_from_reference"]["ci"])
+                                              for r in higher if r is not best))
+    out["all_ablations_above_reference"] = bool(rows) and len(higher) == len(rows)
+    lc = out["length_controlled"]
+    ref_partial = (lc.get(_pair_key("icp_mean_delta", "ip")) or {}).get("partial") if lc != PENDING else None
+    out["reference_partial"] = ref_partial["spearman"] if ref_partial else None
     return out
+
+
+def _levers_sentence(c: dict[str, Any], *, start: bool = True, say_all: bool = True) -> str:
+    """What the ablations above the reference say together, by their paired intervals."""
+    if c["levers_overlap"]:
+        txt = (("every whole-pool change that was run raises the agreement, and the"
+                if c["all_ablations_above_reference"] and say_all else "the")
+               + " paired differences' intervals overlap, so these data do not rank the changes.")
+    else:
+        txt = f"{LEVER_WORDS[c['ablation_lever']['kind']]} moves it most (its paired interval clears the others')."
+    return txt[0].upper() + txt[1:] if start else txt
 
 
 def _above_reference(row: dict[str, Any]) -> bool:
@@ -426,17 +446,17 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                          ("(lower; the interval only just excludes 0)" if hi > -0.01 else "(lower)") if hi < 0 else
                          "(no detectable difference)"))
             bits.append(t)
-        s = (f"**Which choices of the setup?** The same candidates and probes with one choice changed — the gradients, "
-             f"the form of the score, the Hessian, or ICP's prompt template —, each against ICP mean Δ (the chat template's "
+        s = (f"**Which choices of the setup?** The same candidates and probes with one choice changed (the gradients, "
+             f"the form of the score, the Hessian, or ICP's prompt template), each against ICP mean Δ (the chat template's "
              f"ICP against the inner product; reference: ICP mean Δ vs the inner product over the q/v weights of every "
              f"block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
         best = c["ablation_lever"]
         if best:
-            s += (f" The largest, {n(best['ablation'])}, agrees {A.strength(best['spearman'])}ly "
+            s += (f" The largest point estimate, {n(best['ablation'])}, agrees {A.strength(best['spearman'])}ly "
                   f"({best['spearman']:.2f}), {best['difference_from_reference']['spearman']:+.2f} above the reference with "
                   f"an interval above 0, and {_fmt_iv(best['partial'])} given length"
-                  + (f": {LEVER_WORDS[best['kind']]} moves the agreement, and the higher agreement holds "
-                     "with length controlled." if best["partial"]["ci"][0] > 0 else "."))
+                  + (f" (the reference given length: {c['reference_partial']:.2f})" if _finite(c["reference_partial"])
+                     else "") + ". " + _levers_sentence(c))
         if c.get("ablations_pending"):
             s += " Not run on the whole pool yet: " + ", ".join(n(a) for a in c["ablations_pending"]) + "."
         parts.append(s)
@@ -514,9 +534,16 @@ def _answer(c: dict[str, Any], md: dict[str, Any], agreement_summary: dict[str, 
     if best:
         reach += [r["disattenuated"] if _finite(r.get("disattenuated")) else r["spearman"] for r in c["ablations"]
                   if r["ablation"] in c["ablations_above_reference"]]
-        bits.append(f"{LEVER_WORDS[best['kind']]} moves it ({name_of(best['ablation'])}: {best['spearman']:.2f}, "
-                    f"{best['difference_from_reference']['spearman']:+.2f} against the reference in a paired comparison)")
-    s = "**So why 0.23 here and 0.73 in the paper?** On this model and this data: " + "; ".join(bits) + "."
+        many = len(c["ablations_above_reference"]) > 1
+        difs = [r["difference_from_reference"]["spearman"] for r in c["ablations"]
+                if r["ablation"] in c["ablations_above_reference"]]
+        bits.append((f"each of the {len(difs)} whole-pool changes that lie above the reference raises it, by "
+                     f"{min(difs):+.2f} to {max(difs):+.2f}" if many else f"{LEVER_WORDS[best['kind']]} moves it")
+                    + f" ({'the largest, ' if many else ''}{name_of(best['ablation'])}: {best['spearman']:.2f}, "
+                    f"{best['difference_from_reference']['spearman']:+.2f} against the reference in a paired comparison"
+                    + ("; the changes' intervals overlap" if c["levers_overlap"] else "") + ")")
+    s = (f"**So why {md['spearman']:.2f} here and {A.PAPER_SPEARMAN} in the paper?** On this model and this data: "
+         + "; ".join(bits) + ".")
     if reach and max(reach) < A.PAPER_SPEARMAN:
         att = pr.get("attenuation") if pr != PENDING else None
         s += (f" No single lever measured here reaches {A.PAPER_SPEARMAN} as a point estimate, even corrected for probe "
@@ -591,10 +618,14 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     best = c["ablation_lever"]
     if best:
         d = best["difference_from_reference"]
-        lines.append(f"- What moves it: {LEVER_WORDS[best['kind']]}. With {name_of(best['ablation'])} the agreement is "
-                     f"{best['spearman']:.2f} ({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] above "
-                     f"the reference pair (ICP mean Δ vs the inner product over every block) in a paired comparison, and "
-                     f"{best['partial']['spearman']:.2f} given length.")
+        n_run = len(c["ablations"]) if c["ablations"] != PENDING else 0
+        lines.append(f"- What moves it: {len(c['ablations_above_reference'])} of the {n_run} whole-pool changes raise the "
+                     f"agreement above the reference pair (ICP mean Δ vs the inner product over every block; paired "
+                     f"intervals above 0). The largest point estimate is {name_of(best['ablation'])} at "
+                     f"{best['spearman']:.2f} ({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, "
+                     f"{d['ci'][1]:+.2f}], and {best['partial']['spearman']:.2f} given length"
+                     + (f" (reference {c['reference_partial']:.2f})" if _finite(c["reference_partial"]) else "")
+                     + f"; {_levers_sentence(c, start=False, say_all=False)}")
     pr = c["prediction"]
     if pr == PENDING:
         lines.append("- The length intervention and the prediction for a pool as wide as the paper's are pending.")

@@ -762,21 +762,33 @@ def noise_verdict(summary: dict[str, Any], n_corrupted: dict[str, int]) -> str:
         s += "Corrupted candidates valued *higher*: " + "; ".join(f"{name_of(n)} {iv(n)}" for n in below) + ". "
     icp = [n for n in names if n.startswith("icp_")]
     grad = [n for n in names if not n.startswith("icp_")]
-    if icp and all(n in chance for n in icp) and any(n in above for n in grad):
-        s += ("So the inner-product family notices wrong answers and ICP does not, at this sample size: what the "
-              "'format' explanation predicts for ICP. ")
+    grad_above = [n for n in grad if n in above]
+    if icp and all(n in chance for n in icp) and grad_above:
+        apart = not any(ci[i]["any"][1] >= ci[g]["any"][0] for i in icp for g in grad_above)
+        s += ("ICP's AUCs cannot be told from chance and the gradient scores' can: what the 'format' explanation "
+              "predicts for ICP" + (", and every ICP interval lies below those of the gradient scores. " if apart else
+                                    ", though ICP's and the gradient scores' intervals overlap, so the difference "
+                                    "between them is not established. "))
     elif icp and any(n in above for n in icp):
-        s += "ICP notices wrong answers too: the 'format' explanation does not hold in full here. "
+        s += "ICP flags wrong answers better than chance too: the 'format' explanation does not hold in full here. "
     # can the kinds be told apart? Only where some valuator's per-kind intervals do not overlap
     kinds = [k for k in n_corrupted if all(k in ci.get(n, {}) for n in names)]
     separated = [n for n in names if any(ci[n][a][1] < ci[n][b][0] for a in kinds for b in kinds if a != b)]
     if kinds:
-        s += (f"By kind ({min(n_corrupted[k] for k in kinds)}–{max(n_corrupted[k] for k in kinds)} corrupted candidates "
-              "each) the intervals are wide: "
-              + ("no valuator's per-kind intervals separate, so the differences between kinds in the figure are not "
-                 "established by these data." if not separated else
-                 "only " + ", ".join(name_of(n) for n in separated) + " separates some kinds with intervals that do "
-                 "not overlap; the other differences between kinds are not established."))
+        lo_n, hi_n = min(n_corrupted[k] for k in kinds), max(n_corrupted[k] for k in kinds)
+        half = float(np.median([(ci[n][k][1] - ci[n][k][0]) / 2 for n in names for k in kinds]))
+        s += (f"By kind ({lo_n if lo_n == hi_n else f'{lo_n}–{hi_n}'} corrupted candidates each; the per-kind intervals' "
+              f"median half-width is {half:.2f}): ")
+        if not separated:
+            s += ("no valuator's per-kind intervals separate, so the differences between kinds in the figure are not "
+                  "established by these data.")
+        elif len(separated) == len(names):
+            s += "every valuator separates some kinds with intervals that do not overlap."
+        else:
+            who = [name_of(n) for n in separated]
+            s += ("only " + (who[0] + " separates" if len(who) == 1 else ", ".join(who[:-1]) + " and " + who[-1]
+                             + " separate") + " some kinds with intervals that do not overlap; the other differences "
+                  "between kinds are not established.")
     return s.strip()
 
 
@@ -795,7 +807,7 @@ def verdict(summary: dict[str, Any], gt: dict[str, Any] | None = None) -> str:
         f"{PAPER_SPEARMAN} on Alpaca with Pythia-1b is {'inside' if c['paper_value_inside_win_rate_ci'] else 'outside'} this interval.",
         f"- Reliability across probes: ICP mean Δ {rel['icp_mean_delta']['value']:.2f}, win-rate "
         f"{rel['icp_win_rate']['value']:.2f}, inner product {rel['ip']['value']:.2f}.",
-        f"- The single change that moves agreement most: {summary['biggest_mover']}.",
+        f"- The single change with the largest point change in agreement: {summary['biggest_mover']}.",
     ]
     if "synthetic" in summary:
         s = summary["synthetic"]["agreement"]["icp_mean_delta vs ip"]
