@@ -272,15 +272,15 @@ def test_a_configuration_read_back_from_its_result_file_builds_the_same_pool():
 
 
 @pytest.mark.parametrize("data", ["instructions", "synthetic"])
-def test_the_committed_runs_reuse_their_recorded_probes(data):
+def test_the_committed_runs_reuse_their_recorded_probes(data, monkeypatch):
     """The recorded pool is a JSON object written with sorted keys; the synthetic pool's own order is
     not sorted. The run must still recognise its pool and reuse the probes it scored (choosing them
     again by k-means gave 2 of 64 other probes on this processor, and every cached matrix went stale)."""
     from icp_influence.experiments.llm_agreement import build_data, recorded_data, run_dir
 
+    monkeypatch.delenv("ICP_RESULTS_DIR", raising=False)   # the module's fixture points it at a scratch folder
     rec = recorded_data(run_dir("full", data))
-    if rec is None:
-        pytest.skip(f"no committed {data} run")
+    assert rec is not None, f"no committed {data} run"
     cfg = A.AgreementConfig.for_mode("full", data=data)
     d = build_data(cfg, None, None, recorded=rec)     # no model: choosing the probes again would fail
     assert [p.id for p in d["probes"]] == rec["probe_order"]
