@@ -7,6 +7,7 @@ import pytest
 
 from icp_influence.data import Example
 from icp_influence.errors import ConfigError
+from icp_influence.valuators import make
 from icp_influence.icp import icp_mean_delta, icp_per_token_delta, icp_win_rate, loglik_matrix, token_logprobs
 from icp_influence.models import load_model
 from icp_influence.stats import aggregate, spearman, split_half
@@ -41,10 +42,12 @@ def test_pair_cache_values_match_the_icp_aggregates(tiny):
 
     model, tok = tiny
     pool = make_synthetic_pool(20, seed=0)
-    lm = loglik_matrix(model, tok, pool[:3], pool[14:19])
+    icp = make("icp", model, tok)
+    sm = icp.score(pool[:3], pool[14:19])
+    lm = loglik_matrix(model, tok, pool[:3], pool[14:19])                  # the engine's raw matrix: the reference
     neutral = loglik_matrix(model, tok, [pool[5]], pool[14:19]).ll[0]
-    pc = PairCache.from_loglik(lm, neutral)
-    sm = lm.to_score_matrix("win_rate")
+    pc = PairCache.from_scores(sm, icp.score([pool[5]], pool[14:19]))
+    np.testing.assert_allclose(pc.ll, lm.ll, rtol=0, atol=1e-9)             # Δ + recorded baseline = ll(p | z)
     V, how = pc.values("win-rate", "zero-shot")
     np.testing.assert_allclose(aggregate(V, how), icp_win_rate(sm))
     V, how = pc.values("mean Δ", "zero-shot")
@@ -52,11 +55,15 @@ def test_pair_cache_values_match_the_icp_aggregates(tiny):
     V, how = pc.values("per-token Δ", "zero-shot")
     np.testing.assert_allclose(aggregate(V, how), icp_per_token_delta(sm))
     V, how = pc.values("mean Δ", "neutral demonstration")
-    np.testing.assert_allclose(V, lm.ll - neutral[None, :])
+    np.testing.assert_allclose(V, lm.ll - neutral[None, :], rtol=0, atol=1e-9)
     with pytest.raises(ConfigError, match="Unknown aggregation"):
         pc.values("median", "zero-shot")
     with pytest.raises(ConfigError, match="neutral"):
-        PairCache.from_loglik(lm).values("mean Δ", "neutral demonstration")
+        PairCache.from_scores(sm).values("mean Δ", "neutral demonstration")
+    with pytest.raises(ConfigError, match="same probes"):
+        PairCache.from_scores(sm, icp.score([pool[5]], pool[14:18]))
+    with pytest.raises(ConfigError, match="zero-shot"):
+        PairCache.from_scores(make("icp", model, tok, baseline_demo=pool[5]).score(pool[:3], pool[14:19]))
 
 
 def test_icp_view_reports_stats_split_half_on_the_chosen_probes(cache):

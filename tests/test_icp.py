@@ -18,13 +18,13 @@ from icp_influence.icp import (
     loglik_matrix,
     naive_loglik_matrix,
     prefix_answer_logprobs,
-    score_icp,
     token_logprobs,
 )
 from icp_influence.lm import answer_logprobs
 from icp_influence.models import TINY_SPECS, load_model
 from icp_influence.scores import ScoreMatrix
 from icp_influence.synthetic import make_synthetic_pool
+from icp_influence.valuators import make
 
 TOL = 1e-4  # nats
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,27 +133,28 @@ def test_win_rate_is_strict_and_aggregates():
     np.testing.assert_array_equal(icp_win_rate(sm), sm.aggregate("win_rate"))
 
 
-def test_score_icp_methods_consistent(tiny, pool):
+def test_icp_valuator_scores_are_the_engine_deltas(tiny, pool):
+    """The one scoring path: the valuator's three stored forms are the engine's Δ, exactly."""
     model, tok = tiny("tiny-gpt2")
     cands, probes = pool[:4], pool[14:20]
-    sw = score_icp(model, tok, cands, probes, method="win_rate", progress=False)
-    sd = score_icp(model, tok, cands, probes, method="delta", progress=False)
-    st = score_icp(model, tok, cands, probes, method="per_token", progress=False)
+    sw, sd, st = (make("icp", model, tok, score=s).score(cands, probes) for s in ("win_rate", "delta", "per_token"))
     lm = loglik_matrix(model, tok, cands, probes)
     np.testing.assert_array_equal(sw.values, lm.ll - lm.baseline)
     np.testing.assert_array_equal(sw.values, sd.values)
     n = np.array(st.meta["n_answer_tokens"])
+    np.testing.assert_array_equal(n, lm.n_answer_tokens)
     np.testing.assert_allclose(st.values * n, sd.values, rtol=1e-12)
     np.testing.assert_array_equal(sw.aggregate(), (sw.values > 0).mean(1))   # default: win-rate
     np.testing.assert_allclose(sd.aggregate(), sd.values.mean(1))            # default: mean delta
     np.testing.assert_allclose(icp_mean_delta(st), icp_mean_delta(sd), rtol=1e-12)
     np.testing.assert_allclose(icp_per_token_delta(sd), st.values.mean(1), rtol=1e-12)
     np.testing.assert_allclose(sw.meta["baseline"], lm.baseline)
-    assert sw.meta["method"] == "icp" and sw.meta["template"] == "paper"
+    assert sw.meta["method"] == "icp" and sw.meta["template"] == "paper" and sw.meta["baseline_kind"] == "zero_shot"
+    assert len({m.meta["config_hash"] for m in (sw, sd, st)}) == 3          # the score kind is configuration
     with pytest.raises(MethodError):
-        score_icp(model, tok, cands, probes, method="mean", progress=False)
+        make("icp", model, tok, score="mean")
     with pytest.raises(EmptyPoolError):
-        score_icp(model, tok, [], probes, progress=False)
+        make("icp", model, tok).score([], probes)
 
 
 def test_token_logprobs_match_matrix(tiny, pool):
@@ -179,8 +180,8 @@ def test_plots_have_labelled_axes(tiny, pool):
                                          plot_token_view, plot_winrate_vs_delta)
 
     model, tok = tiny("tiny-gpt2")
+    sm = make("icp", model, tok).score(pool[:5], pool[14:18])
     lm = loglik_matrix(model, tok, pool[:5], pool[14:18])
-    sm = lm.to_score_matrix("win_rate")
     tv = token_logprobs(model, tok, pool[14], pool[0])
     figs = [plot_loglik_heatmap(lm.delta, row_labels=[c.task for c in pool[:5]], col_labels=[p.task for p in pool[14:18]]),
             plot_loglik_heatmap(lm.ll, kind="ll"),

@@ -18,6 +18,7 @@ from icp_influence.icp import (IcpScorer, loglik_matrix, naive_loglik_matrix, pa
                                prefix_answer_logprobs)
 from icp_influence.models import TINY_SPECS, load_model
 from icp_influence.synthetic import make_synthetic_pool
+from icp_influence.valuators import make
 
 TOL = 1e-4  # nats (float32)
 TOL64 = 1e-9  # nats (float64: the engine and the naive path compute the same function)
@@ -227,10 +228,11 @@ def test_neutral_baseline_demo(tiny, short_pool):
     got = loglik_matrix(model, tok, cands, probes, baseline_demo=neutral)
     assert _max_diff(got, ref) <= TOL
     np.testing.assert_array_equal(got.delta, got.ll - got.baseline[None, :])
-    meta = sc.meta("delta")
-    assert meta["baseline_kind"] == "neutral_demo" and meta["baseline_demo"] == neutral.id
-    assert IcpScorer(model, tok, probes).meta("delta")["baseline_kind"] == "zero_shot"
-    assert got.to_score_matrix("delta").meta["baseline_demo"] == neutral.id
+    assert got.meta["baseline_kind"] == "neutral_demo" and got.meta["baseline_demo"] == neutral.id
+    sm = make("icp", model, tok, score="delta", baseline_demo=neutral).score(cands, probes)
+    assert sm.meta["baseline_kind"] == "neutral_demo" and sm.meta["baseline_demo"] == neutral.id
+    np.testing.assert_array_equal(sm.values, got.delta)
+    assert make("icp", model, tok).score(cands[:1], probes).meta["baseline_kind"] == "zero_shot"
 
 
 # ----------------------------------------------------------------- what runs

@@ -11,6 +11,13 @@ Scores per candidate: **win-rate** ``mean_p 1[Δ > 0]`` (strict ``>``, the paper
 ``baseline_demo`` the baseline is ``ll(p | baseline_demo)`` (a neutral demonstration)
 instead of zero-shot.
 
+One scoring path. A ScoreMatrix of ICP scores comes from the valuator, ``valuators.make("icp",
+model, tok, score=...).score(candidates, probes)`` (``valuators/icp.py``), which drives
+:class:`IcpScorer` and records the configuration hash, seed and sign. This module holds the
+engine (:class:`IcpScorer`), the raw log-likelihoods (:func:`loglik_matrix`, and the naive
+reference :func:`naive_loglik_matrix` it is tested against) and the aggregates of an ICP
+matrix (:func:`icp_win_rate`, :func:`icp_mean_delta`, :func:`icp_per_token_delta`).
+
 Engine. Every sequence is ``prefix(z) + query(p) + answer(p)``, each segment tokenised
 on its own, so the demonstration is a token-level prefix shared by all probes.
 :class:`IcpScorer` tokenises every example once (:class:`~icp_influence.encoding.PairEncoder`),
@@ -684,17 +691,6 @@ class IcpScorer:
         d = self.deltas(candidates, progress=progress)
         return per_token(d, self.n_answer_tokens) if method == "per_token" else d
 
-    def meta(self, method: str, model_name: str | None = None) -> dict[str, Any]:
-        return icp_meta(method, template=self.template, model_name=model_name or model_label(self.model),
-                        batch_size=self.batch_size, baseline=self.baseline, n_answer_tokens=self.n_answer_tokens,
-                        token_budget=self.token_budget, engine=self.engine,
-                        **precision_meta(self.precision), **baseline_meta(self.baseline_demo))
-
-
-def precision_meta(choice: PrecisionChoice) -> dict[str, Any]:
-    """``{"precision": ..., "precision_reason": ...}`` for bf16 runs; nothing for fp32 (unchanged metadata)."""
-    return {"precision": choice.precision, "precision_reason": choice.reason} if choice.precision != "fp32" else {}
-
 
 def baseline_meta(baseline_demo: Example | None) -> dict[str, Any]:
     """How the baseline was computed: ``zero_shot``, or after a neutral demonstration."""
@@ -709,37 +705,12 @@ def check_method(method: str) -> str:
     return method
 
 
-def model_label(model) -> str:
-    cfg = getattr(model, "config", None)
-    return str(getattr(cfg, "_name_or_path", "") or getattr(cfg, "model_type", "?"))
-
-
-def icp_meta(method: str, *, template: str, model_name: str, batch_size: int | None = None,
-             baseline: np.ndarray | None = None, n_answer_tokens: np.ndarray | None = None,
-             **extra: Any) -> dict[str, Any]:
-    """Metadata of an ICP ScoreMatrix (``values`` = deltas, or per-token deltas)."""
-    meta: dict[str, Any] = {
-        "method": "icp",
-        "score": method,
-        "values": "per_token_delta" if method == "per_token" else "delta",
-        "default_aggregate": "win_rate" if method == "win_rate" else "mean",
-        "model": model_name,
-        "template": template,
-    }
-    if batch_size is not None:
-        meta["batch_size"] = int(batch_size)
-    if baseline is not None:
-        meta["baseline"] = [float(x) for x in baseline]
-    if n_answer_tokens is not None:
-        meta["n_answer_tokens"] = [int(x) for x in n_answer_tokens]
-    meta.update(extra)
-    return meta
-
-
 # --------------------------------------------------------------------------- public functions
 @dataclass
 class LoglikMatrix:
-    """Raw ICP log-likelihoods.
+    """Raw ICP log-likelihoods: what the engine computes, before any score is taken.
+
+    For a ScoreMatrix of ICP scores use the ``"icp"`` valuator (one scoring path).
 
     Attributes:
         ll: ``ll(p | z)``, shape ``[C, P]`` float64 (nats).
@@ -763,13 +734,6 @@ class LoglikMatrix:
     @property
     def per_token_delta(self) -> np.ndarray:
         return per_token(self.delta, self.n_answer_tokens)
-
-    def to_score_matrix(self, method: str = "win_rate", model_name: str = "?") -> ScoreMatrix:
-        check_method(method)
-        values = self.per_token_delta if method == "per_token" else self.delta
-        return ScoreMatrix(values, self.candidate_ids, self.probe_ids,
-                           icp_meta(method, template=self.template, model_name=model_name, baseline=self.baseline,
-                                    n_answer_tokens=self.n_answer_tokens, **self.meta))
 
 
 def loglik_matrix(model, tokenizer, candidates: Sequence[Example], probes: Sequence[Example], *,
@@ -826,28 +790,6 @@ def naive_loglik_matrix(model, tokenizer, candidates: Sequence[Example], probes:
                         meta=baseline_meta(baseline_demo))
 
 
-def score_icp(model, tokenizer, candidates: Sequence[Example], probes: Sequence[Example], *,
-              template: str = "paper", method: str = "win_rate", batch_size: int | None = None,
-              progress: bool = True, max_length: int | None = None, model_name: str | None = None,
-              token_budget: int = DEFAULT_TOKEN_BUDGET, baseline_demo: Example | None = None) -> ScoreMatrix:
-    """ICP scores as a :class:`ScoreMatrix` of per-probe values (positive = helps).
-
-    ``method``: ``"win_rate"`` (values = Δ, default aggregate = win-rate, the paper's
-    score), ``"delta"`` (values = Δ, aggregate = mean) or ``"per_token"`` (values =
-    Δ / answer tokens, aggregate = mean). ``meta`` records the baseline and answer
-    lengths, so :func:`icp_win_rate`, :func:`icp_mean_delta` and :func:`icp_per_token_delta`
-    work on any of them; with ``baseline_demo`` the baseline is ``ll(p | baseline_demo)``.
-    """
-    check_method(method)
-    lm = loglik_matrix(model, tokenizer, candidates, probes, template=template, batch_size=batch_size,
-                       progress=progress, max_length=max_length, token_budget=token_budget,
-                       baseline_demo=baseline_demo)
-    sm = lm.to_score_matrix(method, model_name or model_label(model))
-    if batch_size is not None:
-        sm.meta["batch_size"] = int(batch_size)
-    return sm.check_finite()
-
-
 def per_token(deltas: Any, n_answer_tokens: Any) -> np.ndarray:
     """ICP's per-token Δ: each probe's ``Δ(z, p)`` divided by its answer tokens ``|y_p|``.
 
@@ -870,7 +812,8 @@ def _answer_tokens_of(sm: ScoreMatrix) -> np.ndarray:
     return n
 
 
-def _deltas_of(sm: ScoreMatrix) -> np.ndarray:
+def delta_values(sm: ScoreMatrix) -> np.ndarray:
+    """The per-probe Δ ``[C, P]`` of an ICP matrix (whatever form it was stored in)."""
     if sm.meta.get("values") == "per_token_delta":
         return sm.values * _answer_tokens_of(sm)[None, :]
     return sm.values
@@ -890,7 +833,7 @@ def icp_win_rate(sm: ScoreMatrix) -> np.ndarray:
 
 def icp_mean_delta(sm: ScoreMatrix) -> np.ndarray:
     """Mean over probes of ``ll(p|z) − ll(p)`` in nats, shape ``[C]``."""
-    return _deltas_of(sm).mean(axis=1)
+    return delta_values(sm).mean(axis=1)
 
 
 def icp_per_token_delta(sm: ScoreMatrix) -> np.ndarray:

@@ -98,12 +98,30 @@ class PairCache:
     groups: list[str] | None = None
 
     @classmethod
-    def from_loglik(cls, lm: Any, neutral: Any = None, groups: Sequence[str] | None = None) -> "PairCache":
-        """From a :class:`~icp_influence.icp.LoglikMatrix` (and the neutral demonstration's ``ll`` row)."""
-        return cls(np.asarray(lm.ll, dtype=np.float64), np.asarray(lm.baseline, dtype=np.float64),
-                   np.asarray(lm.n_answer_tokens, dtype=np.float64), list(lm.candidate_ids), list(lm.probe_ids),
-                   None if neutral is None else np.asarray(neutral, dtype=np.float64).ravel(),
-                   None if groups is None else list(groups))
+    def from_scores(cls, sm: Any, neutral: Any = None, groups: Sequence[str] | None = None) -> "PairCache":
+        """From the ``"icp"`` valuator's ScoreMatrix (and, optionally, its one-row ScoreMatrix of the
+        neutral demonstration scored on the same probes with the same zero-shot baseline).
+
+        ``ll(p | z)`` is each stored Δ plus the baseline the matrix records.
+        """
+        from icp_influence.errors import ConfigError
+        from icp_influence.icp import delta_values
+
+        def ll_of(m: Any) -> tuple[np.ndarray, np.ndarray]:
+            base = np.asarray(m.meta.get("baseline"), dtype=np.float64)
+            if base.shape != (m.shape[1],) or m.meta.get("baseline_kind", "zero_shot") != "zero_shot":
+                raise ConfigError("PairCache needs ICP scores against the zero-shot baseline "
+                                  "(valuators.make('icp', ...) without baseline_demo).")
+            return delta_values(m) + base[None, :], base
+
+        ll, base = ll_of(sm)
+        neutral_ll = None
+        if neutral is not None:
+            if list(neutral.probe_ids) != list(sm.probe_ids) or neutral.shape[0] != 1:
+                raise ConfigError("The neutral demonstration must be one row scored on the same probes.")
+            neutral_ll = ll_of(neutral)[0][0]
+        return cls(ll, base, np.asarray(sm.meta["n_answer_tokens"], dtype=np.float64), list(sm.candidate_ids),
+                   list(sm.probe_ids), neutral_ll, None if groups is None else list(groups))
 
     def values(self, aggregation: str, baseline: str) -> tuple[np.ndarray, str]:
         """``(V [C, P], how)``: the per-pair values and the ``icp_influence.stats`` aggregate."""
@@ -114,7 +132,7 @@ class PairCache:
         if baseline not in BASELINES:
             raise ConfigError(f"Unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}.")
         if baseline == "neutral demonstration" and self.neutral is None:
-            raise ConfigError("This cache has no neutral-demonstration row: pass neutral=... to PairCache.from_loglik.")
+            raise ConfigError("This cache has no neutral-demonstration row: pass neutral=... to PairCache.from_scores.")
         base = self.zero_shot if baseline == "zero-shot" else self.neutral
         V = self.ll - base[None, :]
         kind, how = AGGREGATIONS[aggregation]

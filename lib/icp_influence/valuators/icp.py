@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..icp import IcpScorer, check_method
+from ..icp import IcpScorer, baseline_meta, check_method
 from .base import Valuator, register
 from .gradient import example_key
 
@@ -65,5 +65,4 @@ class Icp(Valuator):
                 "values": "per_token_delta" if self.score_kind == "per_token" else "delta",
                 "baseline": [float(x) for x in self._scorer.baseline],
                 "n_answer_tokens": [int(x) for x in self._scorer.n_answer_tokens],
-                "baseline_kind": "neutral_demo" if self.baseline_demo is not None else "zero_shot",
-                **self._precision_meta()}
+                **baseline_meta(self.baseline_demo), **self._precision_meta()}
