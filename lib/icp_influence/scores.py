@@ -7,7 +7,8 @@ likelihood). Saved as safetensors (values) + JSON (ids and metadata); never pick
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -58,6 +59,150 @@ def library_version() -> str:
     return __version__
 
 
+#: The version of the :class:`ScoreMeta` record written with every matrix. Files written before
+#: the record was typed carry no version (version 1, a plain dict with the same keys) and load as is.
+META_VERSION = 2
+#: Metadata that holds one entry per probe: :meth:`ScoreMatrix.subset` keeps it aligned with the columns.
+PER_PROBE_META = ("baseline", "n_answer_tokens", "base_losses")
+_ICP_VALUES = ("delta", "per_token_delta")
+
+
+@dataclass(eq=False)
+class ScoreMeta(MutableMapping):
+    """The metadata record of a :class:`ScoreMatrix`: typed fields for what the library reads
+    for meaning, ``extra`` for what a valuator adds (gradient sizes, precision, ...).
+
+    It is also a mapping (``meta["model"]``, ``meta.get("baseline")``, ``{**meta}``) whose keys
+    are the fields that are set (``None`` = not set) and the ``extra`` keys, so code and files
+    written against the plain dict of version 1 keep working; :meth:`to_dict` is what is saved.
+    Setting a key that is a field checks its type.
+    """
+
+    method: str | None = None                 # valuator name: "icp", "ip", "one_step", ...
+    default_aggregate: str | None = None      # what ScoreMatrix.aggregate() takes by default
+    sign: str | None = None                   # the sign convention (positive = helps)
+    model: str | None = None
+    template: str | None = None
+    seed: int | None = None
+    settings: dict[str, Any] | None = None    # the valuator's own settings
+    config: dict[str, Any] | None = None      # the whole configuration a stored run was made with
+    config_hash: str | None = None
+    library_version: str | None = None
+    seconds: float | None = None
+    # ICP matrices (valuators/icp.py)
+    score: str | None = None                  # "win_rate" | "delta" | "per_token"
+    values: str | None = None                 # what the values are: "delta" | "per_token_delta"
+    baseline: list[float] | None = None       # ll(p) per probe
+    baseline_kind: str | None = None          # "zero_shot" | "neutral_demo"
+    n_answer_tokens: list[int] | None = None  # answer tokens per probe
+    version: int = META_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name not in ("version", "extra"):
+                setattr(self, f.name, _checked(f.name, getattr(self, f.name)))
+        if not isinstance(self.version, int) or self.version > META_VERSION:
+            raise CorruptFileError(f"ScoreMatrix metadata version {self.version!r}: this icp-influence reads up to "
+                                   f"{META_VERSION}; upgrade the library to read it.")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "ScoreMeta":
+        """From a plain dict (a stored file's ``meta``, any version) or another record (copied)."""
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)} - {"extra"}
+        typed = {k: d.pop(k) for k in list(d) if k in names}
+        typed.setdefault("version", META_VERSION)
+        if typed["version"] < META_VERSION:      # version 1: the same keys, untyped
+            typed["version"] = META_VERSION
+        return cls(**typed, extra=d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What :meth:`ScoreMatrix.save` writes (JSON-ready; the version always included)."""
+        return {**dict(self.items()), "version": self.version}
+
+    def copy(self) -> "ScoreMeta":
+        return ScoreMeta.from_dict(self.to_dict())
+
+    # ---- the mapping view
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self) if f.name not in ("extra", "version"))
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._fields():
+            value = getattr(self, key)
+            if value is None:
+                raise KeyError(key)
+            return value
+        if key == "version":
+            return self.version
+        return self.extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key in self._fields():
+            setattr(self, key, _checked(key, value))
+        elif key == "version":
+            raise ConfigError("The metadata version is set by the library, not by assignment.")
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in self._fields():
+            if getattr(self, key) is None:
+                raise KeyError(key)
+            setattr(self, key, None)
+        else:
+            del self.extra[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k for k in self._fields() if getattr(self, k) is not None)
+        yield from self.extra
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == {k: v for k, v in other.items() if k != "version"}
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"ScoreMeta({dict(self.items())!r})"
+
+
+def _checked(key: str, value: Any) -> Any:
+    """A field's value in its type (``None`` stays ``None``); a clear error otherwise."""
+    if value is None:
+        return None
+    try:
+        if key in ("seed",):
+            if isinstance(value, bool) or int(value) != value:
+                raise ValueError
+            return int(value)
+        if key == "seconds":
+            return float(value)
+        if key in ("settings", "config"):
+            if not isinstance(value, Mapping):
+                raise ValueError
+            return dict(value)
+        if key == "baseline":
+            return [float(x) for x in value]
+        if key == "n_answer_tokens":
+            out = [int(x) for x in value]
+            if any(o != x or o < 1 for o, x in zip(out, value)):
+                raise ValueError
+            return out
+        if not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"ScoreMatrix metadata {key!r} = {value!r} has the wrong type.") from None
+    if key == "default_aggregate" and value not in AGGREGATES:
+        raise ConfigError(f"ScoreMatrix metadata default_aggregate = {value!r}; choose from {', '.join(AGGREGATES)}.")
+    if key == "values" and value not in _ICP_VALUES:
+        raise ConfigError(f"ScoreMatrix metadata values = {value!r}; choose from {', '.join(_ICP_VALUES)}.")
+    return value
+
+
 @dataclass
 class ScoreMatrix:
     """A ``[n_candidates × n_probes]`` float matrix with ids and metadata.
@@ -66,13 +211,15 @@ class ScoreMatrix:
         values: ``float64`` array of shape ``(len(candidate_ids), len(probe_ids))``.
         candidate_ids: ids of the rows (pool examples being valued).
         probe_ids: ids of the columns (probe examples).
-        meta: method, model, template, parameters, seed, library version, config hash, ...
+        meta: a :class:`ScoreMeta` record (method, model, template, settings, seed, library
+            version, config hash, and for ICP the baseline and answer lengths); a plain dict
+            is converted (copied).
     """
 
     values: np.ndarray
     candidate_ids: list[str]
     probe_ids: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: ScoreMeta = field(default_factory=ScoreMeta)
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)
@@ -83,7 +230,14 @@ class ScoreMatrix:
                 f"ScoreMatrix values have shape {self.values.shape}, expected "
                 f"({len(self.candidate_ids)}, {len(self.probe_ids)}) = (candidates, probes)."
             )
-        self.meta.setdefault("library_version", library_version())
+        self.meta = ScoreMeta.from_dict(self.meta)
+        for key in PER_PROBE_META:
+            per_probe = self.meta.get(key)
+            if per_probe is not None and len(per_probe) != len(self.probe_ids):
+                raise ConfigError(f"ScoreMatrix metadata {key!r} has {len(per_probe)} entries for "
+                                  f"{len(self.probe_ids)} probes.")
+        if self.meta.library_version is None:
+            self.meta.library_version = library_version()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,7 +245,7 @@ class ScoreMatrix:
 
     @property
     def method(self) -> str:
-        return str(self.meta.get("method", "?"))
+        return self.meta.method or "?"
 
     def __repr__(self) -> str:
         return f"ScoreMatrix(method={self.method!r}, shape={self.shape})"
@@ -115,7 +269,7 @@ class ScoreMatrix:
         > 0 — for ICP matrices of per-probe deltas this is the paper's score), ``sum``,
         ``median``, ``positive_fraction`` (alias of win_rate).
         """
-        return aggregate(self.values, how or self.meta.get("default_aggregate", "mean"))
+        return aggregate(self.values, how or self.meta.default_aggregate or "mean")
 
     def series(self, how: str | None = None) -> dict[str, float]:
         return dict(zip(self.candidate_ids, self.aggregate(how).tolist()))
@@ -129,8 +283,12 @@ class ScoreMatrix:
         rows = _positions(self.candidate_ids, candidate_ids, "candidate") if candidate_ids is not None \
             else list(range(self.shape[0]))
         cols = _positions(self.probe_ids, probe_ids, "probe") if probe_ids is not None else list(range(self.shape[1]))
+        meta = self.meta.copy()
+        for key in PER_PROBE_META:          # per-probe metadata follows the columns
+            if meta.get(key) is not None:
+                meta[key] = [meta[key][c] for c in cols]
         return ScoreMatrix(self.values[np.ix_(rows, cols)], [self.candidate_ids[r] for r in rows],
-                           [self.probe_ids[c] for c in cols], dict(self.meta))
+                           [self.probe_ids[c] for c in cols], meta)
 
     def aligned(self, other: "ScoreMatrix") -> "ScoreMatrix":
         """This matrix re-ordered to ``other``'s candidates and probes (which must be present)."""
@@ -140,7 +298,7 @@ class ScoreMatrix:
         return self.subset(other.candidate_ids, other.probe_ids)
 
     @staticmethod
-    def concat(parts: Sequence["ScoreMatrix"], meta: dict[str, Any] | None = None) -> "ScoreMatrix":
+    def concat(parts: Sequence["ScoreMatrix"], meta: Mapping[str, Any] | None = None) -> "ScoreMatrix":
         """Stack row blocks (candidate shards) that share the same probes."""
         if not parts:
             raise ConfigError("Nothing to concatenate: no ScoreMatrix parts.")
@@ -165,7 +323,7 @@ class ScoreMatrix:
             "shape": list(self.shape),
             "candidate_ids": self.candidate_ids,
             "probe_ids": self.probe_ids,
-            "meta": self.meta,
+            "meta": self.meta.to_dict(),
         })
         return base.with_suffix(".json")
 
