@@ -57,7 +57,7 @@ import numpy as np
 
 from .errors import ConfigError, CorruptFileError, ResumeMismatchError, RunLockedError
 from .scores import ScoreMatrix
-from .utils import atomic_path, atomic_write_json, config_hash
+from .utils import atomic_path, atomic_write_json, config_hash, ids_digest
 
 RUN_FILE = "run.json"
 CHUNK_DIR = "chunks"
@@ -65,10 +65,6 @@ LOCK_DIR = "locks"
 FINAL = "scores"
 # Seconds to pause after each chunk. Only for tests that SIGKILL / SIGINT a run part-way.
 _THROTTLE_S = float(os.environ.get("ICP_STORE_CHUNK_DELAY_S", "0") or 0)
-
-
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\x1f".join(ids).encode()).hexdigest()[:16]
 
 
 class CorruptChunkWarning(UserWarning):
@@ -108,8 +104,8 @@ def init_run(out_dir: str | Path, config: dict[str, Any], candidate_ids: Sequenc
         "chunk_size": int(chunk_size),
         "n_candidates": len(candidate_ids),
         "n_probes": len(probe_ids),
-        "candidates_digest": _ids_digest(list(candidate_ids)),
-        "probes_digest": _ids_digest(list(probe_ids)),
+        "candidates_digest": ids_digest(list(candidate_ids)),
+        "probes_digest": ids_digest(list(probe_ids)),
         "candidate_ids": list(candidate_ids),
         "probe_ids": list(probe_ids),
     }

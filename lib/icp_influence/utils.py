@@ -226,6 +226,11 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def ids_digest(ids: Any) -> str:
+    """A stable short hash of a sequence of ids, in order (what a run's pool or training set was)."""
+    return hashlib.sha256("\x1f".join(ids).encode()).hexdigest()[:16]
+
+
 def smoke_mode() -> bool:
     """True when ``ICP_SMOKE=1``: notebooks and experiments shrink their sizes."""
     return os.environ.get("ICP_SMOKE") == "1"

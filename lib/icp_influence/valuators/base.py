@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, EmptyPoolError, DuplicateIdError, MethodError
 from ..scores import ScoreMatrix
+from ..utils import ids_digest
 
 V = TypeVar("V", bound="Valuator")
 
@@ -191,7 +192,7 @@ class Valuator:
         """
         if train is not None:
             train = list(train)
-            self._fitted_on = _ids_digest([item_id(x, i) for i, x in enumerate(train)])
+            self._fitted_on = ids_digest([item_id(x, i) for i, x in enumerate(train)])
             self._pending_fit = train if defer else None
             if not defer:
                 self._fit(train)
@@ -294,10 +295,6 @@ class Valuator:
         if asked == "fp32" and self.precision.precision == "fp32":
             return {}
         return {"precision": self.precision.precision, "precision_reason": self.precision.reason}
-
-
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\x1f".join(ids).encode()).hexdigest()[:16]
 
 
 def _check_items(items: Sequence[Any], what: str) -> list[Any]:
