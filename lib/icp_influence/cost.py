@@ -45,8 +45,9 @@ the full pool. Their code recomputes the candidate gradients for every probe bat
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 #: The paper's setup and reported cost (arXiv 2407.12259).
 PAPER = {
@@ -199,6 +200,30 @@ def crossover_probes(icp_per_probe_s: float, ip_fixed_s: float, ip_per_probe_s: 
 
 
 # ------------------------------------------------------------------ profiles
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ backend (kineto) logs
+    ``profiler_start`` / ``profiler_stop`` and, without a GPU, ``gpuGetDeviceCount failed`` there,
+    past Python's ``sys.stderr`` and whatever log level is set."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):   # no real descriptor 2 (some embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def top_operators(fn: Callable[[], Any], top: int = 10, warmup: int = 1) -> list[dict[str, Any]]:
     """``torch.profiler`` of one call of ``fn``: the ``top`` operators by self CPU time.
 
@@ -210,7 +235,7 @@ def top_operators(fn: Callable[[], Any], top: int = 10, warmup: int = 1) -> list
     for _ in range(warmup):
         fn()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts) as prof:
+    with _native_stderr_silenced(), profile(activities=acts) as prof:
         fn()
     events = [e for e in prof.key_averages()]
     total = sum(e.self_cpu_time_total for e in events) or 1.0

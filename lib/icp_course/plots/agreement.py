@@ -34,7 +34,7 @@ def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: fl
     ax.legend(loc="lower left", fontsize=8)
     ax.set_yticks(y, [label(n) for n in names])
     ax.set_xlim(min(0.0, float(np.nanmin(lo)) - 0.05), 1.0)
-    ax.set_xlabel("split-half reliability across probes (Spearman–Brown; bars: 95% two-way CI)")
+    ax.set_xlabel("split-half reliability across probes (Spearman–Brown)\nbars: 95% two-way CI")
     ax.set_title("Does each valuator agree with itself?")
     return fig
 
@@ -99,9 +99,13 @@ def rank_joint(a: np.ndarray, b: np.ndarray, *, name_a: str, name_b: str, highli
     g.ax_joint.plot([0, 100], [0, 100], color="grey", lw=0.8, ls="--")
     g.ax_joint.set_xticks([0, 25, 50, 75, 100])
     g.ax_joint.set_yticks([0, 25, 50, 75, 100])
-    g.figure.suptitle(f"Spearman ρ = {spearman(a, b):.3f} (n = {len(a)})", y=1.02, fontsize=10)
-    if g.ax_joint.get_legend() is not None:
-        sns.move_legend(g.ax_joint, "upper left", bbox_to_anchor=(1.25, 1.0), title=None)
+    g.figure.suptitle(f"Spearman ρ = {spearman(a, b):.3f} (n = {len(a)})", fontsize=10)
+    leg = g.ax_joint.get_legend()
+    if leg is not None:    # into the empty corner between the two marginal plots, inside the figure
+        handles, texts = leg.legend_handles, [t.get_text() for t in leg.get_texts()]
+        leg.remove()
+        g.figure.legend(handles, texts, loc="upper right", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False,
+                        handletextpad=0.2, borderaxespad=0.2)
     return g.figure
 
 
@@ -122,7 +126,7 @@ def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
     sns.heatmap(M, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, cmap="RdBu_r" if center is not None
                 else "viridis", xticklabels=xl, yticklabels=yl, ax=ax,
                 cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 9})
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, max(30, int(9 * fig.get_figwidth()))))   # about 9 title characters per inch
     ax.tick_params(axis="x", rotation=0, labelsize=8.5)
     ax.tick_params(axis="y", rotation=0)
     return fig

@@ -134,7 +134,7 @@ def within_probe(pair_level: Mapping[str, Any]):
     ax.set_ylabel("")
     ax.set_yticks(range(len(forms)), [f"{t}\nmean {pair_level[k]['mean']:.2f}, positive for "
                                       f"{pair_level[k]['fraction_positive']:.0%}" for k, t in forms])
-    ax.set_xlabel("Spearman(Δ, gradient score) across candidates, one dot per probe")
+    ax.set_xlabel("Spearman(Δ, gradient score) across candidates\n(one dot per probe)")
     ax.set_title("Within one probe: does Δ follow the inner product?")
     return fig
 
@@ -237,7 +237,7 @@ def scores_vs_length(tokens: np.ndarray, scores: Mapping[str, np.ndarray]):
         y = np.asarray(scores[n], dtype=float)
         ax.scatter(t * np.exp(jitter), y, s=18, alpha=0.7, color=colors([n])[0])
         ax.set_xscale("log")
-        ax.set_xlabel("candidate's answer tokens (log scale, jittered)")
+        ax.set_xlabel("candidate's answer tokens\n(log scale, jittered)")
         ax.set_ylabel(label(n))
         ax.set_title(f"{label(n)}: Spearman {spearman(t, y):.2f}")
     return fig

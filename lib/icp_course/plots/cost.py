@@ -2,6 +2,7 @@
 memory vs pool size, profiles, extrapolation."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -145,7 +146,7 @@ def plot_profile(ops: Sequence[Mapping[str, Any]], title: str = "profile", ax=No
     ms = [o["self_ms"] for o in ops][::-1]
     ax.barh(names, ms, color="tab:purple")
     ax.set_xlabel("self CPU time (ms)")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 34), loc="right")   # right-aligned: long operator names push the axes right
     return ax.figure
 
 

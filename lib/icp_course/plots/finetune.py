@@ -2,11 +2,12 @@
 equivalence tests between arms (seaborn)."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..style import legend_outside, palette
+from ..style import color, legend_outside, palette
 
 VERDICT_COLORS = {"equivalent": "#2ca02c", "different": "#d62728", "inconclusive": "#7f7f7f"}
 
@@ -20,6 +21,8 @@ def budget_curves(arms: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: 
     names = list(next(iter(arms.values())))
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     cols = dict(zip(names, palette(len(names))))
+    if "random" in cols:    # the random selection in the random null model's grey, as everywhere in the course
+        cols["random"] = color("random")
     offsets = np.linspace(-0.15, 0.15, len(names)) if len(names) > 1 else [0.0]
     xs = np.arange(len(budgets), dtype=float)
     for off, name in zip(offsets, names):
@@ -33,7 +36,7 @@ def budget_curves(arms: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: 
     ax.set_xlabel("budget (training examples selected)")
     ax.set_ylabel(metric_label)
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 56))
     legend_outside(ax, fontsize=8)
     return fig
 
@@ -54,7 +57,7 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], *, margin: float, titl
     ax.set_yticks(y, [f"{r['a']} − {r['b']} (budget {r['budget']}): {r['verdict']}" for r in rows], fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 56))
     for v, c in VERDICT_COLORS.items():
         ax.plot([], [], color=c, lw=2, label=v)
     legend_outside(ax, fontsize=8)
@@ -93,6 +96,6 @@ def training_curve(losses: Sequence[float], *, steps_per_epoch: int | None = Non
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 56))
     legend_outside(ax, fontsize=8)
     return fig

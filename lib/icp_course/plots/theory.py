@@ -79,7 +79,7 @@ def plot_prediction_agreement(y_gd: Any, y_model: Any, *, model_name: str = "tra
     ax.set_xlabel("ŷ of one GD step (units of y)")
     ax.set_ylabel(f"ŷ of the {model_name} (units of y)")
     drawn = f" ({idx.size:,} drawn)" if idx.size < a.size else ""
-    ax.set_title(f"mean |Δŷ| = {np.abs(a - b).mean():.4f} over {a.size:,} prompts{drawn}")
+    ax.set_title(f"mean |Δŷ| = {np.abs(a - b).mean():.4f}\nover {a.size:,} prompts{drawn}")
     return fig
 
 
@@ -140,8 +140,8 @@ def plot_agreement_vs_distance(curves: Mapping[str, tuple[Sequence[float], Seque
             ax.fill_between(dist, ci[:, 0], ci[:, 1], color=line.get_color(), alpha=0.15)
     if in_domain is not None:
         ax.axhline(in_domain, color="black", ls="--", lw=0.8, label=f"in-domain ({in_domain:.3f})")
-    labels(ax, "distance from the probe's domain (dimensionless: shift in std units)",
-           "Spearman ρ(ICP, implicit-weight inner product)", "Agreement vs distance from the probe's domain", legend=True)
+    labels(ax, "distance from the probe's domain\n(dimensionless: shift in std units)",
+           "Spearman ρ(ICP,\nimplicit-weight inner product)", "Agreement vs distance\nfrom the probe's domain", legend=True)
     return fig
 
 
@@ -181,7 +181,7 @@ def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], 
     ax.set_yscale("log")
     ax.set_xlabel("implicit step size s = η/N (dimensionless)")
     ax.set_ylabel("gap (dimensionless, log scale)")
-    ax.set_title("The gap is the second-order term: it vanishes as s → 0")
+    ax.set_title("The gap is the second-order term:\nit vanishes as s → 0")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never on the points
     return fig
 
@@ -269,7 +269,7 @@ def plot_kernel_vs_linear(xdot: Any, kernel: Any, *, ax: Any = None, max_points:
     x, y = np.asarray(xdot, float).ravel(), np.asarray(kernel, float).ravel()
     fig, ax = _point_cloud(x, y, ax, max_points, seed)
     ax.set_xlabel("x_zᵀx_p: implicit-weight kernel (units of x²)")
-    ax.set_ylabel("⟨∇_θ f(x_z), ∇_θ f(x_p)⟩: network kernel (units of y²)")
+    ax.set_ylabel("⟨∇_θ f(x_z), ∇_θ f(x_p)⟩\nnetwork kernel (units of y²)")
     ax.set_title(f"Pearson {pearson(x, y):.3f}; kernel > 0 on {100 * float((y > 0).mean()):.1f}% of pairs")
     return fig
 
@@ -286,7 +286,7 @@ def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[flo
     lo, hi = float(np.min(lrs)), float(np.max(lrs))
     ax.set_xlim(lo / 2, hi * 2)  # room around the first and last point
     ax.set_xlabel("SGD step size η_θ on θ (parameter² per unit of loss; log scale)")
-    ax.set_ylabel("Spearman ρ with the referee Δ_θ (in-domain pairs)")
+    ax.set_ylabel("Spearman ρ with the referee Δ_θ\n(in-domain pairs)")
     ax.set_title("What one training step on z agrees with")
     # below the axes: a legend inside would cover the points at the ends of the curves
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
