@@ -290,3 +290,25 @@ def test_grade_command_explains_a_missing_or_empty_folder(tmp_path, capsys):
     (tmp_path / "empty" / "alice").mkdir(parents=True)
     assert A.main(["grade", str(tmp_path / "empty"), "--course-dir", str(tmp_path / "course")]) == 2
     assert "No notebooks in" in capsys.readouterr().err
+
+
+def test_a_failed_check_shows_its_message_without_library_frames():
+    """In IPython (the notebook's shell) a failed check prints its message, not this library's code."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    import icp_course.checks as checks
+
+    shell = InteractiveShell.instance()
+    checks._install_ipython_handler()
+    with capture_output() as cap:
+        shell.run_cell("from icp_course.checks import expect_close\n"
+                       "expect_close([1.0, 2.0], [1.0, 3.0], what='my_fn on two points', hint='add, do not multiply')")
+    out = re.sub(r"\x1b\[[0-9;]*m", "", cap.stdout)
+    assert "CheckFailed: my_fn on two points: expected [1. 3.], got [1. 2.] (largest |difference| 1)" in out
+    assert "Hint: add, do not multiply" in out
+    assert "checks.py" not in out and "_fail" not in out and "raise" not in out
+    assert issubclass(checks.CheckFailed, AssertionError)          # what nbgrader and pytest count as a failure
+    with capture_output() as cap:                                  # any other error keeps its full traceback
+        shell.run_cell("def f():\n    return 1 / 0\nf()")
+    assert "ZeroDivisionError" in cap.stdout and "----> 2" in re.sub(r"\x1b\[[0-9;]*m", "", cap.stdout)

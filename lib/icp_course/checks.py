@@ -3,8 +3,10 @@
 A test cell compares what the student's function returns with a reference computed by the
 library, and fails with a message that says what was compared, what was expected, what
 came back and a hint — not a bare ``AssertionError``. Every function raises
-``AssertionError`` (what nbgrader counts as a failed test) and returns ``None`` on success,
-so a test cell ends with one explicit ``print`` of its result, never a stray ``True``.
+``CheckFailed``, an ``AssertionError`` (what nbgrader counts as a failed test), and returns ``None`` on success,
+so a test cell ends with one explicit ``print`` of its result, never a stray ``True``. In a
+notebook a failed check shows its message alone (an IPython handler for ``CheckFailed``), not
+the frames of this module; pytest hides them too (``__tracebackhide__``).
 
 ::
 
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_array", "expect", "expect_close", "expect_equal", "expect_answered", "expect_reason"]
+__all__ = ["CheckFailed", "as_array", "expect", "expect_close", "expect_equal", "expect_answered", "expect_reason"]
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -28,8 +30,29 @@ def as_array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+class CheckFailed(AssertionError):
+    """A check of a student's answer failed (an ``AssertionError``, which nbgrader counts)."""
+
+
+def _show_message_only(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
+    """IPython shows a failed check as its message alone: the student's answer is what is wrong,
+    not a frame of this module."""
+    shell.showtraceback((etype, value, tb), exception_only=True)
+
+
+def _install_ipython_handler() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:   # pragma: no cover - IPython is a dependency of the course
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((CheckFailed,), _show_message_only)
+
+
 def _fail(what: str, detail: str, hint: str) -> None:
-    raise AssertionError(f"{what}: {detail}" + (f"\nHint: {hint}" if hint else ""))
+    __tracebackhide__ = True  # noqa: F841 - pytest leaves this frame out of the traceback
+    raise CheckFailed(f"{what}: {detail}" + (f"\nHint: {hint}" if hint else ""))
 
 
 def _short(a: np.ndarray) -> str:
@@ -40,12 +63,14 @@ def _short(a: np.ndarray) -> str:
 
 def expect_answered(value: Any, *, what: str) -> None:
     """Fail when the student left ``value`` empty (``None``, ``...`` or an empty string)."""
+    __tracebackhide__ = True  # noqa: F841
     if value is None or value is Ellipsis or (isinstance(value, str) and not value.strip()):
         _fail(what, "no answer yet", "replace the placeholder with your answer and run the cell again")
 
 
 def expect(condition: Any, *, what: str, detail: str = "not as expected", hint: str = "") -> None:
     """Fail with ``detail`` and ``hint`` unless ``condition`` is true."""
+    __tracebackhide__ = True  # noqa: F841
     if not bool(condition):
         _fail(what, detail, hint)
 
@@ -53,6 +78,7 @@ def expect(condition: Any, *, what: str, detail: str = "not as expected", hint: 
 def expect_close(actual: Any, expected: Any, *, what: str, hint: str = "", rtol: float = 1e-6,
                  atol: float = 1e-8) -> None:
     """``actual`` equals ``expected`` elementwise within ``rtol``/``atol`` (same shape)."""
+    __tracebackhide__ = True  # noqa: F841
     expect_answered(actual, what=what)
     try:
         a = as_array(actual)
@@ -70,6 +96,7 @@ def expect_close(actual: Any, expected: Any, *, what: str, hint: str = "", rtol:
 
 def expect_equal(actual: Any, expected: Any, *, what: str, hint: str = "") -> None:
     """``actual == expected`` (for ids, counts, labels)."""
+    __tracebackhide__ = True  # noqa: F841
     expect_answered(actual, what=what)
     if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple, np.ndarray)):
         same = list(actual) == list(expected)
@@ -81,7 +108,11 @@ def expect_equal(actual: Any, expected: Any, *, what: str, hint: str = "") -> No
 
 def expect_reason(reason: Any, *, what: str = "your reason", min_words: int = 4) -> None:
     """A "predict, then check" answer carries a stated reason of at least ``min_words`` words."""
+    __tracebackhide__ = True  # noqa: F841
     expect_answered(reason, what=what)
     if not isinstance(reason, str) or len(reason.split()) < min_words:
         _fail(what, f"state your reason in a sentence (at least {min_words} words)",
               "say *why* you expect it, before you look at the result")
+
+
+_install_ipython_handler()
