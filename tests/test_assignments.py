@@ -2,11 +2,13 @@
 code, and (marked `notebooks`, a few minutes) the full round trip — release, a solved copy
 autograded to full marks, a wrong answer (in 01, and in 02) losing exactly its exercise's points.
 
-The round trip autogrades notebooks 01 and 02 (the nbgrader machinery is the same for every
-notebook); that every notebook's solutions pass its hidden tests is checked where each notebook
-runs anyway, by the smoke execution of the instructor's copies in ``tests/test_notebooks.py``
-(the hidden tests are ordinary code there), and the round trip checks that the solved copy of
-every notebook carries the instructor's solution in every solution cell."""
+The round trip autogrades notebooks 01 and 02 only (the nbgrader machinery is the same for every
+notebook). What that gives up for 00 and 03–07: running the *released* copy inside the nbgrader
+course directory (its working directory, the hidden tests restored from the gradebook, locked
+cells and points). What still covers them: every notebook's solutions pass its hidden tests in the
+smoke execution of the instructor's copy (``tests/test_notebooks.py``, where hidden tests are
+ordinary code), every release is checked here for cleared solutions, no hidden tests and its
+exercise count, and its solved copy for the same solution cells (grade ids) as the source."""
 from __future__ import annotations
 
 import copy
@@ -229,7 +231,7 @@ def test_release_then_autograde_full_marks_and_wrong_answers_lose_only_their_poi
         for cell in nb.cells:
             if A.is_solution(cell):
                 assert "# YOUR CODE HERE" in cell.source
-        # the solved copy of every notebook holds the instructor's solutions; alice hands in 01 and 02
+        # the solved copy of every notebook fills the same solution cells (grade ids) as the source; alice hands in 01 and 02
         src_nb = _read(src_path)
         solved = A.solved_copy(nb, src_nb)
         ours = {A.nbgrader_meta(c)["grade_id"]: c.source for c in src_nb.cells if A.is_solution(c)}

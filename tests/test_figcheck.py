@@ -71,6 +71,27 @@ def test_a_valuator_in_another_colour_is_found():
     assert figcheck.problems(fig2) == []
 
 
+def test_centred_rotated_labels_are_compared_along_their_own_lines():
+    """Default rotation mode, centred labels of very different lengths (the course's bar charts): a
+    long label's line runs under its short neighbour when the ticks are close (12 ticks in 7 inches,
+    as drawn: 'a much much longer label' crosses 'b'), and clears it when they are far apart."""
+    names = ["a", "a much much longer label", "b", "another long label here"]
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax.bar(range(12), range(12))
+    ax.set_xticks(range(12), names * 3, rotation=45, ha="center")
+    assert any("overlapping x tick label" in p for p in figcheck.problems(fig))
+    fig2, ax2 = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax2.bar(range(4), range(4))
+    ax2.set_xticks(range(4), names, rotation=45, ha="center")
+    assert not [p for p in figcheck.problems(fig2) if "overlapping" in p]
+
+
+def test_an_unknown_setting_of_the_environment_variable_warns_and_installs_nothing(monkeypatch):
+    monkeypatch.setenv("ICP_FIGCHECK", "loud")
+    with pytest.warns(UserWarning, match="not 'warn' or 'raise'"):
+        assert figcheck.install() is False
+
+
 def test_the_installed_checker_reports_when_a_figure_is_rendered(tmp_path, capsys):
     fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
     ax.plot([0, 1], [0, 1], color="black", label="inner product")

@@ -79,6 +79,22 @@ def test_score_meta_is_typed_and_reads_version_1_files(tmp_path):
         ScoreMatrix(V[:, :2], ["a", "b"], ["x", "y"], old)
     with pytest.raises(CorruptFileError, match="upgrade"):
         ScoreMeta.from_dict({**old, "version": META_VERSION + 1})
+    with pytest.raises(ConfigError, match="wrong type"):
+        sm.meta.seed = "0"                                                   # attributes are checked too
+    for bad in ("1.2", True):
+        with pytest.raises(ConfigError, match="wrong type"):
+            sm.meta["seconds"] = bad
+    with pytest.raises(ConfigError, match="wrong type"):
+        sm.meta["baseline"] = "123"
+    assert "version" not in sm.meta and "version" not in dict(sm.meta)       # an attribute, not a key
+    sm.meta.update({**old, "version": 1})                                    # updating from a saved record works
+    # a stored file with a broken record is a corrupt file, named
+    info = json.loads((tmp_path / "new.json").read_text())
+    for broken in ({**info["meta"], "version": "2"}, {**info["meta"], "seed": "zero"}):
+        (tmp_path / "bad.json").write_text(json.dumps({**info, "meta": broken}))
+        (tmp_path / "bad.safetensors").write_bytes((tmp_path / "new.safetensors").read_bytes())
+        with pytest.raises(CorruptFileError, match="bad.json"):
+            ScoreMatrix.load(tmp_path / "bad")
     sm.meta["precision"] = "bf16"                                            # anything else goes to extra
     del sm.meta["baseline_kind"]
     assert sm.meta.extra["precision"] == "bf16" and "baseline_kind" not in sm.meta and sm.meta.baseline_kind is None

@@ -46,7 +46,9 @@ def _install_ipython_handler() -> None:
     except ImportError:   # pragma: no cover - IPython is a dependency of the course
         return
     shell = get_ipython()
-    if shell is not None:
+    # IPython keeps one custom handler: leave one that something else installed in place (a failed
+    # check then shows its full traceback, still with the message at the end)
+    if shell is not None and getattr(shell, "custom_exceptions", ()) in ((), (CheckFailed,)):
         shell.set_custom_exc((CheckFailed,), _show_message_only)
 
 

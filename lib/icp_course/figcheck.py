@@ -52,10 +52,11 @@ def _drawn_ticklabels(axis) -> list:
 
 
 def _overlapping(texts, renderer) -> list[tuple[str, str]]:
-    """Pairs of labels that collide. Labels set at an angle are compared across their baselines:
-    two parallel lines of text collide when the distance between their anchors, measured
-    perpendicular to the text, is less than a line's height (their axis-aligned boxes of a
-    rotated label always overlap a little and say nothing)."""
+    """Pairs of labels that collide. Labels set at an angle are compared across their lines:
+    two parallel lines of text collide when the distance between their centres (the centre of a
+    label's box lies on its line, whatever its alignment), measured perpendicular to the text, is
+    less than a line's height (the axis-aligned boxes of rotated labels always overlap a little
+    and say nothing)."""
     import numpy as np
 
     texts = _visible_texts(texts)
@@ -67,12 +68,12 @@ def _overlapping(texts, renderer) -> list[tuple[str, str]]:
                 if _shrunk(a.get_window_extent(renderer)).overlaps(_shrunk(b.get_window_extent(renderer))):
                     out.append((a.get_text(), b.get_text()))
                 continue
-            (xa, ya), (xb, yb) = (t.get_transform().transform(t.get_position()) for t in (a, b))
+            ba, bb = a.get_window_extent(renderer), b.get_window_extent(renderer)
             th = np.radians(ang)
-            across = abs(-(xb - xa) * np.sin(th) + (yb - ya) * np.cos(th))
+            dx, dy = (bb.x0 + bb.x1 - ba.x0 - ba.x1) / 2, (bb.y0 + bb.y1 - ba.y0 - ba.y1) / 2
+            across = abs(-dx * np.sin(th) + dy * np.cos(th))
             line_px = max(a.get_fontsize(), b.get_fontsize()) * a.figure.dpi / 72
-            along_overlap = _shrunk(a.get_window_extent(renderer)).overlaps(_shrunk(b.get_window_extent(renderer)))
-            if along_overlap and across < line_px:
+            if _shrunk(ba).overlaps(_shrunk(bb)) and across < line_px:
                 out.append((a.get_text(), b.get_text()))
     return out
 
@@ -168,16 +169,22 @@ _INSTALLED = False
 def install(mode: str | None = None) -> bool:
     """Check every figure when it is rendered (``print_figure``: inline display, ``savefig``).
 
-    ``mode``: ``"raise"`` (a :class:`FigureProblem` fails the cell) or ``"warn"`` (a message on
-    stderr); default: the environment variable ``ICP_FIGCHECK`` (unset or empty: do nothing).
-    Returns whether the checker is installed. Idempotent.
+    ``mode``: ``"warn"`` (a message on stderr, which the notebook test fails on) or ``"raise"``
+    (a :class:`FigureProblem`; in a notebook IPython shows it as an error output of the display,
+    but the cell itself does not fail); default: the environment variable ``ICP_FIGCHECK``
+    (unset, empty, ``0``/``off``/``no``/``false``: do nothing; ``1``/``on``/``yes``/``true``:
+    warn; anything else: a warning, and nothing installed). Returns whether the checker is
+    installed. Idempotent.
     """
     global _INSTALLED
     mode = (mode if mode is not None else os.environ.get("ICP_FIGCHECK", "")).strip().lower()
-    if not mode or mode in ("0", "off", "no") or _INSTALLED:
+    if not mode or mode in ("0", "off", "no", "false") or _INSTALLED:
         return _INSTALLED
-    if mode not in ("raise", "warn", "1"):
-        raise ValueError(f"ICP_FIGCHECK={mode!r}: use 'raise' or 'warn'.")
+    if mode in ("1", "on", "yes", "true"):
+        mode = "warn"
+    if mode not in ("raise", "warn"):
+        warnings.warn(f"ICP_FIGCHECK={mode!r} is not 'warn' or 'raise': figures are not checked.", stacklevel=2)
+        return False
     from matplotlib.backend_bases import FigureCanvasBase
 
     original = FigureCanvasBase.print_figure

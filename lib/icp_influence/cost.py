@@ -202,7 +202,7 @@ def crossover_probes(icp_per_probe_s: float, ip_fixed_s: float, ip_per_probe_s: 
 # ------------------------------------------------------------------ profiles
 @contextlib.contextmanager
 def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the block: the profiler's C++ backend (kineto) logs
+    """Send file descriptor 2 (the whole process's) to /dev/null for a short block: the profiler's C++ backend (kineto) logs
     ``profiler_start`` / ``profiler_stop`` and, without a GPU, ``gpuGetDeviceCount failed`` there,
     past Python's ``sys.stderr`` and whatever log level is set."""
     import os
@@ -212,6 +212,8 @@ def _native_stderr_silenced() -> Iterator[None]:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError, AttributeError):   # no real descriptor 2 (some embedded interpreters)
+        saved = None
+    if saved is None:
         yield
         return
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -235,8 +237,14 @@ def top_operators(fn: Callable[[], Any], top: int = 10, warmup: int = 1) -> list
     for _ in range(warmup):
         fn()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with _native_stderr_silenced(), profile(activities=acts) as prof:
+    prof = profile(activities=acts)
+    with _native_stderr_silenced():   # only the profiler's start and stop: fn's own output is untouched
+        prof.start()
+    try:
         fn()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     events = [e for e in prof.key_averages()]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     events.sort(key=lambda e: -e.self_cpu_time_total)

@@ -98,11 +98,14 @@ class ScoreMeta(MutableMapping):
     version: int = META_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a typed field is checked however it is set: constructor, attribute or key
+        if name not in ("version", "extra") and name in _TYPED:
+            value = _checked(name, value)
+        object.__setattr__(self, name, value)
+
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name not in ("version", "extra"):
-                setattr(self, f.name, _checked(f.name, getattr(self, f.name)))
-        if not isinstance(self.version, int) or self.version > META_VERSION:
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version > META_VERSION:
             raise CorruptFileError(f"ScoreMatrix metadata version {self.version!r}: this icp-influence reads up to "
                                    f"{META_VERSION}; upgrade the library to read it.")
 
@@ -112,8 +115,10 @@ class ScoreMeta(MutableMapping):
         d = dict(d or {})
         names = {f.name for f in fields(cls)} - {"extra"}
         typed = {k: d.pop(k) for k in list(d) if k in names}
-        typed.setdefault("version", META_VERSION)
-        if typed["version"] < META_VERSION:      # version 1: the same keys, untyped
+        version = typed.get("version", 1)        # a file without one was written before the record: version 1
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise CorruptFileError(f"ScoreMatrix metadata version {version!r} is not a whole number.")
+        if version < META_VERSION:               # version 1: the same keys, untyped
             typed["version"] = META_VERSION
         return cls(**typed, extra=d)
 
@@ -134,15 +139,14 @@ class ScoreMeta(MutableMapping):
             if value is None:
                 raise KeyError(key)
             return value
-        if key == "version":
-            return self.version
-        return self.extra[key]
+        return self.extra[key]   # "version" is an attribute of the record, not one of its keys
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key in self._fields():
-            setattr(self, key, _checked(key, value))
-        elif key == "version":
-            raise ConfigError("The metadata version is set by the library, not by assignment.")
+            setattr(self, key, value)
+        elif key == "version":   # updating from a saved record: its (older or equal) version is not kept
+            if isinstance(value, bool) or not isinstance(value, int) or value > META_VERSION:
+                raise ConfigError(f"Metadata version {value!r}: this icp-influence writes version {META_VERSION}.")
         else:
             self.extra[key] = value
 
@@ -170,13 +174,19 @@ class ScoreMeta(MutableMapping):
         return f"ScoreMeta({dict(self.items())!r})"
 
 
+_TYPED = frozenset(f.name for f in fields(ScoreMeta))
+
+
 def _checked(key: str, value: Any) -> Any:
     """A field's value in its type (``None`` stays ``None``); a clear error otherwise."""
     if value is None:
         return None
     try:
-        if key in ("seed",):
-            if isinstance(value, bool) or int(value) != value:
+        if isinstance(value, bool) or (key in ("seed", "seconds", "baseline", "n_answer_tokens")
+                                       and isinstance(value, (str, bytes))):
+            raise ValueError
+        if key == "seed":
+            if int(value) != value:
                 raise ValueError
             return int(value)
         if key == "seconds":
@@ -343,7 +353,10 @@ class ScoreMatrix:
             raise CorruptFileError(f"Could not read score files at {base}: {type(e).__name__}: {e}. Delete them and re-run.") from None
         if list(values.shape) != info.get("shape"):
             raise CorruptFileError(f"{tpath} holds shape {values.shape} but {jpath.name} says {info.get('shape')}; re-run the scorer.")
-        return cls(values, info["candidate_ids"], info["probe_ids"], info.get("meta", {}))
+        try:
+            return cls(values, info["candidate_ids"], info["probe_ids"], info.get("meta", {}))
+        except (ConfigError, CorruptFileError) as e:
+            raise CorruptFileError(f"{jpath}: {e}") from None
 
 
 def _positions(ids: Sequence[str], wanted: Sequence[str], what: str) -> list[int]:
