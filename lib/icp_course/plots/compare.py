@@ -51,6 +51,7 @@ def agreement_heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], *
     """Pairwise correlation heatmap (values annotated, colour range [-1, 1])."""
     M = np.asarray(matrix, float)
     fig, ax = _fig((1.2 + 0.9 * len(names), 0.8 + 0.8 * len(names)), ax=ax)
+    ax.grid(False)  # the course style's grid would cross every cell of an image
     im = ax.imshow(M, vmin=-1, vmax=1, cmap="RdBu_r")
     ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
     ax.set_yticks(range(len(names)), names)

@@ -2,7 +2,7 @@
 Figure; every axis is labelled with units (log-likelihoods are in nats)."""
 from __future__ import annotations
 
-from icp_course.style import tidy
+from icp_course.style import color, legend_outside, palette, tidy
 
 from typing import Any, Sequence
 
@@ -53,10 +53,12 @@ def plot_loglik_heatmap(values: np.ndarray, *, row_labels: Sequence[str] | None 
     fig, ax = _fig(figsize=(7.0, 5.5), ax=ax)
     if kind == "delta":
         lim = float(np.nanpercentile(np.abs(values), 98)) or 1.0
+        ax.grid(False)  # the course style's grid would cross every cell of an image
         im = ax.imshow(values, aspect="auto", cmap="RdBu_r", norm=mcolors.TwoSlopeNorm(0.0, -lim, lim),
                        interpolation="nearest")
         label, title = "Δ = ll(p|z) − ll(p) (nats)", "How much each demonstration z changes ll(probe)"
     elif kind == "ll":
+        ax.grid(False)  # the course style's grid would cross every cell of an image
         im = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
         label, title = "ll(p|z) (nats)", "Answer log-likelihood of each probe after each demonstration"
     else:
@@ -78,16 +80,20 @@ def plot_score_distributions(win_rate: np.ndarray, mean_delta: np.ndarray, per_t
     fig, axes = _fig(3, figsize=(13.0, 3.6))
     wr = np.asarray(win_rate, dtype=float)
     bins = (np.arange(n_probes + 2) - 0.5) / n_probes if n_probes else 20
-    axes[0].hist(wr, bins=bins, color="tab:blue", edgecolor="white")
-    axes[0].set_xlabel("win-rate  mean_p 1[Δ > 0] (fraction of probes)")
-    axes[1].hist(np.asarray(mean_delta, dtype=float), bins=20, color="tab:orange", edgecolor="white")
+    bins_d = max(5, min(20, len(wr) // 3))          # a few candidates per bin, whatever the pool size
+    axes[0].hist(wr, bins=bins, color=color("icp_win_rate"), edgecolor="white")
+    axes[0].set_xlabel("win-rate: fraction of probes with Δ > 0")
+    axes[1].hist(np.asarray(mean_delta, dtype=float), bins=bins_d, color=color("icp_mean_delta"), edgecolor="white")
     axes[1].axvline(0, color="k", lw=0.8)
     axes[1].set_xlabel("mean Δ over probes (nats)")
-    axes[2].hist(np.asarray(per_token, dtype=float), bins=20, color="tab:green", edgecolor="white")
+    axes[2].hist(np.asarray(per_token, dtype=float), bins=bins_d, color=color("icp_per_token"), edgecolor="white")
     axes[2].axvline(0, color="k", lw=0.8)
     axes[2].set_xlabel("per-token Δ (nats / answer token)")
+    from matplotlib.ticker import MaxNLocator
+
     for a in axes:
         a.set_ylabel("candidates (count)")
+        a.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_title("win-rate (the paper's score)", fontsize=10)
     axes[1].set_title("mean delta", fontsize=10)
     axes[2].set_title("per-token delta", fontsize=10)
@@ -125,10 +131,11 @@ def plot_winrate_vs_delta(win_rate: np.ndarray, mean_delta: np.ndarray, *, group
         ax.scatter(md, wr, s=18, alpha=0.8)
     else:
         groups = list(groups)
-        for g in sorted(set(groups)):
+        names = sorted(set(groups))
+        for g, c in zip(names, palette(len(names))):    # one distinct colour per family (tab20 beyond 10)
             m = np.array([x == g for x in groups])
-            ax.scatter(md[m], wr[m], s=18, alpha=0.8, label=g)
-        ax.legend(fontsize=6, ncol=2, loc="lower right")
+            ax.scatter(md[m], wr[m], s=18, alpha=0.8, label=g, color=c)
+        legend_outside(ax, fontsize=8)
     ax.axvline(0, color="grey", lw=0.6, ls="--")
     ax.set_xlabel("mean Δ over probes (nats)")
     ax.set_ylabel("win-rate (fraction of probes with Δ > 0)")

@@ -100,6 +100,7 @@ def plot_matrix_comparison(learned: Mapping[str, np.ndarray], constructed: Mappi
             M = np.asarray(mats[name], float)
             scale = float(np.abs(M).max()) or 1.0
             ax = axes[i, j]
+            ax.grid(False)  # the course style's grid would cross every cell of an image
             im = ax.imshow(M / scale, cmap="RdBu_r", vmin=-1, vmax=1)
             ax.set_title(f"{src}: {name.replace('^T ', 'ᵀ')} / {scale:.3g}", fontsize=9)
             coords = [f"$x_{{{k + 1}}}$" for k in range(M.shape[1] - 1)] + ["$y$"]

@@ -301,6 +301,7 @@ def plot_demonstration_scores(res: dict[str, Any], *, groups: Sequence[str] | No
     for i, td in enumerate(res["token_deltas"]):
         M[i, : len(td)] = td
     lim = float(np.nanmax(np.abs(M))) if np.isfinite(M).any() else 1.0
+    ax.grid(False)  # the course style's grid would cross every cell of an image
     ax.imshow(np.ma.masked_invalid(M), aspect="auto", cmap="RdBu_r",
               norm=mcolors.TwoSlopeNorm(0.0, -(lim or 1.0), lim or 1.0))
     for i, (toks, td) in enumerate(zip(res["tokens"], res["token_deltas"])):
