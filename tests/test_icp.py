@@ -242,3 +242,18 @@ def test_per_token_is_the_one_definition_of_icp_per_token_delta():
         np.testing.assert_allclose(icp_mean_delta(sm), D.mean(axis=1), rtol=1e-14)
     with pytest.raises(ConfigError):
         per_token_values(ScoreMatrix(D, ids, probes, {"values": "delta"}))
+
+
+def test_answer_logprobs_batches_by_length_and_returns_input_order(tiny):
+    """Sequences of very different lengths, batched by length: each result belongs to its own
+    input (in input order) and equals the one-sequence computation."""
+    model, tok = tiny("tiny-llama")
+    rng = np.random.default_rng(1)
+    lens = [(30, 4), (2, 1), (17, 9), (5, 2), (41, 3), (8, 6), (1, 5)]
+    encs = [Encoded(tuple(int(x) for x in rng.integers(0, 255, 3)), tuple(int(x) for x in rng.integers(0, 255, q)),
+                    tuple(int(x) for x in rng.integers(0, 255, a))) for q, a in lens]
+    one = answer_logprobs(model, encs, pad_id=tok.pad_token_id, batch_size=1)
+    got = answer_logprobs(model, encs, pad_id=tok.pad_token_id, batch_size=3)
+    assert [len(g) for g in got] == [a for _, a in lens]
+    for r, g in zip(one, got):
+        assert np.abs(g - r).max() <= TOL

@@ -3,6 +3,7 @@ run records, that a second run reuses every cached matrix, and that the first-or
 holds for the small-step ground truth."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -313,3 +314,74 @@ def test_noise_verdict_reads_the_auc_intervals():
     assert "only inner product and cosine separate some kinds" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
     s["auc_noise_ci"]["icp_mean_delta"]["any"] = [0.52, 0.6]
     assert "ICP flags wrong answers better than chance too" in A.noise_verdict(s, {"swap": 10, "truncate": 11})
+
+
+def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(results):
+    """The design-2 grid on the tiny model: the referee grown over the whole pool in steps, the
+    eight arms select what their rules say, the pilot fixes the margin (a third of its
+    icp-top − icp-bottom gap) before the main models, two shards complete the grid, and every
+    number of the summary follows from runs.jsonl."""
+    from icp_influence import stats
+    from icp_influence.experiments import finetune_equivalence as FE
+    from icp_influence.experiments.ground_truth import answer_tokens
+
+    log: list[str] = []
+    gt = FE.pool_referee("tiny", step=20, progress=False, log=log.append)
+    run = A.load("tiny")
+    pool_ids = list(run["info"]["pool"])
+    assert sorted(gt.candidate_ids) == sorted(pool_ids)
+    kept = run["mats"]["gt_sgd_all"]
+    assert np.allclose(gt.subset(kept.candidate_ids).values, kept.values)   # the ground-truth run's rows, unchanged
+    assert sum("next" in line for line in log) >= 2                           # grown in steps
+
+    assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
+    res = FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(1, 2))
+    gcfg = FE.GridConfig.for_mode("tiny")
+    rows = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
+    keys = [(r["budget"], r["arm"], r["seed"]) for r in rows]
+    n_main = len(gcfg.budgets) * len(FE.GRID_ARMS) * len(gcfg.seeds)
+    assert len(keys) == len(set(keys)) == 1 + 2 * len(gcfg.pilot_seeds) + n_main == 1 + res["n_models"]
+    # the margin: a third of the pilot's mean icp-top − icp-bottom gap (pilot seeds only)
+    by = {(r["budget"], r["arm"], r["seed"]): r for r in rows}
+    bmax = max(gcfg.budgets)
+    gap = np.mean([by[(bmax, "icp-top", s)]["answer_loglik_per_token"] - by[(bmax, "icp-bottom", s)]["answer_loglik_per_token"]
+                   for s in gcfg.pilot_seeds])
+    assert not set(gcfg.pilot_seeds) & set(gcfg.seeds)
+    assert res["margin"]["instructions"] == pytest.approx(max(abs(gap) / 3, 1e-6), rel=1e-12)
+    assert "third" in res["margin_rule"] or "0.3333" in res["margin_rule"]
+    # the arms' selections follow their rules
+    from icp_influence.experiments import llm_agreement as AA
+
+    acfg, model, tok, d, _ = AA.open_run("tiny", "instructions")
+    lengths = answer_tokens(tok, d["pool"], pool_ids, gcfg.template)
+    sels = FE.grid_selections(gcfg, d["pool"], run["mats"], gt, lengths, bmax)
+    assert set(sels) == set(FE.GRID_ARMS)
+    icp = run["mats"]["icp"].subset(pool_ids).values.mean(1)
+    assert set(sels["icp-top"]) == {pool_ids[i] for i in np.argsort(-icp, kind="stable")[:bmax]}
+    assert min(lengths[i] for i in sels["longest"]) >= max(lengths[i] for i in pool_ids if i not in sels["longest"])
+    lm = sels["length_matched_random"](0)
+    assert not set(lm) & set(sels["icp-top"]) and len(set(lm)) == bmax
+    noisy = {e.id for e in d["pool"] if e.meta.get("noisy")}
+    assert len(set(sels["corrupted"](0)) & noisy) == min(bmax, len(noisy))
+    # every number of the summary follows from the rows: paired TOST, positive controls, the MDD
+    for e in res["equivalence"]:
+        a = [by[(e["budget"], e["a"], s)]["answer_loglik_per_token"] for s in gcfg.seeds]
+        b = [by[(e["budget"], e["b"], s)]["answer_loglik_per_token"] for s in gcfg.seeds]
+        t = stats.tost_paired(a, b, res["margin"]["instructions"], alpha=gcfg.alpha)
+        assert e["verdict"] == t.verdict and e["diff"] == pytest.approx(t.diff, abs=1e-12)
+    assert {(c["a"], c["b"]) for c in res["positive_controls"]} == set(FE.POSITIVE_CONTROLS)
+    assert all(c["budget"] == bmax and c["passed"] == (c["verdict"] == "different") for c in res["positive_controls"])
+    diffs = [np.subtract(*[[by[(b, x, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for x in pair])
+             for b in gcfg.budgets for pair in itertools.combinations(FE.GRID_ARMS, 2)]
+    sd = float(np.sqrt(np.mean([np.var(x, ddof=1) for x in diffs])))
+    assert res["min_detectable_difference"]["instructions"] == pytest.approx(
+        stats.min_detectable_difference(sd, len(gcfg.seeds)), rel=1e-9)
+    acc = res["accuracy"]["instructions"][str(bmax)]["icp-top"]
+    assert acc["mean"] == pytest.approx(np.mean([by[(bmax, "icp-top", s)]["accuracy"] for s in gcfg.seeds]))
+    # a second call trains nothing more and gives the same summary
+    again = FE.run_grid("tiny", pools=("instructions",), progress=False)
+    assert again["equivalence"] == res["equivalence"]
+    top = res["arms"]["instructions"][str(bmax)]
+    mv = res["moves_the_model"]["instructions"]
+    assert mv["best_arm"] == max(top, key=lambda a: top[a]["mean"])
+    assert mv["gain_over_base"] == pytest.approx(top[mv["best_arm"]]["mean"] - res["base"]["instructions"], abs=1e-12)

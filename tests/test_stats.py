@@ -240,3 +240,24 @@ def test_bootstrap_ci_contains_point_and_shrinks_with_n():
     assert widths[1] < 0.6 * widths[0]  # ~ 1/sqrt(10) ratio in theory
     # seeded: the same seed gives the same interval
     assert S.bootstrap_ci(x, y, n_boot=50, seed=7) == S.bootstrap_ci(x, y, n_boot=50, seed=7)
+
+
+def test_min_detectable_difference_has_the_power_it_claims():
+    # the known design value: 5 pairs, two-sided α = 0.05, power 0.8 → d = 1.68 standard deviations
+    assert S.min_detectable_difference(1.0, 5) == pytest.approx(1.682, abs=1e-3)
+    assert S.paired_t_power(S.min_detectable_difference(0.3, 5), 0.3, 5) == pytest.approx(0.8, abs=1e-9)
+    assert S.paired_t_power(0.0, 1.0, 7) == pytest.approx(0.05, abs=1e-9)        # no effect: the test's size
+    # many pairs: the normal limit (z₀.₉₇₅ + z₀.₈)·sd/√n
+    n = 10_000
+    z = st.norm.ppf(0.975) + st.norm.ppf(0.8)
+    assert S.min_detectable_difference(2.0, n) == pytest.approx(z * 2.0 / math.sqrt(n), rel=2e-3)
+    # by simulation: paired t-tests on normal differences of that mean reject 80% of the time
+    rng = np.random.default_rng(0)
+    sd, k = 0.05, 6
+    delta = S.min_detectable_difference(sd, k)
+    d = rng.normal(delta, sd, size=(20_000, k))
+    p = st.ttest_1samp(d, 0.0, axis=1).pvalue
+    assert float(np.mean(p < 0.05)) == pytest.approx(0.8, abs=0.012)
+    assert S.min_detectable_difference(sd, 10) < delta                              # more seeds, smaller MDD
+    with pytest.raises(ConfigError):
+        S.min_detectable_difference(1.0, 1)

@@ -247,6 +247,32 @@ def exact_match(prediction: str, reference: str) -> bool:
     return pred == ref or first == ref
 
 
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def numbers_in(text: str) -> list[float]:
+    """The numbers written in ``text``, in order (thousands separators dropped: "1,000" is 1000)."""
+    out = []
+    for m in _NUMBER.finditer(text):
+        tok = m.group().replace(",", "")
+        try:
+            out.append(float(tok))
+        except ValueError:  # a lone "-" or "," run
+            continue
+    return out
+
+
+def numeric_match(prediction: str, reference: str) -> bool:
+    """The reference's final answer — the **last** number it writes — is among the numbers
+    of the prediction (equal to 1e-9 relative). For worked answers that end on their
+    result ("... You should get $10.23 in change."); ``False`` when the reference has no number."""
+    ref = numbers_in(reference)
+    if not ref:
+        return False
+    want = ref[-1]
+    return any(abs(x - want) <= 1e-9 * max(1.0, abs(want)) for x in numbers_in(prediction))
+
+
 @dataclass
 class EvalResult:
     """Per-probe and summary metrics of one model on held-out probes."""

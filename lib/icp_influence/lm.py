@@ -148,21 +148,25 @@ def answer_token_view(model, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[
 def answer_logprobs(model, encs: Sequence[Encoded], *, pad_id: int, batch_size: int = 8) -> list[np.ndarray]:
     """Per-token answer log-probabilities for each encoded sequence (naive, no cache).
 
-    Returns one ``float64`` array of length ``len(enc.answer_ids)`` per input.
+    Returns one ``float64`` array of length ``len(enc.answer_ids)`` per input, in input
+    order. Batches are formed from sequences of similar length (sorted by length), so that
+    little of each batch is padding.
     """
     device = model_device(model)
-    out: list[np.ndarray] = []
-    for start in range(0, len(encs), batch_size):
-        chunk = encs[start:start + batch_size]
+    out: list[np.ndarray | None] = [None] * len(encs)
+    order = sorted(range(len(encs)), key=lambda j: len(encs[j].input_ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        chunk = [encs[j] for j in idx]
         ids, mask, labels = pad_batch(chunk, pad_id, device)
         logits = model(input_ids=ids, attention_mask=mask).logits
-        for i, e in enumerate(chunk):
+        for i, (j, e) in enumerate(zip(idx, chunk)):
             # float64 log-softmax on the answer positions only: a float32 log-softmax over a
             # large vocabulary is biased by ~1e-5 nats per token (SmolLM2: 49k tokens).
             a0, n = e.answer_start, len(e.answer_ids)
             tgt = torch.tensor(e.answer_ids, device=logits.device)
-            out.append(target_logprobs(logits[i, a0 - 1:a0 - 1 + n], tgt, dtype=torch.float64).cpu().numpy().copy())
-    return out
+            out[j] = target_logprobs(logits[i, a0 - 1:a0 - 1 + n], tgt, dtype=torch.float64).cpu().numpy().copy()
+    return out  # type: ignore[return-value]
 
 
 def answer_loglik(model, tokenizer, probe: Example, demo: Example | None = None, *, template: str = "paper") -> float:
@@ -173,13 +177,16 @@ def answer_loglik(model, tokenizer, probe: Example, demo: Example | None = None,
 
 @torch.no_grad()
 def generate_answer(model, tokenizer, probe: Example, demo: Example | None = None, *,
-                    template: str = "chat", max_new_tokens: int = 24) -> str:
-    """Greedy answer to ``probe`` (optionally after a demonstration), stripped."""
+                    template: str = "chat", max_new_tokens: int = 24, first_line: bool | None = None) -> str:
+    """Greedy answer to ``probe`` (optionally after a demonstration), stripped.
+
+    ``first_line``: keep only the first line (default: with every template but ``chat``,
+    whose answers end at the end-of-turn token; pass ``False`` for multi-line answers)."""
     enc = encode_pair(tokenizer, probe.with_output(probe.output or "?"), demo, template=template)
     prompt = torch.tensor([[*enc.prefix_ids, *enc.query_ids]], device=model_device(model))
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     text = tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
-    if template != "chat":
+    if (template != "chat") if first_line is None else first_line:
         text = text.split("\n")[0]
     return text.strip()

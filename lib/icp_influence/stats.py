@@ -642,6 +642,37 @@ def tost_paired(a: Sequence[float], b: Sequence[float], margin: float, *, alpha:
                        alpha=alpha)
 
 
+def paired_t_power(delta: float, sd: float, n: int, *, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at ``alpha`` with ``n`` pairs when the true mean
+    difference is ``delta`` and the differences have standard deviation ``sd`` (exact:
+    the non-central t distribution with non-centrality ``delta·√n / sd``)."""
+    if n < 2 or not sd > 0:
+        raise ConfigError(f"power needs n ≥ 2 pairs and a standard deviation > 0, got n={n}, sd={sd!r}.")
+    df = n - 1
+    crit = float(_st.t.ppf(1 - alpha / 2, df))
+    nc = float(delta) * math.sqrt(n) / float(sd)
+    p = float(_st.nct.sf(crit, df, nc) + _st.nct.cdf(-crit, df, nc))
+    if not math.isfinite(p):  # scipy's non-central t fails far in the tails (large n): the shifted-t limit
+        p = float(_st.t.sf(crit - nc, df) + _st.t.cdf(-crit - nc, df))
+    return p
+
+
+def min_detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true paired difference that a two-sided paired t-test at ``alpha`` with
+    ``n`` pairs detects with probability ``power`` (differences with standard deviation
+    ``sd``): the root of :func:`paired_t_power` ``= power``. For large ``n`` it approaches
+    ``(z₁₋α/₂ + z_power)·sd/√n`` (2.80·sd/√n at the defaults)."""
+    from scipy.optimize import brentq
+
+    if not 0 < alpha < 1 or not alpha < power < 1:
+        raise ConfigError(f"need 0 < alpha < power < 1, got alpha={alpha}, power={power}.")
+    f = lambda d: paired_t_power(d, sd, n, alpha=alpha) - power  # noqa: E731
+    hi = float(sd)
+    while f(hi) < 0:
+        hi *= 2
+    return float(brentq(f, 0.0, hi, xtol=1e-12 * sd))
+
+
 def format_p(p: float, digits: int = 3) -> str:
     """A p-value as text: ``"p = 0.012"``, or ``"p < 0.001"`` when it rounds to zero at ``digits``
     places (never ``"p = 0.000"``); ``"p = –"`` for a missing or NaN value. The one formatter the

@@ -85,6 +85,51 @@ def selections(ecfg: EquivalenceConfig, mats: dict[str, Any], gts: dict[str, Any
     }
 
 
+def pool_referee(mode: str = "full", data_name: str = "instructions", *, seed: int = 0, step: int | None = None,
+                 ground_truth: str = "gt_sgd_all", progress: bool = True, log=print, opened=None):
+    """The one-step referee (``ground_truth``) on **every** candidate of the pool, for the
+    ``gt-top`` arm: the ground-truth run scored only its ablation candidates.
+
+    Saved as ``<results>/finetune-equivalence-<mode>/<ground_truth>_pool`` (the ScoreMatrix
+    files, committed), starting from the ground-truth run's own rows (same configuration
+    hash, same probes). ``step``: grow the matrix by this many candidates at a time, saving
+    after each step, so that a run stopped after hours keeps every finished step (the
+    chunks of the step in progress resume too). Returns the matrix once it holds the pool.
+    ``opened``: ``A.open_run(mode, data_name, seed)`` when the caller has it.
+    """
+    import shutil
+
+    from ..scores import ScoreMatrix
+    from ..utils import config_hash
+    from .ground_truth import GroundTruthConfig, referee
+
+    acfg, model, tok, d, adir = opened or A.open_run(mode, data_name, seed)
+    out = results_dir() / f"{NAME}-{mode}"
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{ground_truth}_pool"
+    v = referee(GroundTruthConfig.for_mode(mode, seed), acfg, model, tok, ground_truth, progress=progress)
+    want = config_hash(v.config())
+    if not (out / f"{name}.json").exists() and (adir / f"{ground_truth}.json").exists():
+        seed_rows = ScoreMatrix.load(adir / ground_truth)  # the ground-truth run's rows: where the pool's start
+        if seed_rows.meta.get("config_hash") == want:
+            seed_rows.save(out / name)
+    pool, probes = list(d["pool"]), list(d["probes"])
+    while True:
+        have = set()
+        if (out / f"{name}.json").exists():
+            sm = ScoreMatrix.load(out / name)
+            if sm.meta.get("config_hash") == want and sm.probe_ids == [p.id for p in probes]:
+                have = set(sm.candidate_ids)
+        todo = [c for c in pool if c.id not in have]
+        if not todo:
+            return A.scored_matrix(v, want, pool, probes, out, name, log=log)
+        batch = todo[: step or len(todo)]
+        log(f"{name}: {len(have)} of {len(pool)} candidates scored; next {len(batch)}")
+        cands = [c for c in pool if c.id in have or c.id in {b.id for b in batch}]
+        A.scored_matrix(v, want, cands, probes, out, name, log=log)
+        shutil.rmtree(out / "runs" / f"{name}+{len(batch)}", ignore_errors=True)  # saved in the matrix
+
+
 def _runs(path: Path) -> dict[tuple, dict[str, Any]]:
     out = {}
     if path.exists():
@@ -102,6 +147,12 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _record(path: Path, done: dict[tuple, dict[str, Any]], row: dict[str, Any]) -> None:
+    """Append one model's row to ``runs.jsonl`` and to ``done`` (keyed by pool, budget, arm, seed)."""
+    _append(path, row)
+    done[(row["pool"], row["budget"], row["arm"], row["seed"])] = row
 
 
 def _wait_for_margin(path: Path, pool: str, poll: float = 10.0) -> dict[str, float]:
@@ -167,8 +218,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
             ev = evaluate(model, tok, heldout, template=ecfg.template, exact_match_eval=exact,
                           max_length=ecfg.max_length).summary()
             row = {"pool": data_name, "budget": 0, "arm": "base", "seed": -1, **ev}
-            _append(runs_path, row)
-            done[key_base] = row
+            _record(runs_path, done, row)
         # the margin, fixed by the pilot alone (never changed afterwards); no main seed enters it,
         # so the other ranks start their share at once
         if rank == 0 and data_name not in margins:
@@ -183,8 +233,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
                     ev = train_and_evaluate(model, tok, d["pool"], ids, heldout, ecfg=ecfg, seed=ecfg.pilot_seed,
                                             exact_match=exact)
                     row = {"pool": data_name, "budget": bmax, "arm": arm, "seed": ecfg.pilot_seed, "pilot": True, **ev}
-                    _append(runs_path, row)
-                    done[key] = row
+                    _record(runs_path, done, row)
                 pilot[arm] = done[key]["answer_loglik_per_token"]
             best = max(pilot.values())
             margins[data_name] = max(abs(best - base) / 2, 1e-6)
@@ -216,8 +265,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, 
                         row = {"pool": data_name, "budget": budget, "arm": arm, "seed": s, **ev,
                                "selected_noisy_fraction": float(np.mean([d["pool"].by_id(i).meta.get("noisy", False)
                                                                          for i in ids]))}
-                        _append(runs_path, row)
-                        done[key] = row
+                        _record(runs_path, done, row)
                     if bar is not None:
                         bar.update(1)
         if bar is not None:
@@ -411,3 +459,328 @@ def verdict(res: dict[str, Any], pools: list[str] | None = None) -> str:
                                  f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}], TOST {format_p(e['p_tost'])} → "
                                  f"**{e['verdict']}**{also}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the grid with power (design 2)
+
+#: The arms of the grid: the paper's two valuators, the referee, and the controls that
+#: separate "selects good data" from "selects long answers" and show the test has power.
+GRID_ARMS = ("icp-top", "ip-top", "gt-top", "random", "length_matched_random", "longest", "icp-bottom", "corrupted")
+#: Instruction categories whose worked answers end on a number (scored by numeric match).
+CHECKABLE = ("arithmetic", "unit_conversion")
+
+
+@dataclass
+class GridConfig(EquivalenceConfig):
+    """The fine-tuning grid (design 2): every pool candidate, budgets of 10–40% of the pool,
+    eight arms, a margin from a pilot of ``icp-top`` against ``icp-bottom``.
+
+    Fixed before any main model (the rule, written here and in ``margin.json``): the margin is
+    ``margin_fraction`` × the pilot's mean ``icp-top`` − ``icp-bottom`` gap at the largest budget
+    (over ``pilot_seeds``, which no main seed enters), on held-out answer log-likelihood per token.
+    """
+
+    design: int = 2
+    budgets: list[int] = field(default_factory=lambda: [32, 64, 128])
+    arms: tuple[str, ...] = GRID_ARMS
+    pilot_seeds: list[int] = field(default_factory=lambda: [100, 101])
+    margin_fraction: float = 1 / 3
+    checkable: tuple[str, ...] = CHECKABLE
+    max_new_tokens: int = 128
+    pools: tuple[str, ...] = ("instructions", "synthetic")
+    budgets_per_pool: dict[str, list[int]] = field(default_factory=lambda: {"synthetic": [12, 24]})
+
+    def pool_budgets(self, pool: str) -> list[int]:
+        """The budgets of one pool (the synthetic pool keeps its earlier ones)."""
+        return list((self.budgets_per_pool or {}).get(pool, self.budgets))
+
+    @classmethod
+    def for_mode(cls, mode: str, seed: int = 0) -> "GridConfig":
+        if mode == "full":
+            return cls(seed=seed)
+        return cls(budgets=[4, 6], seeds=[0, 1], pilot_seeds=[100, 101], epochs=1, max_length=1024,
+                   max_new_tokens=16, budgets_per_pool={}, seed=seed)
+
+
+def grid_dir(mode: str) -> Path:
+    """Where the grid keeps its models' results (``runs.jsonl``) and its margin."""
+    return results_dir() / f"{NAME}-{mode}" / "grid"
+
+
+def grid_selections(gcfg: GridConfig, pool, mats: dict[str, Any], gt, lengths: dict[str, int],
+                    budget: int) -> dict[str, Any]:
+    """Every arm of the grid at one budget, over the whole pool: a list of ids, or
+    ``f(seed) -> ids`` for the arms that draw at random (each with its own seed offset).
+    ``gt``: the referee's matrix on the pool (``None`` until it is complete: no ``gt-top``)."""
+    from .. import selection as S
+
+    ids = [e.id for e in pool]
+    icp = (mats["icp"].subset(ids), gcfg.icp_aggregate)
+    icp_top = S.top_k(icp, budget)
+    out: dict[str, Any] = {
+        "icp-top": icp_top,
+        "ip-top": S.top_k((mats["ip"].subset(ids), "mean"), budget),
+        "random": lambda s: S.random_k(ids, budget, seed=1000 + int(s)),
+        "length_matched_random": lambda s: S.length_matched_k(lengths, icp_top, seed=2000 + int(s)),
+        "longest": S.longest_k(lengths, budget),
+        "icp-bottom": S.bottom_k(icp, budget),
+        "corrupted": lambda s: S.corrupted_k(pool, budget, seed=3000 + int(s)),
+    }
+    if gt is not None:
+        out["gt-top"] = S.top_k((gt.subset(ids), "mean"), budget)
+    return {a: out[a] for a in gcfg.arms if a in out}
+
+
+def checkable_heldout(acfg, data: dict[str, Any], categories) -> list[Any]:
+    """Held-out examples of the checkable categories: the evaluation set's, and the probe
+    candidates that were not chosen as probes (neither is ever trained on)."""
+    parts, _ = A.build_pool(acfg)
+    probe_ids = {p.id for p in data["probes"]}
+    wanted = set(categories)
+    return [e for e in [*data["eval"], *parts["probe_candidates"]] if e.task in wanted and e.id not in probe_ids]
+
+
+def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, seed: int, exact: bool,
+               progress: bool = False) -> dict[str, Any]:
+    """Fine-tune on ``ids`` and score the model: held-out answer log-likelihood per token, and
+    accuracy on checkable answers (synthetic: exact match on the held-out set; instructions:
+    numeric match of the final answer on ``checkable``, greedy, ``max_new_tokens``)."""
+    from ..finetune import FinetuneConfig, evaluate, finetune, numeric_match
+    from ..lm import generate_answer
+
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig(method=gcfg.method, epochs=gcfg.epochs, batch_size=gcfg.batch_size, lr=gcfg.lr,
+                         template=gcfg.template, max_length=gcfg.max_length)
+    tuned, tlog = finetune(model, tok, pool.subset(list(ids)), cfg, seed=seed, return_log=True, progress=progress)
+    ev = evaluate(tuned, tok, heldout, template=gcfg.template, exact_match_eval=exact, max_length=gcfg.max_length)
+    row = {**ev.summary(), "train_loss_first": tlog.losses[0], "train_loss_last": tlog.losses[-1]}
+    if exact:
+        row["accuracy"] = row["exact_match"]
+    elif checkable:
+        hits = [numeric_match(generate_answer(tuned, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens,
+                                              first_line=False), e.output) for e in checkable]
+        row["accuracy"] = float(np.mean(hits))
+        row["n_checkable"] = len(hits)
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def grid_jobs(gcfg: GridConfig, pool_name: str, have_gt: bool) -> list[tuple]:
+    """The main models in the order they are trained: the largest budget first (where the
+    positive controls are judged), then by seed, then by arm; ``gt-top`` only once the
+    referee covers the pool."""
+    arms = [a for a in gcfg.arms if have_gt or a != "gt-top"]
+    return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name), reverse=True) for s in gcfg.seeds
+            for a in arms]
+
+
+def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
+             **overrides: Any) -> dict[str, Any] | None:
+    """Train every model of the grid not yet in ``grid/runs.jsonl`` (resumable, sharded like
+    :func:`run`), then summarise into ``finetune-equivalence-<mode>.json`` once every model,
+    ``gt-top`` included, is there. Rank 0 trains the base model and the pilot first and fixes
+    the margin; the other ranks start their share of the main models at once (the margin is
+    needed only to summarise)."""
+    from dataclasses import replace
+
+    from ..finetune import evaluate
+    from ..scores import ScoreMatrix
+    from ..utils import atomic_write_json, code_version, config_hash
+    from .ground_truth import answer_tokens
+
+    gcfg = replace(GridConfig.for_mode(mode, seed), **overrides)
+    rank, world = shard
+    out = grid_dir(mode)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path, margin_path = out / "runs.jsonl", out / "margin.json"
+    done = _runs(runs_path)
+    record = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.exists() else {}
+    if record and record.get("config_hash") != config_hash(gcfg.to_dict()):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{margin_path} was fixed for another configuration; move {out} away to start a new grid.")
+    margins = dict(record.get("margin", {}))
+    t0 = time.perf_counter()
+    complete = True
+    for pool_name in gcfg.pools:
+        opened = A.open_run(mode, pool_name, seed)
+        acfg, model, tok, d, adir = opened
+        pool = d["pool"]
+        mats = A.score_all(acfg, d, model, tok, adir, only=["icp", "ip"], progress=progress)
+        gt_path = results_dir() / f"{NAME}-{mode}" / f"{gcfg.ground_truth}_pool"
+        gt = ScoreMatrix.load(gt_path) if gt_path.with_suffix(".json").exists() else None
+        if gt is not None and set(gt.candidate_ids) != {e.id for e in pool}:
+            log(f"{pool_name}: the referee covers {len(gt.candidate_ids)} of {len(pool)} candidates; "
+                "gt-top waits for it (pool_referee)")
+            gt = None
+        lengths = answer_tokens(tok, pool, [e.id for e in pool], gcfg.template)
+        exact = pool_name == "synthetic"
+        heldout = list(d["eval"])
+        checkable = [] if exact else checkable_heldout(acfg, d, gcfg.checkable)
+        kw = dict(gcfg=gcfg, exact=exact)
+        key_base = (pool_name, 0, "base", -1)
+        if rank == 0 and key_base not in done:
+            row = evaluate(model, tok, heldout, template=gcfg.template, exact_match_eval=exact,
+                           max_length=gcfg.max_length).summary()
+            if exact:
+                row["accuracy"] = row["exact_match"]
+            elif checkable:
+                from ..finetune import numeric_match
+                from ..lm import generate_answer
+
+                row["accuracy"] = float(np.mean([numeric_match(generate_answer(
+                    model, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens, first_line=False),
+                    e.output) for e in checkable]))
+                row["n_checkable"] = len(checkable)
+            row = {"pool": pool_name, "budget": 0, "arm": "base", "seed": -1, **row}
+            _record(runs_path, done, row)
+        bmax = max(gcfg.pool_budgets(pool_name))
+        if rank == 0 and pool_name not in margins:  # the pilot: icp-top and icp-bottom at the largest budget
+            sels = grid_selections(gcfg, pool, mats, None, lengths, bmax)
+            for s in gcfg.pilot_seeds:
+                for arm in ("icp-top", "icp-bottom"):
+                    key = (pool_name, bmax, arm, s)
+                    if key not in done:
+                        log(f"{pool_name}: pilot {arm}, seed {s}, budget {bmax}")
+                        row = {"pool": pool_name, "budget": bmax, "arm": arm, "seed": s, "pilot": True,
+                               **grid_model(model, tok, pool, sels[arm], heldout, checkable, seed=s, **kw)}
+                        _record(runs_path, done, row)
+            gaps = [done[(pool_name, bmax, "icp-top", s)]["answer_loglik_per_token"]
+                    - done[(pool_name, bmax, "icp-bottom", s)]["answer_loglik_per_token"] for s in gcfg.pilot_seeds]
+            gap = float(np.mean(gaps))
+            margins[pool_name] = max(abs(gap) * gcfg.margin_fraction, 1e-6)
+            record = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.exists() else {}
+            atomic_write_json(margin_path, {
+                "margin": margins, "config_hash": config_hash(gcfg.to_dict()),
+                "rule": (f"{gcfg.margin_fraction:.4g} of the pilot's mean icp-top − icp-bottom gap in held-out answer "
+                         f"log-likelihood per token at budget {bmax} (pilot seeds {gcfg.pilot_seeds}, which no main "
+                         "seed enters), fixed before any main model"),
+                "pilot": {**record.get("pilot", {}), pool_name: {"gaps": gaps, "gap": gap,
+                                                                 "base": done[key_base]["answer_loglik_per_token"]}}})
+            log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
+        jobs = grid_jobs(gcfg, pool_name, gt is not None)
+        mine = [k for j, k in enumerate(jobs) if j % world == rank and k not in done]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(mine), desc=f"fine-tune grid [{pool_name}, shard {rank + 1}/{world}]", unit="model")
+        sels_by_budget = {b: grid_selections(gcfg, pool, mats, gt, lengths, b) for b in gcfg.pool_budgets(pool_name)}
+        for key in mine:
+            _, budget, arm, s = key
+            sel = sels_by_budget[budget][arm]
+            ids = list(sel(s) if callable(sel) else sel)
+            row = {"pool": pool_name, "budget": budget, "arm": arm, "seed": s,
+                   **grid_model(model, tok, pool, ids, heldout, checkable, seed=s, **kw),
+                   "selected_noisy_fraction": float(np.mean([pool.by_id(i).meta.get("noisy", False) for i in ids])),
+                   "selected_answer_tokens": float(np.mean([lengths[i] for i in ids]))}
+            _record(runs_path, done, row)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        done = _runs(runs_path)
+        complete &= gt is not None and all(k in done for k in grid_jobs(gcfg, pool_name, True))
+    if not complete or any(p not in margins for p in gcfg.pools):
+        log(f"grid shard {rank + 1}/{world}: this share is done; the grid is not complete yet "
+            f"({sum(1 for r in done.values() if not r.get('pilot') and r['arm'] != 'base')} main models so far)")
+        return None
+    res = summarise_grid(gcfg, done, margins)
+    res["margin_record"] = json.loads(margin_path.read_text(encoding="utf-8"))
+    res["margin_rule"] = res["margin_record"]["rule"]
+    res.update({"config": gcfg.to_dict(),
+                "config_hash": config_hash(gcfg.to_dict()), "code_version": code_version(),
+                "wall_seconds_this_call": round(time.perf_counter() - t0, 1)})
+    atomic_write_json(results_dir() / f"{NAME}-{mode}.json", res)
+    return res
+
+
+#: The comparisons the grid exists for: (a, b, what a "different" verdict would show).
+GRID_QUESTIONS = (
+    ("icp-top", "ip-top", "the paper's claim: equivalent selections"),
+    ("icp-top", "length_matched_random", "selection value beyond answer length"),
+    ("ip-top", "length_matched_random", "selection value beyond answer length"),
+    ("icp-top", "longest", "more than picking long answers"),
+    ("ip-top", "longest", "more than picking long answers"),
+    ("icp-top", "random", "better than random"),
+    ("ip-top", "random", "better than random"),
+    ("icp-top", "gt-top", "as good as one real step's choice"),
+)
+#: Positive controls: must come out "different" at the largest budget, or the test has no power.
+POSITIVE_CONTROLS = (("icp-top", "icp-bottom"), ("random", "corrupted"))
+
+
+def min_detectable_difference(diffs_by_pair: list[list[float]], *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true paired difference a two-sided paired t-test at ``alpha`` detects with
+    ``power``, at the seed count of the grid, for the pooled standard deviation of the paired
+    differences (:func:`~icp_influence.stats.min_detectable_difference`)."""
+    from ..stats import min_detectable_difference as mdd
+
+    d = [np.asarray(x, float) for x in diffs_by_pair if len(x) >= 2]
+    n = len(d[0])
+    sd = float(np.sqrt(np.mean([x.var(ddof=1) for x in d])))
+    return mdd(sd, n, alpha=alpha, power=power)
+
+
+def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins: dict[str, float]) -> dict[str, Any]:
+    """Per-arm means with CIs (log-likelihood and accuracy), every pair's TOST verdict, the
+    positive controls and the minimum detectable difference — the fields notebook 06 reads."""
+    from .. import stats as S
+
+    metric = "answer_loglik_per_token"
+    arms_out: dict[str, Any] = {}
+    accuracy: dict[str, Any] = {}
+    eq, controls, mdd = [], [], {}
+    for pool in gcfg.pools:
+        arms_out[pool], accuracy[pool] = {}, {}
+        diffs_all = []
+        for budget in gcfg.pool_budgets(pool):
+            vals = {a: [done[(pool, budget, a, s)][metric] for s in gcfg.seeds] for a in gcfg.arms}
+            acc = {a: [done[(pool, budget, a, s)].get("accuracy") for s in gcfg.seeds] for a in gcfg.arms}
+            arms_out[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
+                                           for a, v in vals.items()}
+            if all(x is not None for v in acc.values() for x in v):
+                accuracy[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
+                                               for a, v in acc.items()}
+            for a, b in itertools.combinations(gcfg.arms, 2):
+                t = S.tost_paired(vals[a], vals[b], margins[pool], alpha=gcfg.alpha)
+                diffs_all.append(list(np.subtract(vals[a], vals[b])))
+                eq.append({"pool": pool, "a": a, "b": b, "budget": budget, "metric": metric, "diff": t.diff,
+                           "ci": list(t.ci), "p_tost": t.p_tost, "margin": t.margin, "verdict": t.verdict, "n": t.n})
+        mdd[pool] = min_detectable_difference(diffs_all, alpha=gcfg.alpha)
+        bmax = max(gcfg.pool_budgets(pool))
+        for a, b in POSITIVE_CONTROLS:
+            e = next(x for x in eq if x["pool"] == pool and x["budget"] == bmax and {x["a"], x["b"]} == {a, b})
+            controls.append({**e, "passed": e["verdict"] == "different"})
+    base = {p: done[(p, 0, "base", -1)][metric] for p in gcfg.pools}
+    base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") for p in gcfg.pools}
+    main = [r for r in done.values() if r["arm"] != "base"]
+    # does the largest budget move the model? the best arm's gain over the base model against
+    # the seed-to-seed spread (standard deviation over the paired seeds) of that arm
+    moves = {}
+    for p in gcfg.pools:
+        top = arms_out[p][str(max(gcfg.pool_budgets(p)))]
+        best = max(top, key=lambda a: top[a]["mean"])
+        sd = float(np.std(top[best]["seeds"], ddof=1))
+        moves[p] = {"best_arm": best, "gain_over_base": top[best]["mean"] - base[p], "seed_sd": sd,
+                    "ratio": (top[best]["mean"] - base[p]) / sd if sd > 0 else float("inf")}
+    return {"metric": metric, "design": gcfg.design, "margin": margins, "margin_rule": None,
+            "min_detectable_difference": mdd, "n_seeds": len(gcfg.seeds), "budgets": gcfg.budgets,
+            "arms": arms_out, "accuracy": accuracy, "base": base, "base_accuracy": base_acc,
+            "equivalence": eq, "positive_controls": controls, "moves_the_model": moves,
+            "n_models": len(main), "seconds": sum(float(r.get("seconds", 0.0)) for r in main)}
+
+
+@experiment("finetune-grid", "the fine-tuning test with power: budgets 32/64/128 of the whole pool, eight arms (length-"
+                             "matched random, longest, corrupted among them), a pilot-fixed margin, positive controls "
+                             "(resumable; hours)")
+def finetune_grid(*, smoke: bool = False, seed: int = 0) -> dict:
+    mode = "smoke" if smoke else "full"
+    gcfg = GridConfig.for_mode(mode, seed)
+    run_grid(mode, seed=seed)                      # every model but gt-top: none of them waits for the referee
+    for pool in gcfg.pools:
+        pool_referee(mode, pool, seed=seed, step=16, ground_truth=gcfg.ground_truth)
+    res = run_grid(mode, seed=seed)                # gt-top, then the summary
+    return {"margin": res["margin"], "min_detectable_difference": res["min_detectable_difference"],
+            "positive_controls": {f"{c['pool']} {c['a']} vs {c['b']} @{c['budget']}": c["verdict"]
+                                  for c in res["positive_controls"]}}

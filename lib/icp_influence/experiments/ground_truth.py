@@ -78,7 +78,6 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
     chunks (the shard that finishes last assembles a matrix; the others return without it).
     """
     from ..utils import config_hash
-    from ..valuators import OneStep
 
     probes = list(data["probes"])
     abl = [data["pool"].by_id(i) for i in data["ablation_ids"]][: gcfg.n_candidates]
@@ -93,13 +92,27 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
         cands = abl[: gcfg.n_first_order] if name == "gt_sgd_small" else abl
         if gcfg.n_candidates_per and name in gcfg.n_candidates_per:
             cands = abl[: gcfg.n_candidates_per[name]]
-        v = OneStep(model, tokenizer, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
-                    progress=progress, **settings)
+        v = referee(gcfg, acfg, model, tokenizer, name, eta=eta, progress=progress)
         sm = A.scored_matrix(v, config_hash(v.config()), cands, probes, out, name, shard=shard, log=log)
         if sm is None:
             continue
         found[name] = sm
     return found
+
+
+def referee(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, model, tokenizer, name: str, *,
+            eta: float | None = None, progress: bool = True):
+    """The :class:`~icp_influence.valuators.OneStep` valuator of ground truth ``name`` (its
+    configuration hash is what the cached matrices carry; ``eta`` only for ``gt_sgd_small``)."""
+    from ..valuators import OneStep
+
+    if name == "gt_sgd_small" and eta is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("gt_sgd_small needs eta (set from the inner products of the first-order check).")
+    settings = gt_specs(gcfg, acfg, float("nan") if eta is None else eta)[name]
+    return OneStep(model, tokenizer, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
+                   progress=progress, **settings)
 
 
 def pool_valuators(gcfg: GroundTruthConfig, pool_name: str) -> tuple[str, ...]:
