@@ -41,6 +41,8 @@ from ..paths import results_dir
 from ..registry import experiment
 from ..icp import per_token
 from . import llm_agreement as A
+from . import agreement_words as W
+from . import runs as R
 
 NAME = "confounds"
 STAGES = ("null_models", "length_controlled", "intervention", "ablations")
@@ -375,7 +377,7 @@ def _score_nulls(acfg, d, model, tok, out, grad_cache, *, log) -> dict[str, Any]
     mats = {}
     for name, (valuator, settings) in specs.items():
         v = make(valuator, model, tok, template=acfg.template, seed=acfg.seed, model_name=acfg.model, **settings)
-        mats[name] = A.scored_matrix(v, A._hash_of(v), pool, probes, out, name, log=log)
+        mats[name] = R.scored_matrix(v, A._hash_of(v), pool, probes, out, name, log=log)
     per_tok = make("candidate_nll", model, tok, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
                    reduction="mean")
     meta = {**mats["candidate_nll"].meta, **per_tok.meta(), "derived_from": "candidate_nll / answer_length"}
@@ -406,7 +408,7 @@ def _score_variants(acfg, ccfg, d, model, tok, out, *, log, progress: bool):
     for name, (valuator, settings) in specs.items():
         v = make(valuator, model, tok, template=acfg.template, seed=acfg.seed, model_name=acfg.model,
                  progress=progress, **settings)
-        vmats[name] = A.scored_matrix(v, A._hash_of(v), todo, probes, out, f"variants_{name}", log=log)
+        vmats[name] = R.scored_matrix(v, A._hash_of(v), todo, probes, out, f"variants_{name}", log=log)
     return Pool(pool, name="length_variants"), [p.id for p in probes], vmats
 
 
@@ -527,7 +529,7 @@ def ablation_rows(acfg, d, model, tok, out, mats, grad_cache, length, ccfg, *, l
 
 
 #: ``load(mode="full")``: the committed result (no computation).
-load = partial(A.load_result, NAME)
+load = partial(R.load_result, NAME)
 
 
 @experiment(NAME, "null models, agreement controlled for answer length, a length intervention with content "
@@ -543,7 +545,7 @@ def confounds(*, smoke: bool = False, seed: int = 0) -> dict:
 #: Readable names for the text (the science package does not import the course's style; a test
 #: checks that the course's figure labels say the same).
 NAMES = {
-    **A.NAMES,
+    **W.NAMES,
     "icp_mean_delta": "ICP mean Δ", "icp_win_rate": "ICP win-rate", "icp_per_token": "ICP per-token Δ",
     "ip": "inner product", "cosine": "cosine", "ip_per_candidate_token": "inner product ÷ candidate tokens",
     "ip_per_token_loss": "inner product of the per-token losses", "answer_length": "answer length",

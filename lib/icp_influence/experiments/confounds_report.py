@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import llm_agreement as A
+from . import agreement_words as W
 from .confounds import NULL_NAMES, PAIRS, WIDE_LOG_TOKEN_SD, name_of
 
 #: What each whole-pool ablation changes in the paper's setup (the text says which choice moved the agreement).
@@ -51,7 +51,7 @@ def _iv_facts(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     if not entry or not _finite(entry.get("spearman")):
         return None
     ci = [float(c) if _finite(c) else float("nan") for c in entry["ci"]]
-    return {"spearman": float(entry["spearman"]), "ci": ci, "strength": A.strength(entry["spearman"]),
+    return {"spearman": float(entry["spearman"]), "ci": ci, "strength": W.strength(entry["spearman"]),
             "excludes_zero": bool(ci[0] > 0 or ci[1] < 0)}
 
 
@@ -109,7 +109,7 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
     pending = set(res.get("pending", []))
     out: dict[str, Any] = {"rule": {"weak": "|ρ| < 0.3", "moderate": "0.3 ≤ |ρ| < 0.6", "strong": "|ρ| ≥ 0.6"},
                            "n_candidates": res.get("n_candidates"), "n_probes": res.get("n_probes"),
-                           "paper_spearman": A.PAPER_SPEARMAN, "pending": sorted(pending)}
+                           "paper_spearman": W.PAPER_SPEARMAN, "pending": sorted(pending)}
     # raw agreement of the pairs, with the null model that agrees with both valuators of the pair best
     raw, nulls_best = {}, {}
     for a, b in PAIRS:
@@ -169,7 +169,7 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
         out["length_controlled"] = PENDING
     if "pair_level" in res:
         pl = res["pair_level"]["raw"]
-        out["pair_level"] = {"mean": pl["mean"], "ci": pl["ci"], "strength": A.strength(pl["mean"]),
+        out["pair_level"] = {"mean": pl["mean"], "ci": pl["ci"], "strength": W.strength(pl["mean"]),
                              "excludes_zero": bool(pl["ci"][0] > 0 or pl["ci"][1] < 0),
                              "fraction_positive": pl["fraction_positive"], "n_probes": pl["n_probes"]}
     else:
@@ -225,10 +225,10 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
                 pred[m] = None
                 continue
             lo, hi = e["ci"]
-            where = ("inside" if _finite(lo) and _finite(hi) and lo <= A.PAPER_SPEARMAN <= hi else
-                     ("above" if _finite(hi) and A.PAPER_SPEARMAN > hi else
-                      "below" if _finite(lo) and A.PAPER_SPEARMAN < lo else "undetermined"))
-            pred[m] = {"spearman": e["spearman"], "ci": [lo, hi], "strength": A.strength(e["spearman"]),
+            where = ("inside" if _finite(lo) and _finite(hi) and lo <= W.PAPER_SPEARMAN <= hi else
+                     ("above" if _finite(hi) and W.PAPER_SPEARMAN > hi else
+                      "below" if _finite(lo) and W.PAPER_SPEARMAN < lo else "undetermined"))
+            pred[m] = {"spearman": e["spearman"], "ci": [lo, hi], "strength": W.strength(e["spearman"]),
                        "paper_relative_to_ci": where}
         # the variant pool is scored on fewer probes than the run: its agreement is attenuated by
         # probe noise; the run's measured reliability at that probe count gives the factor
@@ -243,7 +243,7 @@ def claims(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None)
                                    "corrected_ci": [min(1.0, lo / f), min(1.0, hi / f)]}
             c_lo, c_hi = pred["attenuation"]["corrected_ci"]
             pred["attenuation"]["paper_relative_to_corrected_ci"] = (
-                "inside" if c_lo <= A.PAPER_SPEARMAN <= c_hi else ("above" if A.PAPER_SPEARMAN > c_hi else "below"))
+                "inside" if c_lo <= W.PAPER_SPEARMAN <= c_hi else ("above" if W.PAPER_SPEARMAN > c_hi else "below"))
         pred["log_token_sd"] = pr["log_token_sd"]
         pred["extrapolates_by"] = pr.get("extrapolates_by", 0.0)
         pred["max_log_token_sd_reached"] = pr.get("max_log_token_sd_reached")
@@ -436,7 +436,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
         bits = []
         for r in ab:
             e = {"spearman": r["spearman"], "ci": r["ci"]}
-            t = (f"{n(r['ablation'])}: {_fmt_iv(e)} ({A.strength(r['spearman'])}), given length "
+            t = (f"{n(r['ablation'])}: {_fmt_iv(e)} ({W.strength(r['spearman'])}), given length "
                  f"{_fmt_iv(r['partial'])}")
             dif = r.get("difference_from_reference")
             if dif and _finite(dif.get("spearman")):
@@ -452,7 +452,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
              f"block, {md['spearman']:.2f}): " + "; ".join(bits) + ".")
         best = c["ablation_lever"]
         if best:
-            s += (f" The largest point estimate, {n(best['ablation'])}, agrees {A.strength(best['spearman'])}ly "
+            s += (f" The largest point estimate, {n(best['ablation'])}, agrees {W.strength(best['spearman'])}ly "
                   f"({best['spearman']:.2f}), {best['difference_from_reference']['spearman']:+.2f} above the reference with "
                   f"an interval above 0, and {_fmt_iv(best['partial'])} given length"
                   + (f" (the reference given length: {c['reference_partial']:.2f})" if _finite(c["reference_partial"])
@@ -481,12 +481,12 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     sd_txt = f"{sd:.2f}" if _finite(sd) else "unknown"
     if pr == PENDING or dr == PENDING:
         less = "less" if _finite(sd) and sd < WIDE_LOG_TOKEN_SD else "no less"
-        parts.append(f"**The paper's {A.PAPER_SPEARMAN}.** This pool's answers vary {less} in length than the paper's (standard "
+        parts.append(f"**The paper's {W.PAPER_SPEARMAN}.** This pool's answers vary {less} in length than the paper's (standard "
                      f"deviation of log answer tokens {sd_txt}; the analysis takes {WIDE_LOG_TOKEN_SD}, the spread of a pool that, "
-                     f"like the paper's Alpaca, spans about 4 to 500 answer tokens). Whether a pool as wide would reach {A.PAPER_SPEARMAN} is what the "
+                     f"like the paper's Alpaca, spans about 4 to 500 answer tokens). Whether a pool as wide would reach {W.PAPER_SPEARMAN} is what the "
                      f"dose–response curve answers, and it is pending.")
     else:
-        s = (f"**The paper's {A.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}. The "
+        s = (f"**The paper's {W.PAPER_SPEARMAN}.** This pool's standard deviation of log answer tokens is {sd_txt}. The "
              f"analysis takes {pr['log_token_sd']} for a pool that, like the paper's Alpaca, spans about 4 to 500 answer "
              f"tokens (an assumption about the paper's data: it does not report the spread). As the variant pools widen "
              f"the spread ({dr['sd_range'][0]:.2f} to {dr['sd_range'][1]:.2f}), the raw agreement "
@@ -495,7 +495,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
         if pr.get("raw"):
             inside = pr.get("extrapolates_by", 0) == 0
             s += (f" At a spread of {pr['log_token_sd']} ({'inside the measured range, so an interpolation' if inside else 'beyond the measured range'}) "
-                  f"the raw agreement is {_fmt_iv(pr['raw'])} ({pr['raw']['strength']}); the paper's {A.PAPER_SPEARMAN} lies "
+                  f"the raw agreement is {_fmt_iv(pr['raw'])} ({pr['raw']['strength']}); the paper's {W.PAPER_SPEARMAN} lies "
                   f"{pr['raw']['paper_relative_to_ci']} that interval")
             if pr.get("partial"):
                 s += f", and given length it is {_fmt_iv(pr['partial'])}"
@@ -506,7 +506,7 @@ def verdict(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
                       f"{att['reliability_icp']:.2f} (ICP mean Δ) and {att['reliability_ip']:.2f} (inner product): probe noise "
                       f"shrinks that agreement by a factor of about {att['factor']:.2f}. Corrected, it is about "
                       f"{att['corrected']:.2f} [{att['corrected_ci'][0]:.2f}, {att['corrected_ci'][1]:.2f}], and the paper's "
-                      f"{A.PAPER_SPEARMAN} lies {att['paper_relative_to_corrected_ci']} that interval.")
+                      f"{W.PAPER_SPEARMAN} lies {att['paper_relative_to_corrected_ci']} that interval.")
         if pr.get("extrapolates_by", 0) > 0:
             s += f" (The prediction extrapolates {pr['extrapolates_by']:.2f} beyond the widest pool measured.)"
         parts.append(s)
@@ -542,11 +542,11 @@ def _answer(c: dict[str, Any], md: dict[str, Any], agreement_summary: dict[str, 
                     + f" ({'the largest, ' if many else ''}{name_of(best['ablation'])}: {best['spearman']:.2f}, "
                     f"{best['difference_from_reference']['spearman']:+.2f} against the reference in a paired comparison"
                     + ("; the changes' intervals overlap" if c["levers_overlap"] else "") + ")")
-    s = (f"**So why {md['spearman']:.2f} here and {A.PAPER_SPEARMAN} in the paper?** On this model and this data: "
+    s = (f"**So why {md['spearman']:.2f} here and {W.PAPER_SPEARMAN} in the paper?** On this model and this data: "
          + "; ".join(bits) + ".")
-    if reach and max(reach) < A.PAPER_SPEARMAN:
+    if reach and max(reach) < W.PAPER_SPEARMAN:
         att = pr.get("attenuation") if pr != PENDING else None
-        s += (f" No single lever measured here reaches {A.PAPER_SPEARMAN} as a point estimate, even corrected for probe "
+        s += (f" No single lever measured here reaches {W.PAPER_SPEARMAN} as a point estimate, even corrected for probe "
               f"noise (the largest is {max(reach):.2f})"
               + (", although the corrected interval of the widest pools includes it"
                  if att and att["paper_relative_to_corrected_ci"] == "inside" else "")
@@ -575,8 +575,8 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     if md:
         lines.append(f"- ICP mean Δ and the inner product agree {md['strength']}ly: Spearman {_fmt_iv(md)} on "
                      f"{c['n_candidates']} candidates"
-                     + (f", well below the paper's {A.PAPER_SPEARMAN} (outside the interval)." if md["ci"][1] < A.PAPER_SPEARMAN
-                        else f"; the paper's {A.PAPER_SPEARMAN} is inside the interval."))
+                     + (f", well below the paper's {W.PAPER_SPEARMAN} (outside the interval)." if md["ci"][1] < W.PAPER_SPEARMAN
+                        else f"; the paper's {W.PAPER_SPEARMAN} is inside the interval."))
     L = c["length_correlation"]
     if "ip" in L:
         icp = L.get("icp_mean_delta")
@@ -622,7 +622,7 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
         lines.append(f"- What moves it: {len(c['ablations_above_reference'])} of the {n_run} whole-pool changes raise the "
                      f"agreement above the reference pair (ICP mean Δ vs the inner product over every block; paired "
                      f"intervals above 0). The largest point estimate is {name_of(best['ablation'])} at "
-                     f"{best['spearman']:.2f} ({A.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, "
+                     f"{best['spearman']:.2f} ({W.strength(best['spearman'])}), {d['spearman']:+.2f} [{d['ci'][0]:+.2f}, "
                      f"{d['ci'][1]:+.2f}], and {best['partial']['spearman']:.2f} given length"
                      + (f" (reference {c['reference_partial']:.2f})" if _finite(c["reference_partial"]) else "")
                      + f"; {_levers_sentence(c, start=False, say_all=False)}")
@@ -632,7 +632,7 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
     elif pr.get("raw"):
         lines.append(f"- A pool as wide in answer length as the paper's is predicted to give "
                      f"{pr['raw']['spearman']:.2f} [{pr['raw']['ci'][0]:.2f}, {pr['raw']['ci'][1]:.2f}]; the paper's "
-                     f"{A.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} its interval"
+                     f"{W.PAPER_SPEARMAN} lies {pr['raw']['paper_relative_to_ci']} its interval"
                      + (f", and given length the prediction is {pr['partial']['spearman']:.2f} "
                         f"[{pr['partial']['ci'][0]:.2f}, {pr['partial']['ci'][1]:.2f}]"
                         + (": a wider spread of lengths raises the raw agreement, not what the two share beyond length."
@@ -643,7 +643,7 @@ def summary(res: dict[str, Any], agreement_summary: dict[str, Any] | None = None
         if att:
             lines.append(f"- Corrected for the probe noise of the variant pools ({att['n_probes']} probes) that is about "
                          f"{att['corrected']:.2f} [{att['corrected_ci'][0]:.2f}, {att['corrected_ci'][1]:.2f}]: no lever "
-                         f"measured here reaches {A.PAPER_SPEARMAN} as a point estimate; the model, the data and the "
+                         f"measured here reaches {W.PAPER_SPEARMAN} as a point estimate; the model, the data and the "
                          f"paper's exact valuator pair were not varied.")
     return "\n".join(lines)
 

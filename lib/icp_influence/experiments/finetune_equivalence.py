@@ -36,6 +36,7 @@ import numpy as np
 from ..paths import results_dir
 from ..registry import experiment
 from . import llm_agreement as A
+from . import runs as R
 
 NAME = "finetune-equivalence"
 ARMS = ("icp-top", "ip-top", "gt-top", "random", "icp-bottom")
@@ -122,11 +123,11 @@ def pool_referee(mode: str = "full", data_name: str = "instructions", *, seed: i
                 have = set(sm.candidate_ids)
         todo = [c for c in pool if c.id not in have]
         if not todo:
-            return A.scored_matrix(v, want, pool, probes, out, name, log=log)
+            return R.scored_matrix(v, want, pool, probes, out, name, log=log)
         batch = todo[: step or len(todo)]
         log(f"{name}: {len(have)} of {len(pool)} candidates scored; next {len(batch)}")
         cands = [c for c in pool if c.id in have or c.id in {b.id for b in batch}]
-        A.scored_matrix(v, want, cands, probes, out, name, log=log)
+        R.scored_matrix(v, want, cands, probes, out, name, log=log)
         shutil.rmtree(out / "runs" / f"{name}+{len(batch)}", ignore_errors=True)  # saved in the matrix
 
 
@@ -320,7 +321,7 @@ def summarise(ecfg: EquivalenceConfig, done: dict[tuple, dict[str, Any]], margin
 
 
 #: ``load(mode="full")``: the committed result of this experiment (no computation).
-load = partial(A.load_result, NAME)
+load = partial(R.load_result, NAME)
 
 
 @experiment(NAME, "LoRA fine-tuning on ICP-top / IP-top / ground-truth-top / random / ICP-bottom: paired seeds, "

@@ -29,6 +29,7 @@ import numpy as np
 from ..paths import results_dir
 from ..registry import experiment
 from . import llm_agreement as A
+from . import runs as R
 
 NAME = "ground-truth"
 
@@ -93,7 +94,7 @@ def score_ground_truth(gcfg: GroundTruthConfig, acfg: A.AgreementConfig, data: d
         if gcfg.n_candidates_per and name in gcfg.n_candidates_per:
             cands = abl[: gcfg.n_candidates_per[name]]
         v = referee(gcfg, acfg, model, tokenizer, name, eta=eta, progress=progress)
-        sm = A.scored_matrix(v, config_hash(v.config()), cands, probes, out, name, shard=shard, log=log)
+        sm = R.scored_matrix(v, config_hash(v.config()), cands, probes, out, name, shard=shard, log=log)
         if sm is None:
             continue
         found[name] = sm
@@ -230,7 +231,7 @@ def run(mode: str = "full", *, seed: int = 0, progress: bool = True, **overrides
 
 
 #: ``load(mode="full")``: the committed result of this experiment (no computation).
-load = partial(A.load_result, NAME)
+load = partial(R.load_result, NAME)
 
 
 @experiment(NAME, "one-step training ground truth (SGD small/all, Adam β=0) vs ICP, IP, cosine, EK-FAC; "
