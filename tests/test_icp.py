@@ -17,9 +17,9 @@ from icp_influence.icp import (
     icp_win_rate,
     loglik_matrix,
     naive_loglik_matrix,
-    prefix_answer_logprobs,
     token_logprobs,
 )
+from icp_influence.icp_engine import prefix_answer_logprobs
 from icp_influence.lm import answer_logprobs
 from icp_influence.models import TINY_SPECS, load_model
 from icp_influence.scores import ScoreMatrix

@@ -14,8 +14,8 @@ import pytest
 from icp_influence.data import Example, load_alpaca
 from icp_influence.encoding import ContextTooLongWarning, PairEncoder, encode_pair
 from icp_influence.errors import ContextTooLongError
-from icp_influence.icp import (IcpScorer, loglik_matrix, naive_loglik_matrix, packed_supported, plan_passes,
-                               prefix_answer_logprobs)
+from icp_influence.icp import IcpScorer, loglik_matrix, naive_loglik_matrix
+from icp_influence.icp_engine import packed_supported, plan_passes, prefix_answer_logprobs
 from icp_influence.models import TINY_SPECS, load_model
 from icp_influence.synthetic import make_synthetic_pool
 from icp_influence.valuators import make

@@ -385,3 +385,11 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     mv = res["moves_the_model"]["instructions"]
     assert mv["best_arm"] == max(top, key=lambda a: top[a]["mean"])
     assert mv["gain_over_base"] == pytest.approx(top[mv["best_arm"]]["mean"] - res["base"]["instructions"], abs=1e-12)
+    text = FE.grid_verdict(res, "instructions")
+    for c in res["positive_controls"]:
+        assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and c["verdict"] in text
+    e = next(x for x in res["equivalence"] if (x["a"], x["b"], x["budget"]) == ("icp-top", "ip-top", bmax))
+    assert f"{bmax}: {e['diff']:+.4f} [{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}]" in text
+    e = next(x for x in res["equivalence"] if {x["a"], x["b"]} == {"icp-top", "length_matched_random"} and x["budget"] == bmax)
+    sign = 1 if e["a"] == "icp-top" else -1
+    assert "`icp-top` − `length_matched_random`" in text and f"{bmax}: {sign * e['diff']:+.4f}" in text

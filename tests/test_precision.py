@@ -208,9 +208,10 @@ def test_load_model_auto_keeps_fp32_weights_and_says_what_it_chose(monkeypatch, 
 
 def test_icp_bf16_with_fp32_attention_within_tolerance(tiny, monkeypatch):
     import icp_influence.icp as icp
+    import icp_influence.icp_engine as engine
 
     model, tok, cands, probes = tiny
     d32 = icp.IcpScorer(model, tok, probes[:3]).deltas(cands[:3])
-    monkeypatch.setattr(icp, "BF16_ATTENTION_FP32", True)
+    monkeypatch.setattr(engine, "BF16_ATTENTION_FP32", True)
     d16 = icp.IcpScorer(model, tok, probes[:3], precision="bf16").deltas(cands[:3])
     assert np.abs(d16 - d32).max() < 0.05 * float(np.abs(d32).max()) + 1e-3

@@ -567,12 +567,11 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
 
 
 def grid_jobs(gcfg: GridConfig, pool_name: str, have_gt: bool) -> list[tuple]:
-    """The main models in the order they are trained: the largest budget first (where the
-    positive controls are judged), then by seed, then by arm; ``gt-top`` only once the
-    referee covers the pool."""
+    """The main models in the order they are trained: the smallest budget first (the cheapest
+    models, so that an interrupted grid holds whole budgets with every arm and seed), then by
+    seed, then by arm; ``gt-top`` only once the referee covers the pool."""
     arms = [a for a in gcfg.arms if have_gt or a != "gt-top"]
-    return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name), reverse=True) for s in gcfg.seeds
-            for a in arms]
+    return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name)) for s in gcfg.seeds for a in arms]
 
 
 def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
@@ -785,3 +784,37 @@ def finetune_grid(*, smoke: bool = False, seed: int = 0) -> dict:
     return {"margin": res["margin"], "min_detectable_difference": res["min_detectable_difference"],
             "positive_controls": {f"{c['pool']} {c['a']} vs {c['b']} @{c['budget']}": c["verdict"]
                                   for c in res["positive_controls"]}}
+
+
+def grid_verdict(res: dict[str, Any], pool: str) -> str:
+    """Markdown for notebook 06, built from a grid result: the positive controls first (does
+    the test have power?), the minimum detectable difference, then each question of
+    :data:`GRID_QUESTIONS` at every budget, with its paired difference, interval and verdict."""
+    from ..stats import format_p
+
+    m, mdd = res["margin"][pool], res["min_detectable_difference"][pool]
+    ctl = [c for c in res["positive_controls"] if c["pool"] == pool]
+    ok = all(c["passed"] for c in ctl)
+    lines = [f"- **Power.** Margin ±{m:.4f} nats/token ({res['margin_rule']}); with {res['n_seeds']} paired seeds the "
+             f"smallest difference the paired test detects 80% of the time is {mdd:.4f}. Positive controls at budget "
+             f"{ctl[0]['budget'] if ctl else '—'}: "
+             + "; ".join(f"{c['a']} vs {c['b']} {c['diff']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] → "
+                         f"**{c['verdict']}**" for c in ctl)
+             + (" — the test can tell a good selection from a bad one." if ok else
+                " — **a control is not 'different'**: the test cannot tell these apart, so an 'equivalent' below says "
+                "little.")]
+    by = {(e["a"], e["b"], e["budget"]): e for e in res["equivalence"] if e["pool"] == pool}
+    for a, b, meaning in GRID_QUESTIONS:
+        parts = []
+        for budget in sorted({e["budget"] for e in by.values()}):
+            e, sign = by.get((a, b, budget)), 1
+            if e is None:
+                e, sign = by.get((b, a, budget)), -1
+            if e is None:
+                continue
+            lo, hi = sorted((sign * e["ci"][0], sign * e["ci"][1]))
+            parts.append(f"{budget}: {sign * e['diff']:+.4f} [{lo:+.4f}, {hi:+.4f}], TOST {format_p(e['p_tost'])} "
+                         f"→ **{e['verdict']}**")
+        if parts:
+            lines.append(f"- `{a}` − `{b}` ({meaning}): " + "; ".join(parts) + ".")
+    return "\n".join(lines)
