@@ -376,12 +376,17 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     sd = float(np.sqrt(np.mean([np.var(x, ddof=1) for x in diffs])))
     assert res["min_detectable_difference"]["instructions"] == pytest.approx(
         stats.min_detectable_difference(sd, len(gcfg.seeds)), rel=1e-9)
-    acc = res["accuracy"]["instructions"][str(bmax)]["icp-top"]
+    assert {"length_matched_random", "longest", "corrupted"} <= set(res["arms"]) and len(res["budgets"]) >= 2
+    acc = res["accuracy"]["icp-top"][str(bmax)]
     assert acc["mean"] == pytest.approx(np.mean([by[(bmax, "icp-top", s)]["accuracy"] for s in gcfg.seeds]))
+    for e in res["accuracy_differences"]:
+        d = np.subtract(*[[by[(e["budget"], x, s)]["accuracy"] for s in gcfg.seeds] for x in (e["a"], e["b"])])
+        assert e["diff"] == pytest.approx(d.mean(), abs=1e-12)
+        assert e["verdict"] == ("different" if e["ci"][0] > 0 or e["ci"][1] < 0 else "no detectable difference")
     # a second call trains nothing more and gives the same summary
     again = FE.run_grid("tiny", pools=("instructions",), progress=False)
     assert again["equivalence"] == res["equivalence"]
-    top = res["arms"]["instructions"][str(bmax)]
+    top = res["loglik"]["instructions"][str(bmax)]
     mv = res["moves_the_model"]["instructions"]
     assert mv["best_arm"] == max(top, key=lambda a: top[a]["mean"])
     assert mv["gain_over_base"] == pytest.approx(top[mv["best_arm"]]["mean"] - res["base"]["instructions"], abs=1e-12)

@@ -724,15 +724,21 @@ def min_detectable_difference(diffs_by_pair: list[list[float]], *, alpha: float 
 
 def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins: dict[str, float]) -> dict[str, Any]:
     """Per-arm means with CIs (log-likelihood and accuracy), every pair's TOST verdict, the
-    positive controls and the minimum detectable difference — the fields notebook 06 reads."""
+    positive controls and the minimum detectable difference — the fields notebook 06 reads.
+
+    ``arms``: the arm names; ``loglik``: pool → budget → arm → {mean, ci, seeds};
+    ``accuracy``: arm → budget → {mean, ci, seeds, pool} (the pools' budgets differ; where two
+    pools share a budget the key is ``"<pool>/<budget>"``); ``accuracy_differences``: each
+    question of :data:`GRID_QUESTIONS` as a paired difference of accuracy with its 95%
+    t-interval — a difference verdict only, since no accuracy margin was fixed in advance."""
     from .. import stats as S
 
     metric = "answer_loglik_per_token"
     arms_out: dict[str, Any] = {}
     accuracy: dict[str, Any] = {}
-    eq, controls, mdd = [], [], {}
+    eq, controls, mdd, acc_diff = [], [], {}, []
     for pool in gcfg.pools:
-        arms_out[pool], accuracy[pool] = {}, {}
+        arms_out[pool] = {}
         diffs_all = []
         for budget in gcfg.pool_budgets(pool):
             vals = {a: [done[(pool, budget, a, s)][metric] for s in gcfg.seeds] for a in gcfg.arms}
@@ -740,8 +746,18 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
             arms_out[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
                                            for a, v in vals.items()}
             if all(x is not None for v in acc.values() for x in v):
-                accuracy[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
-                                               for a, v in acc.items()}
+                shared = any(budget in gcfg.pool_budgets(q) for q in gcfg.pools if q != pool)
+                key = f"{pool}/{budget}" if shared else str(budget)
+                for a, v in acc.items():
+                    accuracy.setdefault(a, {})[key] = {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)),
+                                                       "seeds": v, "pool": pool}
+                for a, b, _ in GRID_QUESTIONS:
+                    if a in acc and b in acc:
+                        d = np.subtract(acc[a], acc[b])
+                        lo, hi = S.t_interval(d) if np.ptp(d) > 0 else (float(d[0]), float(d[0]))
+                        acc_diff.append({"pool": pool, "a": a, "b": b, "budget": budget, "diff": float(d.mean()),
+                                         "ci": [lo, hi], "verdict": "different" if lo > 0 or hi < 0
+                                         else "no detectable difference"})
             for a, b in itertools.combinations(gcfg.arms, 2):
                 t = S.tost_paired(vals[a], vals[b], margins[pool], alpha=gcfg.alpha)
                 diffs_all.append(list(np.subtract(vals[a], vals[b])))
@@ -766,7 +782,8 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                     "ratio": (top[best]["mean"] - base[p]) / sd if sd > 0 else float("inf")}
     return {"metric": metric, "design": gcfg.design, "margin": margins, "margin_rule": None,
             "min_detectable_difference": mdd, "n_seeds": len(gcfg.seeds), "budgets": gcfg.budgets,
-            "arms": arms_out, "accuracy": accuracy, "base": base, "base_accuracy": base_acc,
+            "arms": list(gcfg.arms), "loglik": arms_out, "accuracy": accuracy, "accuracy_differences": acc_diff,
+            "base": base, "base_accuracy": base_acc,
             "equivalence": eq, "positive_controls": controls, "moves_the_model": moves,
             "n_models": len(main), "seconds": sum(float(r.get("seconds", 0.0)) for r in main)}
 
