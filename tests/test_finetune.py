@@ -134,9 +134,13 @@ def test_smollm2_lora_lowers_heldout_loss(two_families):
 def test_numeric_match_reads_the_reference_final_number():
     ref = "Pens: 2 x $1.15 = $2.30.\nTotal: $7.47 + $2.30 = $9.77.\nYou should get $10.23 in change."
     assert F.numeric_match("The change is $10.23.", ref)
-    assert F.numeric_match("9.77 ... so 10.230 back", ref)            # the same number, written otherwise
-    assert not F.numeric_match("You should get $9.77 in change.", ref)  # an intermediate number is not the answer
-    assert F.numeric_match("about 1,609.344 m", "5 miles is 1,609.344 m")  # thousands separators
+    assert F.numeric_match("9.77 ... so 10.230 back", ref)                 # the same number, written otherwise
+    assert not F.numeric_match("You should get $9.77 in change.", ref)       # an intermediate number is not the answer
+    assert not F.numeric_match("10.23? No: 9.77 is the change.", ref)       # the answer is the last number written
+    # a continuation that starts a new example is cut there: numbers after it do not count
+    assert not F.numeric_match("It is 7.\n### Instruction: what is 10.23 + 0?", ref)
+    assert F.numeric_match("It is 10.23.\nInstruction: add 3 and 4, giving 7", ref)
+    assert F.numeric_match("about 1,609.344 m", "5 miles is 1,609.344 m")     # thousands separators
     assert not F.numeric_match("-3", "3")
-    assert not F.numeric_match("42", "no number here")
+    assert not F.numeric_match("42", "no number here") and not F.numeric_match("no number", "42")
     assert F.numbers_in("a -2.5 b 1,000 c 7") == [-2.5, 1000.0, 7.0]

@@ -340,7 +340,7 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     rows = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
     keys = [(r["budget"], r["arm"], r["seed"]) for r in rows]
     n_main = len(gcfg.budgets) * len(FE.GRID_ARMS) * len(gcfg.seeds)
-    assert len(keys) == len(set(keys)) == 1 + 2 * len(gcfg.pilot_seeds) + n_main == 1 + res["n_models"]
+    assert len(keys) == len(set(keys)) == 1 + 2 * len(gcfg.pilot_seeds) + n_main
     # the margin: a third of the pilot's mean icp-top − icp-bottom gap (pilot seeds only)
     by = {(r["budget"], r["arm"], r["seed"]): r for r in rows}
     bmax = max(gcfg.budgets)
@@ -370,7 +370,10 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
         t = stats.tost_paired(a, b, res["margin"]["instructions"], alpha=gcfg.alpha)
         assert e["verdict"] == t.verdict and e["diff"] == pytest.approx(t.diff, abs=1e-12)
     assert {(c["a"], c["b"]) for c in res["positive_controls"]} == set(FE.POSITIVE_CONTROLS)
-    assert all(c["budget"] == bmax and c["passed"] == (c["verdict"] == "different") for c in res["positive_controls"])
+    for c in res["positive_controls"]:   # passed: "different", with the expected arm the better one
+        better = (c["diff"] > 0) == (c["a"] == c["expected_better"])
+        assert c["budget"] == bmax and c["passed"] == (c["verdict"] == "different" and better)
+    assert res["n_models"] == n_main and res["n_pilot_models"] == 2 * len(gcfg.pilot_seeds)
     diffs = [np.subtract(*[[by[(b, x, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for x in pair])
              for b in gcfg.budgets for pair in itertools.combinations(FE.GRID_ARMS, 2)]
     sd = float(np.sqrt(np.mean([np.var(x, ddof=1) for x in diffs])))
@@ -398,3 +401,15 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     e = next(x for x in res["equivalence"] if {x["a"], x["b"]} == {"icp-top", "length_matched_random"} and x["budget"] == bmax)
     sign = 1 if e["a"] == "icp-top" else -1
     assert "`icp-top` − `length_matched_random`" in text and f"{bmax}: {sign * e['diff']:+.4f}" in text
+    assert FE.referee_path("tiny", "instructions").with_suffix(".json").exists()   # one referee file per pool
+    # a changed configuration, or pilot seeds among the main seeds, is refused before any model
+    with pytest.raises(ConfigError, match="another configuration"):
+        FE.run_grid("tiny", pools=("instructions",), progress=False, epochs=2)
+    with pytest.raises(ConfigError, match="pilot"):
+        FE.run_grid("tiny", pools=("instructions",), progress=False, pilot_seeds=[0, 100])
+    # a line torn by a killed process is skipped (its model is trained again), and the next row stays whole
+    path = FE.grid_dir("tiny") / "runs.jsonl"
+    path.write_text(path.read_text() + '{"pool": "instructions", "budg', encoding="utf-8")
+    assert len(FE._runs(path)) == len(rows)
+    FE._append(path, {"pool": "x", "budget": 1, "arm": "y", "seed": 0})
+    assert ("x", 1, "y", 0) in FE._runs(path) and len(FE._runs(path)) == len(rows) + 1

@@ -262,15 +262,21 @@ def numbers_in(text: str) -> list[float]:
     return out
 
 
+#: Where a greedy continuation starts a new example of the prompt format (it is cut there).
+_NEXT_EXAMPLE = re.compile(r"\n\s*(?:###|Instruction:|Input:|Response:)")
+
+
 def numeric_match(prediction: str, reference: str) -> bool:
-    """The reference's final answer — the **last** number it writes — is among the numbers
-    of the prediction (equal to 1e-9 relative). For worked answers that end on their
-    result ("... You should get $10.23 in change."); ``False`` when the reference has no number."""
+    """The **last** number of the prediction equals the last number of the reference (to 1e-9
+    relative): worked answers end on their result ("... You should get $10.23 in change.").
+    The prediction is first cut where it starts another example of the prompt format, so a
+    model that rambles on into new instructions, or repeats numbers of the question, is not
+    credited for a number it wrote along the way. ``False`` when either has no number."""
     ref = numbers_in(reference)
-    if not ref:
+    pred = numbers_in(_NEXT_EXAMPLE.split(prediction, maxsplit=1)[0])
+    if not ref or not pred:
         return False
-    want = ref[-1]
-    return any(abs(x - want) <= 1e-9 * max(1.0, abs(want)) for x in numbers_in(prediction))
+    return abs(pred[-1] - ref[-1]) <= 1e-9 * max(1.0, abs(ref[-1]))
 
 
 @dataclass

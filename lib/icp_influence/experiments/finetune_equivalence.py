@@ -86,13 +86,18 @@ def selections(ecfg: EquivalenceConfig, mats: dict[str, Any], gts: dict[str, Any
     }
 
 
+def referee_path(mode: str, data_name: str, ground_truth: str = "gt_sgd_all") -> Path:
+    """Where the referee over one pool's every candidate is saved (one matrix per pool)."""
+    return results_dir() / f"{NAME}-{mode}" / f"{ground_truth}_pool_{data_name}"
+
+
 def pool_referee(mode: str = "full", data_name: str = "instructions", *, seed: int = 0, step: int | None = None,
                  ground_truth: str = "gt_sgd_all", progress: bool = True, log=print, opened=None):
     """The one-step referee (``ground_truth``) on **every** candidate of the pool, for the
     ``gt-top`` arm: the ground-truth run scored only its ablation candidates.
 
-    Saved as ``<results>/finetune-equivalence-<mode>/<ground_truth>_pool`` (the ScoreMatrix
-    files, committed), starting from the ground-truth run's own rows (same configuration
+    Saved as ``<results>/finetune-equivalence-<mode>/<ground_truth>_pool_<data_name>`` (the
+    ScoreMatrix files, committed; :func:`referee_path`), starting from the ground-truth run's own rows (same configuration
     hash, same probes). ``step``: grow the matrix by this many candidates at a time, saving
     after each step, so that a run stopped after hours keeps every finished step (the
     chunks of the step in progress resume too). Returns the matrix once it holds the pool.
@@ -105,9 +110,9 @@ def pool_referee(mode: str = "full", data_name: str = "instructions", *, seed: i
     from .ground_truth import GroundTruthConfig, referee
 
     acfg, model, tok, d, adir = opened or A.open_run(mode, data_name, seed)
-    out = results_dir() / f"{NAME}-{mode}"
+    path = referee_path(mode, data_name, ground_truth)
+    out, name = path.parent, path.name
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{ground_truth}_pool"
     v = referee(GroundTruthConfig.for_mode(mode, seed), acfg, model, tok, ground_truth, progress=progress)
     want = config_hash(v.config())
     if not (out / f"{name}.json").exists() and (adir / f"{ground_truth}.json").exists():
@@ -127,8 +132,12 @@ def pool_referee(mode: str = "full", data_name: str = "instructions", *, seed: i
         batch = todo[: step or len(todo)]
         log(f"{name}: {len(have)} of {len(pool)} candidates scored; next {len(batch)}")
         cands = [c for c in pool if c.id in have or c.id in {b.id for b in batch}]
+        step_dir = out / "runs" / (f"{name}+{len(batch)}" if have else name)
+        if (step_dir / "run.json").exists() and json.loads((step_dir / "run.json").read_text(encoding="utf-8")).get(
+                "candidate_ids") != [b.id for b in batch]:
+            shutil.rmtree(step_dir)  # an earlier step's chunks (stopped between saving and clearing): not this batch
         R.scored_matrix(v, want, cands, probes, out, name, log=log)
-        shutil.rmtree(out / "runs" / f"{name}+{len(batch)}", ignore_errors=True)  # saved in the matrix
+        shutil.rmtree(step_dir, ignore_errors=True)  # saved in the matrix
 
 
 def _runs(path: Path) -> dict[tuple, dict[str, Any]]:
@@ -136,7 +145,10 @@ def _runs(path: Path) -> dict[tuple, dict[str, Any]]:
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                r = json.loads(line)
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:  # a line torn by a killed process: that model is trained again
+                    continue
                 out[(r["pool"], r["budget"], r["arm"], r["seed"])] = r
     return out
 
@@ -144,8 +156,9 @@ def _runs(path: Path) -> dict[tuple, dict[str, Any]]:
 def _append(path: Path, row: dict[str, Any]) -> None:
     import os
 
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+        fh.write(("\n" if torn else "") + json.dumps(row) + "\n")   # a torn last line stays apart from this row
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -546,7 +559,7 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
     """Fine-tune on ``ids`` and score the model: held-out answer log-likelihood per token, and
     accuracy on checkable answers (synthetic: exact match on the held-out set; instructions:
     numeric match of the final answer on ``checkable``, greedy, ``max_new_tokens``)."""
-    from ..finetune import FinetuneConfig, evaluate, finetune, numeric_match
+    from ..finetune import FinetuneConfig, evaluate, finetune
     from ..lm import generate_answer
 
     t0 = time.perf_counter()
@@ -558,20 +571,29 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
     if exact:
         row["accuracy"] = row["exact_match"]
     elif checkable:
-        hits = [numeric_match(generate_answer(tuned, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens,
-                                              first_line=False), e.output) for e in checkable]
-        row["accuracy"] = float(np.mean(hits))
-        row["n_checkable"] = len(hits)
+        preds = [generate_answer(tuned, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens,
+                                 first_line=False) for e in checkable]
+        row.update(checkable_accuracy(preds, checkable))
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
 
-def grid_jobs(gcfg: GridConfig, pool_name: str, have_gt: bool) -> list[tuple]:
+def checkable_accuracy(predictions: list[str], checkable) -> dict[str, Any]:
+    """``accuracy`` (:func:`~icp_influence.finetune.numeric_match` of each greedy answer),
+    ``n_checkable`` and the ``predictions`` themselves, kept so that the score can be recomputed."""
+    from ..finetune import numeric_match
+
+    hits = [numeric_match(p, e.output) for p, e in zip(predictions, checkable)]
+    return {"accuracy": float(np.mean(hits)), "n_checkable": len(hits),
+            "predictions": {e.id: p for e, p in zip(checkable, predictions)}}
+
+
+def grid_jobs(gcfg: GridConfig, pool_name: str) -> list[tuple]:
     """The main models in the order they are trained: the smallest budget first (the cheapest
     models, so that an interrupted grid holds whole budgets with every arm and seed), then by
-    seed, then by arm; ``gt-top`` only once the referee covers the pool."""
-    arms = [a for a in gcfg.arms if have_gt or a != "gt-top"]
-    return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name)) for s in gcfg.seeds for a in arms]
+    seed, then by arm. ``gt-top`` is always in the list, so that a shard's share (every
+    ``world``-th job) does not shift when the referee completes; it is skipped until then."""
+    return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name)) for s in gcfg.seeds for a in gcfg.arms]
 
 
 def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
@@ -588,17 +610,24 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
     from ..utils import atomic_write_json, code_version, config_hash
     from .ground_truth import answer_tokens
 
+    from ..errors import ConfigError
+
     gcfg = replace(GridConfig.for_mode(mode, seed), **overrides)
+    if set(gcfg.pilot_seeds) & set(gcfg.seeds):
+        raise ConfigError(f"The pilot's seeds {gcfg.pilot_seeds} must not be main seeds {gcfg.seeds}: the margin "
+                          "would then depend on the models it judges.")
     rank, world = shard
     out = grid_dir(mode)
     out.mkdir(parents=True, exist_ok=True)
     runs_path, margin_path = out / "runs.jsonl", out / "margin.json"
+    want = config_hash(gcfg.to_dict())
+    for path in (out / "config.json", margin_path):  # every shard, every start: one configuration per grid folder
+        if path.exists() and json.loads(path.read_text(encoding="utf-8")).get("config_hash") != want:
+            raise ConfigError(f"{path} belongs to another configuration of the grid; move {out} away to start a new one.")
+    if not (out / "config.json").exists():
+        atomic_write_json(out / "config.json", {"config_hash": want, "config": gcfg.to_dict()})
     done = _runs(runs_path)
     record = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.exists() else {}
-    if record and record.get("config_hash") != config_hash(gcfg.to_dict()):
-        from ..errors import ConfigError
-
-        raise ConfigError(f"{margin_path} was fixed for another configuration; move {out} away to start a new grid.")
     margins = dict(record.get("margin", {}))
     t0 = time.perf_counter()
     complete = True
@@ -607,11 +636,13 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         acfg, model, tok, d, adir = opened
         pool = d["pool"]
         mats = A.score_all(acfg, d, model, tok, adir, only=["icp", "ip"], progress=progress)
-        gt_path = results_dir() / f"{NAME}-{mode}" / f"{gcfg.ground_truth}_pool"
+        gt_path = referee_path(mode, pool_name, gcfg.ground_truth)
         gt = ScoreMatrix.load(gt_path) if gt_path.with_suffix(".json").exists() else None
-        if gt is not None and set(gt.candidate_ids) != {e.id for e in pool}:
-            log(f"{pool_name}: the referee covers {len(gt.candidate_ids)} of {len(pool)} candidates; "
-                "gt-top waits for it (pool_referee)")
+        if gt is not None and (set(gt.candidate_ids) != {e.id for e in pool}
+                               or gt.probe_ids != [p.id for p in d["probes"]]):
+            log(f"{pool_name}: the referee covers {len(gt.candidate_ids)} of {len(pool)} candidates (on this run's "
+                "probes: " + ("yes" if gt.probe_ids == [p.id for p in d["probes"]] else "no")
+                + "); gt-top waits for it (pool_referee)")
             gt = None
         lengths = answer_tokens(tok, pool, [e.id for e in pool], gcfg.template)
         exact = pool_name == "synthetic"
@@ -625,13 +656,11 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
             if exact:
                 row["accuracy"] = row["exact_match"]
             elif checkable:
-                from ..finetune import numeric_match
                 from ..lm import generate_answer
 
-                row["accuracy"] = float(np.mean([numeric_match(generate_answer(
-                    model, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens, first_line=False),
-                    e.output) for e in checkable]))
-                row["n_checkable"] = len(checkable)
+                row.update(checkable_accuracy([generate_answer(model, tok, e, template=gcfg.template,
+                                                               max_new_tokens=gcfg.max_new_tokens, first_line=False)
+                                               for e in checkable], checkable))
             row = {"pool": pool_name, "budget": 0, "arm": "base", "seed": -1, **row}
             _record(runs_path, done, row)
         bmax = max(gcfg.pool_budgets(pool_name))
@@ -654,12 +683,12 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
                 "margin": margins, "config_hash": config_hash(gcfg.to_dict()),
                 "rule": (f"{gcfg.margin_fraction:.4g} of the pilot's mean icp-top − icp-bottom gap in held-out answer "
                          f"log-likelihood per token at budget {bmax} (pilot seeds {gcfg.pilot_seeds}, which no main "
-                         "seed enters), fixed before any main model"),
+                         "seed enters), fixed from the pilot alone"),
                 "pilot": {**record.get("pilot", {}), pool_name: {"gaps": gaps, "gap": gap,
                                                                  "base": done[key_base]["answer_loglik_per_token"]}}})
             log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
-        jobs = grid_jobs(gcfg, pool_name, gt is not None)
-        mine = [k for j, k in enumerate(jobs) if j % world == rank and k not in done]
+        jobs = grid_jobs(gcfg, pool_name)
+        mine = [k for j, k in enumerate(jobs) if j % world == rank and k not in done and (gt is not None or k[2] != "gt-top")]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -668,6 +697,8 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         sels_by_budget = {b: grid_selections(gcfg, pool, mats, gt, lengths, b) for b in gcfg.pool_budgets(pool_name)}
         for key in mine:
             _, budget, arm, s = key
+            if key in _runs(runs_path):  # trained meanwhile by another process (a shard started with another world)
+                continue
             sel = sels_by_budget[budget][arm]
             ids = list(sel(s) if callable(sel) else sel)
             row = {"pool": pool_name, "budget": budget, "arm": arm, "seed": s,
@@ -680,7 +711,9 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         if bar is not None:
             bar.close()
         done = _runs(runs_path)
-        complete &= gt is not None and all(k in done for k in grid_jobs(gcfg, pool_name, True))
+        complete &= gt is not None and all(k in done for k in grid_jobs(gcfg, pool_name))
+    if margin_path.exists():  # rank 0 may have fixed a margin since this shard started
+        margins.update(json.loads(margin_path.read_text(encoding="utf-8"))["margin"])
     if not complete or any(p not in margins for p in gcfg.pools):
         log(f"grid shard {rank + 1}/{world}: this share is done; the grid is not complete yet "
             f"({sum(1 for r in done.values() if not r.get('pilot') and r['arm'] != 'base')} main models so far)")
@@ -717,9 +750,10 @@ def min_detectable_difference(diffs_by_pair: list[list[float]], *, alpha: float 
     from ..stats import min_detectable_difference as mdd
 
     d = [np.asarray(x, float) for x in diffs_by_pair if len(x) >= 2]
-    n = len(d[0])
+    if not d or len({x.size for x in d}) != 1:
+        return float("nan")  # no paired seeds, or pairs of different sizes: no single design to state
     sd = float(np.sqrt(np.mean([x.var(ddof=1) for x in d])))
-    return mdd(sd, n, alpha=alpha, power=power)
+    return mdd(sd, d[0].size, alpha=alpha, power=power) if sd > 0 else 0.0
 
 
 def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins: dict[str, float]) -> dict[str, Any]:
@@ -740,9 +774,13 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
     for pool in gcfg.pools:
         arms_out[pool] = {}
         diffs_all = []
+        exact = pool == "synthetic"
         for budget in gcfg.pool_budgets(pool):
             vals = {a: [done[(pool, budget, a, s)][metric] for s in gcfg.seeds] for a in gcfg.arms}
-            acc = {a: [done[(pool, budget, a, s)].get("accuracy") for s in gcfg.seeds] for a in gcfg.arms}
+            # accuracy counts only where it was scored by the current rule: exact match, or a numeric match
+            # whose greedy answers were kept (rows without them came from an earlier rule)
+            acc = {a: [r.get("accuracy") if (exact or "predictions" in r) else None
+                       for r in (done[(pool, budget, a, s)] for s in gcfg.seeds)] for a in gcfg.arms}
             arms_out[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
                                            for a, v in vals.items()}
             if all(x is not None for v in acc.values() for x in v):
@@ -765,12 +803,14 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                            "ci": list(t.ci), "p_tost": t.p_tost, "margin": t.margin, "verdict": t.verdict, "n": t.n})
         mdd[pool] = min_detectable_difference(diffs_all, alpha=gcfg.alpha)
         bmax = max(gcfg.pool_budgets(pool))
-        for a, b in POSITIVE_CONTROLS:
+        for a, b in POSITIVE_CONTROLS:  # the first arm must be the better one, and detectably so
             e = next(x for x in eq if x["pool"] == pool and x["budget"] == bmax and {x["a"], x["b"]} == {a, b})
-            controls.append({**e, "passed": e["verdict"] == "different"})
+            better = (e["diff"] > 0) == (e["a"] == a)
+            controls.append({**e, "expected_better": a, "passed": e["verdict"] == "different" and better})
     base = {p: done[(p, 0, "base", -1)][metric] for p in gcfg.pools}
     base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") for p in gcfg.pools}
-    main = [r for r in done.values() if r["arm"] != "base"]
+    main = [r for r in done.values() if r["arm"] != "base" and not r.get("pilot")]
+    pilot = [r for r in done.values() if r.get("pilot")]
     # does the largest budget move the model? the best arm's gain over the base model against
     # the seed-to-seed spread (standard deviation over the paired seeds) of that arm
     moves = {}
@@ -785,7 +825,8 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
             "arms": list(gcfg.arms), "loglik": arms_out, "accuracy": accuracy, "accuracy_differences": acc_diff,
             "base": base, "base_accuracy": base_acc,
             "equivalence": eq, "positive_controls": controls, "moves_the_model": moves,
-            "n_models": len(main), "seconds": sum(float(r.get("seconds", 0.0)) for r in main)}
+            "n_models": len(main), "n_pilot_models": len(pilot),
+            "seconds": sum(float(r.get("seconds", 0.0)) for r in main + pilot)}
 
 
 @experiment("finetune-grid", "the fine-tuning test with power: budgets 32/64/128 of the whole pool, eight arms (length-"
