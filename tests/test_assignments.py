@@ -118,6 +118,7 @@ def test_write_course_lays_out_nbgrader_source(tmp_path):
     config = (tmp_path / "course" / "nbgrader_config.py").read_text()
     assert f"c.CourseDirectory.root = {str((tmp_path / 'course').resolve())!r}" in config
     assert "c.Execute.timeout" in config and "c.ClearSolutions.enforce_metadata = True" in config
+    assert "c.Execute.startup_timeout" in config   # a slow kernel start on a busy machine is not a failed notebook
     for p in GRADED:
         src = _read(tmp_path / "course" / "source" / p.stem / p.name)
         assert len(src.cells) == len(_read(p).cells)

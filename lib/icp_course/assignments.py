@@ -141,6 +141,8 @@ c.CourseDirectory.root = {str(course_dir.resolve())!r}
 c.CourseDirectory.course_id = {COURSE_ID!r}
 # Autograding executes whole notebooks (smoke mode unless `grade --full`): allow slow cells, keep going on errors.
 c.Execute.timeout = int(os.environ.get("ICP_GRADE_TIMEOUT", "900"))
+# A kernel on a busy machine can take longer than the default 60 s to start; then nothing of the notebook is graded.
+c.Execute.startup_timeout = int(os.environ.get("ICP_KERNEL_STARTUP_TIMEOUT", "600"))
 c.Execute.allow_errors = True
 c.Autograde.autograde_preprocessors = autograde_preprocessors()  # Execute → the re-polling client (nbrun)
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}

@@ -23,6 +23,10 @@ class NotebookRun:
     error: str | None = None
 
 
+#: Seconds a kernel may take to start: on a busy laptop (or a CI machine running other work) the
+#: client's default of 60 s is not enough, and the whole notebook then fails before its first cell.
+STARTUP_TIMEOUT = int(os.environ.get("ICP_KERNEL_STARTUP_TIMEOUT", "600"))
+
 def _sliced(get_msg, step: float = 1.0):
     """Wrap a channel's ``get_msg`` so it re-polls every ``step`` seconds up to its timeout.
 
@@ -92,7 +96,7 @@ def run_in_kernel(nb, cwd: str | Path, *, smoke: bool = True, timeout: int = 900
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures inline, whatever the caller uses
     try:
         _client_class()(nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
-                        resources={"metadata": {"path": str(cwd)}}).execute()
+                        startup_timeout=STARTUP_TIMEOUT, resources={"metadata": {"path": str(cwd)}}).execute()
     finally:
         for k, v in saved.items():
             if v is None:
