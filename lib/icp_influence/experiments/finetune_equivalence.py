@@ -560,7 +560,6 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
     accuracy on checkable answers (synthetic: exact match on the held-out set; instructions:
     numeric match of the final answer on ``checkable``, greedy, ``max_new_tokens``)."""
     from ..finetune import FinetuneConfig, evaluate, finetune
-    from ..lm import generate_answer
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(method=gcfg.method, epochs=gcfg.epochs, batch_size=gcfg.batch_size, lr=gcfg.lr,
@@ -571,18 +570,20 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
     if exact:
         row["accuracy"] = row["exact_match"]
     elif checkable:
-        preds = [generate_answer(tuned, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens,
-                                 first_line=False) for e in checkable]
-        row.update(checkable_accuracy(preds, checkable))
+        row.update(checkable_accuracy(tuned, tok, checkable, gcfg))
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
 
-def checkable_accuracy(predictions: list[str], checkable) -> dict[str, Any]:
-    """``accuracy`` (:func:`~icp_influence.finetune.numeric_match` of each greedy answer),
-    ``n_checkable`` and the ``predictions`` themselves, kept so that the score can be recomputed."""
+def checkable_accuracy(model, tok, checkable, gcfg: GridConfig) -> dict[str, Any]:
+    """Greedy answers of ``model`` to the checkable examples, scored: ``accuracy``
+    (:func:`~icp_influence.finetune.numeric_match`), ``n_checkable`` and the ``predictions``
+    themselves, kept so that the score can be recomputed."""
     from ..finetune import numeric_match
+    from ..lm import generate_answer
 
+    predictions = [generate_answer(model, tok, e, template=gcfg.template, max_new_tokens=gcfg.max_new_tokens,
+                                   first_line=False) for e in checkable]
     hits = [numeric_match(p, e.output) for p, e in zip(predictions, checkable)]
     return {"accuracy": float(np.mean(hits)), "n_checkable": len(hits),
             "predictions": {e.id: p for e, p in zip(checkable, predictions)}}
@@ -656,11 +657,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
             if exact:
                 row["accuracy"] = row["exact_match"]
             elif checkable:
-                from ..lm import generate_answer
-
-                row.update(checkable_accuracy([generate_answer(model, tok, e, template=gcfg.template,
-                                                               max_new_tokens=gcfg.max_new_tokens, first_line=False)
-                                               for e in checkable], checkable))
+                row.update(checkable_accuracy(model, tok, checkable, gcfg))
             row = {"pool": pool_name, "budget": 0, "arm": "base", "seed": -1, **row}
             _record(runs_path, done, row)
         bmax = max(gcfg.pool_budgets(pool_name))
