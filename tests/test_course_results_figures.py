@@ -81,6 +81,27 @@ def test_finetune_figures():
     assert "different" in ax.get_yticklabels()[0].get_text() and _legend_outside(ax)
 
 
+def test_grid_gains_shows_every_seed_and_interval_as_a_gain_over_base():
+    from icp_course.figcheck import problems
+
+    style.use()
+    rng = np.random.default_rng(1)
+    arms = ["icp-bottom", "icp-top", "random", "corrupted"]
+    loglik = {b: {a: {"seeds": list(-2.3 + 0.01 * i + rng.normal(0, 0.002, 5))} for i, a in enumerate(arms)}
+              for b in ("32", "64")}
+    for b in loglik.values():
+        for v in b.values():
+            v["mean"], v["ci"] = float(np.mean(v["seeds"])), [float(min(v["seeds"])), float(max(v["seeds"]))]
+    fig = PF.grid_gains(loglik, base=-2.43, title="gains")
+    ax = fig.axes[0]
+    # the grid's order (valuators first, bad selections last), whatever order the result holds
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["icp-top", "random", "icp-bottom", "corrupted"]
+    dots = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections if len(c.get_offsets()) == 5])
+    assert np.allclose(sorted(dots), sorted(v - -2.43 for b in loglik.values() for a in b.values() for v in a["seeds"]))
+    assert "gain over the base model" in ax.get_xlabel() and _legend_outside(ax) and problems(fig) == []
+    plt.close("all")
+
+
 def test_palette_tokens_and_tables():
     assert len(set(map(tuple, style.palette(14)))) == 14 and len(set(map(tuple, style.palette(26)))) == 26
     assert fmt(0.123456) == "0.123" and fmt(float("nan")) == "–" and fmt(None) == "–"

@@ -335,6 +335,7 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     assert sum("next" in line for line in log) >= 2                           # grown in steps
 
     assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
+    assert FE.grid_so_far("tiny", pools=("instructions",)) is None          # half of every budget: no budget complete yet
     res = FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(1, 2))
     gcfg = FE.GridConfig.for_mode("tiny")
     rows = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
@@ -402,6 +403,28 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     sign = 1 if e["a"] == "icp-top" else -1
     assert "`icp-top` − `length_matched_random`" in text and f"{bmax}: {sign * e['diff']:+.4f}" in text
     assert FE.referee_path("tiny", "instructions").with_suffix(".json").exists()   # one referee file per pool
+    # read while running: the summary over the complete budgets only
+    path = FE.grid_dir("tiny") / "runs.jsonl"
+    so = FE.grid_so_far("tiny", pools=("instructions",))
+    assert so["complete"] and so["n_trained"] == so["n_planned"] == n_main and so["equivalence"] == res["equivalence"]
+    lines = path.read_text().splitlines()
+    gone = next(i for i, x in enumerate(lines) if json.loads(x)["budget"] == bmax and not json.loads(x).get("pilot"))
+    path.write_text("\n".join(lines[:gone] + lines[gone + 1:]) + "\n")
+    so = FE.grid_so_far("tiny", seed=0, pools=("instructions",))
+    bmin = min(gcfg.budgets)
+    assert not so["complete"] and so["n_trained"] == n_main - 1 and so["budgets_done"] == {"instructions": [bmin]}
+    assert so["equivalence"] == [e for e in res["equivalence"] if e["budget"] == bmin]
+    assert [c["budget"] for c in so["positive_controls"]] == [bmin] * len(FE.POSITIVE_CONTROLS)
+    # a row scored by an earlier accuracy rule (no greedy answers kept) is trained again, and its new row wins
+    old = json.loads(lines[gone])
+    FE._append(path, {k: v for k, v in old.items() if k != "predictions"})
+    key = (old["pool"], old["budget"], old["arm"], old["seed"])
+    assert "predictions" not in FE._runs(path)[key]
+    assert FE.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == 1
+    again = FE.run_grid("tiny", pools=("instructions",), progress=False)
+    new = FE._runs(path)[key]
+    assert "predictions" in new and new["answer_loglik_per_token"] == pytest.approx(old["answer_loglik_per_token"], abs=1e-4)
+    assert len(path.read_text().splitlines()) == len(lines) + 1 and again["n_models"] == n_main
     # a changed configuration, or pilot seeds among the main seeds, is refused before any model
     with pytest.raises(ConfigError, match="another configuration"):
         FE.run_grid("tiny", pools=("instructions",), progress=False, epochs=2)

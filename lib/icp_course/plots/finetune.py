@@ -99,3 +99,41 @@ def training_curve(losses: Sequence[float], *, steps_per_epoch: int | None = Non
         ax.set_title(textwrap.fill(title, 56))
     legend_outside(ax, fontsize=8)
     return fig
+
+
+#: The grid's arms in the order its figures list them: the two valuators, the referee, the
+#: length and random controls, then the selections meant to be bad (notebook 06).
+GRID_ORDER = ("icp-top", "ip-top", "gt-top", "longest", "length_matched_random", "random", "icp-bottom", "corrupted")
+
+
+def grid_gains(loglik: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: float, title: str = "",
+               metric_label: str = "gain over the base model (nats / token)"):
+    """The grid's outcome per arm: each seed's gain over the base model (dots), the arm's mean and
+    its 95% t-interval (bar), one colour per budget. ``loglik``: budget → arm → {mean, ci, seeds}."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    budgets = sorted(loglik, key=int)
+    arms = [a for a in GRID_ORDER if a in loglik[budgets[0]]] + [a for a in loglik[budgets[0]] if a not in GRID_ORDER]
+    seeds = pd.DataFrame([{"arm": a, "budget": str(b), "gain": v - base}
+                          for b in budgets for a in arms for v in loglik[b][a]["seeds"]])
+    fig, ax = plt.subplots(figsize=(7.2, 0.42 * len(arms) * max(1, len(budgets)) ** 0.5 + 1.6))
+    pal = dict(zip(map(str, budgets), palette(max(3, len(budgets)))))
+    sns.stripplot(data=seeds, x="gain", y="arm", hue="budget", order=arms, hue_order=list(map(str, budgets)),
+                  palette=pal, dodge=len(budgets) > 1, alpha=0.45, size=4, jitter=0.15, ax=ax, legend=False)
+    width = 0.8 / len(budgets)
+    for i, b in enumerate(budgets):
+        off = (i - (len(budgets) - 1) / 2) * width if len(budgets) > 1 else 0.0
+        for y, a in enumerate(arms):
+            v = loglik[b][a]
+            lo, hi = v["ci"]
+            ax.errorbar([v["mean"] - base], [y + off], xerr=[[v["mean"] - lo], [hi - v["mean"]]], fmt="D", ms=5,
+                        capsize=3, color=pal[str(b)], label=f"budget {b}: mean, 95% CI" if y == 0 else None)
+    ax.axvline(0, color="black", lw=0.8, ls="--", label="base model")
+    ax.set_xlabel(metric_label)
+    ax.set_ylabel("")
+    if title:
+        ax.set_title(textwrap.fill(title, 60))
+    legend_outside(ax, fontsize=8)
+    return fig

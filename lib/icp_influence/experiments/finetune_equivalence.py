@@ -601,7 +601,9 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
              **overrides: Any) -> dict[str, Any] | None:
     """Train every model of the grid not yet in ``grid/runs.jsonl`` (resumable, sharded like
     :func:`run`), then summarise into ``finetune-equivalence-<mode>.json`` once every model,
-    ``gt-top`` included, is there. Rank 0 trains the base model and the pilot first and fixes
+    ``gt-top`` included, is there. A model whose row lacks its greedy answers (scored by an
+    earlier accuracy rule) is trained again after the new ones of its budget; its new row, appended, replaces
+    the old one (the last row of a key wins). Rank 0 trains the base model and the pilot first and fixes
     the margin; the other ranks start their share of the main models at once (the margin is
     needed only to summarise)."""
     from dataclasses import replace
@@ -685,7 +687,10 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
                                                                  "base": done[key_base]["answer_loglik_per_token"]}}})
             log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
         jobs = grid_jobs(gcfg, pool_name)
-        mine = [k for j, k in enumerate(jobs) if j % world == rank and k not in done and (gt is not None or k[2] != "gt-top")]
+        stale = lambda row: not exact and "predictions" not in row   # noqa: E731  accuracy from an earlier rule
+        mine = [k for j, k in enumerate(jobs) if j % world == rank and (k not in done or stale(done[k]))
+                and (gt is not None or k[2] != "gt-top")]
+        mine.sort(key=lambda k: (k[1], k in done))   # per budget: new models, then those whose answers were not kept
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -694,7 +699,8 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         sels_by_budget = {b: grid_selections(gcfg, pool, mats, gt, lengths, b) for b in gcfg.pool_budgets(pool_name)}
         for key in mine:
             _, budget, arm, s = key
-            if key in _runs(runs_path):  # trained meanwhile by another process (a shard started with another world)
+            latest = _runs(runs_path).get(key)
+            if latest is not None and not stale(latest):  # trained meanwhile by another process (another world)
                 continue
             sel = sels_by_budget[budget][arm]
             ids = list(sel(s) if callable(sel) else sel)
@@ -708,7 +714,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         if bar is not None:
             bar.close()
         done = _runs(runs_path)
-        complete &= gt is not None and all(k in done for k in grid_jobs(gcfg, pool_name))
+        complete &= gt is not None and all(k in done and not stale(done[k]) for k in grid_jobs(gcfg, pool_name))
     if margin_path.exists():  # rank 0 may have fixed a margin since this shard started
         margins.update(json.loads(margin_path.read_text(encoding="utf-8"))["margin"])
     if not complete or any(p not in margins for p in gcfg.pools):
@@ -804,6 +810,10 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
             e = next(x for x in eq if x["pool"] == pool and x["budget"] == bmax and {x["a"], x["b"]} == {a, b})
             better = (e["diff"] > 0) == (e["a"] == a)
             controls.append({**e, "expected_better": a, "passed": e["verdict"] == "different" and better})
+    # what each arm selected: mean answer length and share of corrupted examples over the seeds
+    selected = {p: {str(b): {a: {k: float(np.mean([done[(p, b, a, s)].get(f"selected_{k}", np.nan) for s in gcfg.seeds]))
+                                 for k in ("answer_tokens", "noisy_fraction")} for a in gcfg.arms}
+                    for b in gcfg.pool_budgets(p)} for p in gcfg.pools}
     base = {p: done[(p, 0, "base", -1)][metric] for p in gcfg.pools}
     base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") for p in gcfg.pools}
     main = [r for r in done.values() if r["arm"] != "base" and not r.get("pilot")]
@@ -819,11 +829,57 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                     "ratio": (top[best]["mean"] - base[p]) / sd if sd > 0 else float("inf")}
     return {"metric": metric, "design": gcfg.design, "margin": margins, "margin_rule": None,
             "min_detectable_difference": mdd, "n_seeds": len(gcfg.seeds), "budgets": gcfg.budgets,
-            "arms": list(gcfg.arms), "loglik": arms_out, "accuracy": accuracy, "accuracy_differences": acc_diff,
+            "arms": list(gcfg.arms), "loglik": arms_out, "selected": selected, "accuracy": accuracy, "accuracy_differences": acc_diff,
             "base": base, "base_accuracy": base_acc,
             "equivalence": eq, "positive_controls": controls, "moves_the_model": moves,
             "n_models": len(main), "n_pilot_models": len(pilot),
             "seconds": sum(float(r.get("seconds", 0.0)) for r in main + pilot)}
+
+
+def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str, Any] | None:
+    """The grid's summary over the models trained so far, for reading a grid that is still
+    running (hours of CPU per budget): :func:`summarise_grid` on the budgets of each pool where
+    **every** arm has **every** seed, with the positive controls and the power read at the
+    largest such budget. ``complete`` says whether that is the whole grid; ``n_trained`` and
+    ``n_planned`` count the main models; ``accuracy_pending``: models of the complete budgets
+    still to be retrained for their greedy answers (:func:`run_grid` does that). None until one budget of one pool is complete.
+    Rows whose accuracy came from an earlier rule count for log-likelihood only
+    (:func:`summarise_grid` leaves accuracy out at their budget). ``overrides``: as given to
+    :func:`run_grid`."""
+    from dataclasses import replace
+
+    from ..errors import ConfigError
+    from ..utils import config_hash
+
+    gcfg = replace(GridConfig.for_mode(mode, seed), **overrides)
+    out = grid_dir(mode)
+    if not (out / "margin.json").exists():
+        return None
+    record = json.loads((out / "margin.json").read_text(encoding="utf-8"))
+    if record.get("config_hash") != config_hash(gcfg.to_dict()):
+        raise ConfigError(f"{out} holds another configuration of the grid than GridConfig.for_mode({mode!r}) "
+                          f"with {overrides}.")
+    done, margins = _runs(out / "runs.jsonl"), record["margin"]
+    ready = {p: [b for b in gcfg.pool_budgets(p)
+                 if all((p, b, a, s) in done for a in gcfg.arms for s in gcfg.seeds)]
+             for p in gcfg.pools if p in margins and (p, 0, "base", -1) in done}
+    ready = {p: bs for p, bs in ready.items() if bs}
+    if not ready:
+        return None
+    pools = tuple(p for p in gcfg.pools if p in ready)
+    sub = replace(gcfg, pools=pools, budgets=ready.get("instructions", ready[pools[0]]),
+                  budgets_per_pool={p: ready[p] for p in pools})
+    res = summarise_grid(sub, done, margins)
+    planned = {p: grid_jobs(gcfg, p) for p in gcfg.pools}
+    res.update({"margin_record": record, "margin_rule": record["rule"], "budgets_done": ready,
+                "planned_budgets": {p: gcfg.pool_budgets(p) for p in gcfg.pools},
+                "n_planned": sum(len(v) for v in planned.values()),
+                "n_trained": sum(k in done for v in planned.values() for k in v),
+                "complete": all(k in done for v in planned.values() for k in v),
+                "accuracy_pending": sum(1 for p in pools if p != "synthetic" for b in ready[p] for a in gcfg.arms
+                                        for s in gcfg.seeds if "predictions" not in done[(p, b, a, s)]),
+                "config": gcfg.to_dict(), "config_hash": record["config_hash"]})
+    return res
 
 
 @experiment("finetune-grid", "the fine-tuning test with power: budgets 32/64/128 of the whole pool, eight arms (length-"
