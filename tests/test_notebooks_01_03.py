@@ -173,15 +173,15 @@ def test_matrix_comparison_has_one_colorbar_clear_of_the_panels_and_integer_tick
     mats = {"W_K^T W_Q": rng.normal(size=(11, 11)), "P W_V": rng.normal(size=(11, 11))}
     fig = plot_matrix_comparison(mats, {k: np.eye(11) for k in mats})
     fig.canvas.draw()
-    panels = [ax for ax in fig.axes if ax.images]
-    bars = [ax for ax in fig.axes if not ax.images]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(panels) == 4 and len(bars) == 1
     r = fig.canvas.get_renderer()
     bar = bars[0].get_tightbbox(r)
     for ax in panels:
         assert not ax.get_tightbbox(r).overlaps(bar), "the colour bar covers a panel or its labels"
-        ticks = ax.get_xticks()
-        assert np.array_equal(ticks, np.arange(11)) and np.array_equal(ax.get_yticks(), np.arange(11))
+        ticks = ax.get_xticks()    # one tick at the centre of every cell (seaborn: cell i spans [i, i + 1])
+        assert np.array_equal(ticks, np.arange(11) + 0.5) and np.array_equal(ax.get_yticks(), np.arange(11) + 0.5)
         assert ax.get_xticklabels()[-1].get_text() == "$y$"
     assert "ᵀ" in panels[0].get_title()
 

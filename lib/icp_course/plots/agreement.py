@@ -11,29 +11,34 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..style import colors, label
+from ..style import colors, figure, forest as forest_rows, group_colors, heatmap_size, label
+from ..style import heatmap as draw_heatmap
 
 
-def _fig(figsize):
-    import matplotlib.pyplot as plt
+def bars_with_ci(ax, df, *, value: str = "value", lo: str = "lo", hi: str = "hi", name: str = "name"):
+    """Horizontal bars (seaborn), one per valuator in its course colour, with their precomputed
+    intervals as black whiskers; the valuators' readable names on the y axis, the first on top."""
+    import seaborn as sns
 
-    return plt.subplots(figsize=figsize)
+    sns.barplot(data=df, x=value, y=name, hue=name, palette=dict(zip(df[name], colors(list(df[name])))), legend=False,
+                alpha=0.85, saturation=1, width=0.6, orient="h", ax=ax)
+    forest_rows(ax, df, value=value, lo=lo, hi=hi, y=np.arange(len(df)), marker=None, capsize=3, lw=1, ticks=False)
+    ax.set_yticks(range(len(df)), [label(n) for n in df[name]])
+    ax.set_ylabel("")
 
 
 def reliability_bars(reliability: Mapping[str, Mapping[str, Any]], *, target: float = 0.8, names: Sequence[str] | None = None):
     """Split-half reliability of each valuator (Spearman–Brown) with its two-way 95% CI."""
+    import pandas as pd
+
     names = list(names or reliability)
-    vals = np.array([reliability[n]["value"] for n in names])
-    lo = np.array([reliability[n]["ci"][0] for n in names])
-    hi = np.array([reliability[n]["ci"][1] for n in names])
-    fig, ax = _fig((7.0, 0.45 * len(names) + 1.2))
-    y = np.arange(len(names))[::-1]
-    ax.barh(y, vals, color=colors(names), alpha=0.85, height=0.6)
-    ax.errorbar(vals, y, xerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
+    df = pd.DataFrame({"name": names, "value": [reliability[n]["value"] for n in names],
+                       "lo": [reliability[n]["ci"][0] for n in names], "hi": [reliability[n]["ci"][1] for n in names]})
+    fig, ax = figure(figsize=(7.0, 0.45 * len(names) + 1.2))
+    bars_with_ci(ax, df)
     ax.axvline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_yticks(y, [label(n) for n in names])
-    ax.set_xlim(min(0.0, float(np.nanmin(lo)) - 0.05), 1.0)
+    ax.set_xlim(min(0.0, float(np.nanmin(df["lo"])) - 0.05), 1.0)
     ax.set_xlabel("split-half reliability across probes (Spearman–Brown)\nbars: 95% two-way CI")
     ax.set_title("Does each valuator agree with itself?")
     return fig
@@ -47,31 +52,23 @@ def forest(rows: Sequence[Mapping[str, Any]], *, title: str = "What moves the ag
     axes (the reference row, which the ablation rows are read against); ``False`` for rows that
     have no reference (several valuators side by side).
     """
-    import matplotlib.pyplot as plt
+    import pandas as pd
 
-    fig, ax = plt.subplots(figsize=(10.0, 0.5 * len(rows) + 1.4))
-    y = np.arange(len(rows))[::-1]
-    groups = list(dict.fromkeys(r.get("group", "") for r in rows))
-    import seaborn as sns
-
+    df = pd.DataFrame({"label": [r["name"] for r in rows], "group": [r.get("group", "") for r in rows],
+                       "value": [r["spearman"] for r in rows], "lo": [r["ci"][0] for r in rows],
+                       "hi": [r["ci"][1] for r in rows], "corrected": [r.get("disattenuated") for r in rows]})
+    fig, ax = figure(figsize=(10.0, 0.5 * len(rows) + 1.4))
     # groups of rows get a palette of their own (Set2), so no group borrows a valuator's colour
-    gcol = dict(zip(groups, sns.color_palette("Set2", max(1, len(groups)))))
+    gcol = group_colors(df["group"])
     if "null model" in gcol:    # the null models keep their course colour
         gcol["null model"] = colors(["answer_length"])[0]
-    for yi, r in zip(y, rows):
-        c = gcol[r.get("group", "")]
-        lo, hi = r["ci"]
-        ax.plot([lo, hi], [yi, yi], color=c, lw=2)
-        ax.plot(r["spearman"], yi, "o", color=c)
-        if r.get("disattenuated") is not None and np.isfinite(r["disattenuated"]):
-            ax.plot(r["disattenuated"], yi, "D", color=c, mfc="white", ms=5)
+    df["color"] = df["group"].map(gcol)
+    forest_rows(ax, df, color="color", lw=2, wrap=44)
+    forest_rows(ax, df, value="corrected", lo=None, hi=None, color="color", marker="D", mfc="white", ms=5, ticks=False)
     if rows and reference:
         ax.axvline(rows[0]["spearman"], color="grey", ls=":", lw=1, label=f"first row ({rows[0]['spearman']:.2f})")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.axvline(0, color="black", lw=0.6)
-    import textwrap
-
-    ax.set_yticks(y, [textwrap.fill(r["name"], 44) for r in rows])
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     return fig
@@ -112,23 +109,21 @@ def rank_joint(a: np.ndarray, b: np.ndarray, *, name_a: str, name_b: str, highli
 def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str], *, title: str,
             cbar_label: str, vmin: float = -1.0, vmax: float = 1.0, center: float | None = 0.0, fmt: str = ".2f"):
     """An annotated heatmap (seaborn) with readable row and column names."""
-    import seaborn as sns
-
     import textwrap
 
-    M = np.asarray(matrix, dtype=float)
-    # column names wrapped onto short horizontal lines (long rotated names collide and spill off the figure)
+    # column names wrapped onto short horizontal lines; set at an angle when there are too many for that
     xl = [textwrap.fill(label(c), 13) for c in cols]
     yl = [label(r) for r in rows]
-    lines = max(x.count("\n") + 1 for x in xl)
-    width = 1.8 + 0.075 * max(len(y) for y in yl) + 1.15 * len(cols)
-    fig, ax = _fig((min(max(width, 4.5), 11.5), 1.3 + 0.2 * lines + 0.45 * len(rows)))
-    sns.heatmap(M, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, cmap="RdBu_r" if center is not None
-                else "viridis", xticklabels=xl, yticklabels=yl, ax=ax,
-                cbar_kws={"label": cbar_label}, annot_kws={"fontsize": 9})
+    angle = 0 if len(cols) <= 7 else 40
+    xl = xl if not angle else [label(c) for c in cols]
+    size = heatmap_size(yl, xl, cell=(1.15 if not angle else 0.62, 0.45), rotation=angle, fontsize=8.5,
+                        minimum=(4.5, 3.0))
+    fig, ax = figure(figsize=size)
+    draw_heatmap(ax, matrix, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, xticklabels=xl, yticklabels=yl,
+                 cbar_label=cbar_label)
     ax.set_title(textwrap.fill(title, max(30, int(9 * fig.get_figwidth()))))   # about 9 title characters per inch
-    ax.tick_params(axis="x", rotation=0, labelsize=8.5)
-    ax.tick_params(axis="y", rotation=0)
+    ax.set_xticks(ax.get_xticks(), xl, rotation=angle, ha="right" if angle else "center", rotation_mode="anchor",
+                  fontsize=8.5)
     return fig
 
 
@@ -150,7 +145,7 @@ def within_category(per_probe: Sequence[Mapping[str, Any]]):
     import seaborn as sns
 
     df = pd.DataFrame(per_probe)
-    fig, ax = _fig((7.5, 3.8))
+    fig, ax = figure(figsize=(7.5, 3.8))
     if df.empty:  # no category has enough candidates for a within-category correlation
         ax.text(0.5, 0.5, "no probe's category has enough candidates", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("probe category")
@@ -160,8 +155,8 @@ def within_category(per_probe: Sequence[Mapping[str, Any]]):
     ax.figure.set_size_inches(max(7.5, 0.34 * len(order) + 1.5), 4.2)
     sns.stripplot(data=df, x="category", y="spearman", order=order, color=colors(["icp_mean_delta"])[0],
                   ax=ax, size=5, jitter=0.15, alpha=0.8)
-    med = df.groupby("category")["spearman"].median().reindex(order)
-    ax.scatter(range(len(order)), med.values, marker="_", s=300, color="black", zorder=3, label="median of the category")
+    sns.pointplot(data=df, x="category", y="spearman", order=order, estimator="median", errorbar=None, color="black",
+                  linestyle="none", marker="_", markersize=17, markeredgewidth=2, label="median of the category", ax=ax)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("probe category (one dot per probe)")
     ax.set_ylabel("Spearman(Δ, IP) over\nsame-category candidates")
@@ -176,9 +171,11 @@ def first_order_scatter(ip: np.ndarray, delta: np.ndarray, eta: float):
     """Δ(z, p)/η after one small SGD step against ⟨∇ℓ(p), ∇ℓ(z)⟩, every pair one dot."""
     from icp_influence.stats import spearman
 
-    fig, ax = _fig((4.8, 4.2))
+    import seaborn as sns
+
+    fig, ax = figure(figsize=(4.8, 4.2))
     x, y = np.ravel(ip), np.ravel(delta) / eta
-    ax.scatter(x, y, s=6, alpha=0.5, color="#393b79")
+    sns.scatterplot(x=x, y=y, s=6, alpha=0.5, linewidth=0, color=colors(["gt_sgd_small"])[0], ax=ax)
     lim = [float(min(x.min(), y.min())), float(max(x.max(), y.max()))]
     ax.plot(lim, lim, color="grey", ls="--", lw=1)
     ax.set_xlabel("inner product ⟨∇ℓ(p), ∇ℓ(z)⟩ (q/v of every block)")

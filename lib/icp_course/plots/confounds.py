@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..style import NULL_MODELS, colors, label
+from ..style import NULL_MODELS, colors, figure, forest, group_colors, label
+from .agreement import bars_with_ci
 
 #: The pairs the figures show, in order.
 PAIRS = (("icp_mean_delta", "ip"), ("icp_win_rate", "ip"), ("icp_mean_delta", "cosine"))
@@ -21,16 +22,11 @@ METHODS = (("raw", "raw"), ("partial", "partial, given answer tokens"), ("strati
            ("per_token", "per-token forms"))
 
 
-def _fig(figsize, **kw):
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=figsize, **kw)
-
-
-def _err(e: Mapping[str, Any]) -> tuple[float, float, float]:
-    v = float(e["spearman"]) if e.get("spearman") is not None else np.nan
-    lo, hi = (np.nan if c is None else float(c) for c in e["ci"])
-    return v, v - lo, hi - v
+def _row(e: Mapping[str, Any] | None, **extra) -> dict[str, Any]:
+    """A Spearman with its interval as one row of a forest (missing values: NaN, drawn as nothing)."""
+    e = e or {}
+    lo, hi = e.get("ci") or (None, None)
+    return {"value": e.get("spearman"), "lo": lo, "hi": hi, **extra}
 
 
 def _raw(res, summary, a, b):
@@ -45,25 +41,22 @@ def null_models(res: Mapping[str, Any], summary: Mapping[str, Any] | None = None
     null model, its Spearman with the first valuator (●) and with the second (■), with two-way
     95% intervals. A null model right of the dotted line on both markers agrees with both
     valuators at least as well as they agree with each other."""
+    import pandas as pd
+
     nulls = [n for n in NULL_MODELS if n in res.get("null_models", {})]
-    fig, axes = _fig((5.2 * len(pairs), 0.55 * (len(nulls) + 1) + 1.9), ncols=len(pairs), sharey=True, squeeze=False)
+    fig, axes = figure(ncols=len(pairs), figsize=(5.2 * len(pairs), 0.55 * (len(nulls) + 1) + 1.9), sharey=True,
+                       squeeze=False)
+    y = np.arange(len(nulls))[::-1]
     for ax, (a, b) in zip(axes[0], pairs):
-        y0 = len(nulls)
         pair = _raw(res, summary, a, b)
         if pair is not None:
-            v, lo, hi = _err(pair)
-            ax.errorbar([v], [y0], xerr=[[lo], [hi]], fmt="D", color="black", capsize=3, ms=7)
-            ax.axvline(v, color="black", ls=":", lw=1)
-        for i, n in enumerate(nulls):
-            y = y0 - 1 - i
-            c = colors([n])[0]
-            for dy, other, marker in ((0.15, a, "o"), (-0.15, b, "s")):
-                e = res["null_models"][n]["spearman_vs"].get(other)
-                if e is None or e.get("spearman") is None:
-                    continue
-                v, lo, hi = _err(e)
-                ax.errorbar([v], [y + dy], xerr=[[lo], [hi]], fmt=marker, color=c, mfc=c if marker == "o" else "white",
-                            capsize=2, ms=6, lw=1.5)
+            forest(ax, pd.DataFrame([_row(pair)]), y=[len(nulls)], marker="D", ms=7, capsize=3, ticks=False)
+            ax.axvline(pair["spearman"], color="black", ls=":", lw=1)
+        vs = {n: res["null_models"][n]["spearman_vs"] for n in nulls}
+        for dy, other, marker in ((0.15, a, "o"), (-0.15, b, "s")):
+            df = pd.DataFrame([_row(vs[n].get(other), color=c) for n, c in zip(nulls, colors(nulls))])
+            forest(ax, df, y=y, offset=dy, color="color", marker=marker, mfc=None if marker == "o" else "white",
+                   capsize=2, ticks=False)
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_xlim(-1.08, 1.08)
         ax.set_xticks([-1, -0.5, 0, 0.5, 1])
@@ -87,24 +80,21 @@ def controlled(res: Mapping[str, Any], summary: Mapping[str, Any] | None = None,
     """Agreement of each pair raw and controlled for answer length (partial, within quintiles,
     per-token forms), with two-way 95% intervals. Colour: the ICP score; marker: the gradient
     valuator (● inner product, ◆ cosine)."""
+    import pandas as pd
+
     lc = res.get("length_controlled", {})
     pairs = [p for p in pairs if f"{p[0]} vs {p[1]}" in lc]
-    fig, ax = _fig((8.0, 0.5 * len(METHODS) * max(1, len(pairs)) * 0.55 + 2.2))
+    fig, ax = figure(figsize=(8.0, 0.5 * len(METHODS) * max(1, len(pairs)) * 0.55 + 2.2))
     n = max(1, len(pairs))
     offs = ((n - 1) / 2 - np.arange(n)) * 0.22      # the first pair on top
     markers = {"ip": "o", "cosine": "D"}
     for k, (a, b) in enumerate(pairs):
         row = lc[f"{a} vs {b}"]
-        c = colors([a])[0]
-        for i, (m, _) in enumerate(METHODS):
-            e = _raw(res, summary, a, b) if m == "raw" else row.get(m)
-            if e is None or e.get("spearman") is None:
-                continue
-            v, lo, hi = _err(e)
-            ax.errorbar([v], [len(METHODS) - 1 - i + offs[k]], xerr=[[lo], [hi]], fmt=markers.get(b, "s"), color=c,
-                        capsize=2, ms=6, lw=1.5, label=f"{label(a)} vs {label(b)}" if i == 0 else None)
+        df = pd.DataFrame([_row(_raw(res, summary, a, b) if m == "raw" else row.get(m), label=t) for m, t in METHODS])
+        forest(ax, df, offset=offs[k], color=colors([a])[0], marker=markers.get(b, "s"), capsize=2,
+               legend=f"{label(a)} vs {label(b)}")
     ax.axvline(0, color="grey", lw=0.6)
-    ax.set_yticks(np.arange(len(METHODS))[::-1], [t for _, t in METHODS])
+    ax.set_yticks(np.arange(len(METHODS))[::-1], [t for _, t in METHODS])     # also when no pair is drawn
     ax.set_xlabel("Spearman ρ of the candidate scores (95% two-way CI)")
     ax.set_title("Agreement, raw and controlled for answer length")
     fig.legend(loc="outside lower center", ncol=1, frameon=False)
@@ -121,15 +111,13 @@ def within_probe(pair_level: Mapping[str, Any]):
     forms = [("raw", "inner product"), ("ip_per_candidate_token", "inner product ÷ candidate tokens")]
     forms = [(k, t) for k, t in forms if k in pair_level]
     df = pd.concat([pd.DataFrame({"form": t, "rho": pair_level[k]["values"]}) for k, t in forms], ignore_index=True)
-    fig, ax = _fig((8.0, 1.3 * len(forms) + 1.6))
+    fig, ax = figure(figsize=(8.0, 1.3 * len(forms) + 1.6))
     pal = dict(zip([t for _, t in forms], colors(["ip", "ip_per_candidate_token"][:len(forms)])))
     sns.stripplot(data=df, x="rho", y="form", hue="form", palette=pal, legend=False, ax=ax, size=5, jitter=0.2,
                   alpha=0.75)
-    for i, (k, _) in enumerate(forms):
-        e = pair_level[k]
-        lo, hi = e["ci"]
-        ax.errorbar([e["mean"]], [i], xerr=[[e["mean"] - lo], [hi - e["mean"]]], fmt="|", color="black", ms=22,
-                    mew=2.5, capsize=5, lw=2, zorder=5)
+    means = pd.DataFrame([{"value": pair_level[k]["mean"], "lo": pair_level[k]["ci"][0], "hi": pair_level[k]["ci"][1]}
+                          for k, _ in forms])
+    forest(ax, means, y=range(len(forms)), marker="|", ms=22, mew=2.5, lw=2, capsize=5, zorder=5, ticks=False)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_ylabel("")
     ax.set_yticks(range(len(forms)), [f"{t}\nmean {pair_level[k]['mean']:.2f}, positive for "
@@ -142,16 +130,15 @@ def within_probe(pair_level: Mapping[str, Any]):
 def intervention(effects: Mapping[str, Mapping[str, Any]], *, names: Sequence[str] | None = None):
     """Each valuator's paired effect of a longer answer with content fixed: mean over instructions
     of rank(long) − rank(short), in percentile points of the variant pool, with its 95% interval."""
+    import pandas as pd
+
     names = [n for n in (names or ("answer_length", "ip", "icp_mean_delta", "icp_win_rate")) if n in effects]
-    fig, ax = _fig((7.5, 0.55 * len(names) + 1.6))
-    y = np.arange(len(names))[::-1]
-    v = np.array([effects[n]["rank_effect"] for n in names], dtype=float)
-    lo = np.array([effects[n]["rank_ci"][0] for n in names], dtype=float)
-    hi = np.array([effects[n]["rank_ci"][1] for n in names], dtype=float)
-    ax.barh(y, v, color=colors(names), alpha=0.85, height=0.6)
-    ax.errorbar(v, y, xerr=[v - lo, hi - v], fmt="none", ecolor="black", capsize=3, lw=1)
+    fig, ax = figure(figsize=(7.5, 0.55 * len(names) + 1.6))
+    df = pd.DataFrame([{"name": n, "value": effects[n]["rank_effect"], "lo": effects[n]["rank_ci"][0],
+                        "hi": effects[n]["rank_ci"][1]} for n in names], columns=["name", "value", "lo", "hi"])
+    bars_with_ci(ax, df)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_yticks(y, [label(n) for n in names])
+    lo, hi = df["lo"].to_numpy(float), df["hi"].to_numpy(float)
     lim = max(10.0, float(np.nanmax(np.abs(np.r_[lo, hi]))) * 1.1)
     ax.set_xlim(-lim, lim)
     ax.set_xlabel("rank(long answer) − rank(short answer), percentile points (95% CI)")
@@ -165,7 +152,7 @@ def dose_response(table: Sequence[Mapping[str, Any]], prediction: Mapping[str, A
     (standard deviation of log answer tokens): raw and given length, with 95% bands, the straight
     lines on Fisher's z extended to the prediction, the prediction with its interval, and the
     paper's value at the paper's spread."""
-    fig, ax = _fig((7.5, 4.4))
+    fig, ax = figure(figsize=(7.5, 4.4))
     sd = np.array([r["log_token_sd"] for r in table], dtype=float)
     styles = (("raw", "raw", colors(["ip"])[0], "o"), ("partial", "given answer tokens", colors(["icp_mean_delta"])[0], "s"))
     x_pred = float(prediction["log_token_sd"])
@@ -208,7 +195,7 @@ def probe_count_spread(spread: Sequence[Mapping[str, Any]], drawn: Mapping[int, 
     import seaborn as sns
 
     df = pd.concat([pd.DataFrame({"k": str(s["k"]), "rho": s["values"]}) for s in spread], ignore_index=True)
-    fig, ax = _fig((7.5, 3.8))
+    fig, ax = figure(figsize=(7.5, 3.8))
     sns.stripplot(data=df, x="k", y="rho", color=colors(["icp_mean_delta"])[0], alpha=0.35, size=3, jitter=0.25, ax=ax)
     ks = [str(s["k"]) for s in spread]
     ax.plot(ks, [s["mean"] for s in spread], "_", color="black", ms=30, mew=2.5, label="mean over random subsets")
@@ -227,15 +214,17 @@ def probe_count_spread(spread: Sequence[Mapping[str, Any]], drawn: Mapping[int, 
 def scores_vs_length(tokens: np.ndarray, scores: Mapping[str, np.ndarray]):
     """Each per-candidate score against the candidate's answer tokens (log scale), one panel per
     score (``{valuator name: values}``), the Spearman correlation in each panel's title."""
+    import seaborn as sns
+
     from icp_influence.stats import spearman
 
     names = list(scores)
-    fig, axes = _fig((4.2 * len(names), 3.6), ncols=len(names), squeeze=False)
+    fig, axes = figure(ncols=len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     t = np.asarray(tokens, dtype=float)
     jitter = np.random.default_rng(0).uniform(-0.12, 0.12, size=t.size)  # many answers share a length
     for ax, n in zip(axes[0], names):
         y = np.asarray(scores[n], dtype=float)
-        ax.scatter(t * np.exp(jitter), y, s=18, alpha=0.7, color=colors([n])[0])
+        sns.scatterplot(x=t * np.exp(jitter), y=y, s=18, alpha=0.7, color=colors([n])[0], ax=ax)
         ax.set_xscale("log")
         ax.set_xlabel("candidate's answer tokens\n(log scale, jittered)")
         ax.set_ylabel(label(n))
@@ -248,20 +237,17 @@ def category_structure(structure: Mapping[str, Mapping[str, Any]], pair: str = "
     categories' means, with two-way 95% intervals (one colour per pool)."""
     rows = [("raw", "raw (all candidates)"), ("within_groups", "within a category"),
             ("between_groups", "between category means")]
+    import pandas as pd
+
     pools = [p for p in ("instructions", "synthetic") if pair in structure.get(p, {})]
     names = {"instructions": "instruction set", "synthetic": "synthetic task families"}
-    fig, ax = _fig((7.5, 3.2))
+    fig, ax = figure(figsize=(7.5, 3.2))
     offs = ((len(pools) - 1) / 2 - np.arange(max(1, len(pools)))) * 0.25
-    pal = ["#4c72b0", "#dd8452"]
+    pal = group_colors(pools)
     for k, p in enumerate(pools):
         t = structure[p]
-        for i, (m, _) in enumerate(rows):
-            e = t[pair].get(m)
-            if not e or e.get("spearman") is None:
-                continue
-            v, lo, hi = _err(e)
-            ax.errorbar([v], [len(rows) - 1 - i + offs[k]], xerr=[[lo], [hi]], fmt="o", color=pal[k], capsize=3,
-                        ms=6, lw=1.5, label=f"{names[p]} ({t['n_categories']} categories)" if i == 0 else None)
+        df = pd.DataFrame([_row(t[pair].get(m), label=name) for m, name in rows])
+        forest(ax, df, offset=offs[k], color=pal[p], capsize=3, legend=f"{names[p]} ({t['n_categories']} categories)")
     ax.axvline(0, color="grey", lw=0.6)
     ax.set_yticks(np.arange(len(rows))[::-1], [t for _, t in rows])
     a, b = pair.split(" vs ")

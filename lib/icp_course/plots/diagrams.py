@@ -13,7 +13,7 @@ Both return the ``matplotlib`` Figure; the tests read their text back
 """
 from __future__ import annotations
 
-from icp_course.style import tidy
+from icp_course.style import figure
 
 from typing import Mapping, Sequence
 
@@ -66,7 +66,6 @@ def plot_icp_layout(with_demo: Mapping[str, Sequence[str]], zero_shot: Mapping[s
     for the hidden ones). The two rows are aligned on the query, so the baseline reads as
     "the same sequence with the demonstration removed".
     """
-    import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch, Patch
 
     rows = {"with": {k: _shorten(with_demo.get(k, []), max_per_segment) for k in ("prefix", "query", "answer")},
@@ -76,7 +75,7 @@ def plot_icp_layout(with_demo: Mapping[str, Sequence[str]], zero_shot: Mapping[s
     q0 = n_prefix * w + gap                              # the query starts here in both rows
     a0 = q0 + len(rows["with"]["query"]) * w + gap       # and the answer here
     end = a0 + len(rows["with"]["answer"]) * w
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.62 * end + 3.2), 4.3))
+    fig, ax = figure(figsize=(max(8.0, 0.62 * end + 3.2), 4.3))
     ys = {"with": 2.3, "zero": 0.55}
 
     def boxes(row: str, seg: str, x0: float) -> None:
@@ -130,7 +129,6 @@ def plot_icp_layout(with_demo: Mapping[str, Sequence[str]], zero_shot: Mapping[s
     ax.set_ylim(-0.9, ys["with"] + 1.55)
     ax.axis("off")
     ax.set_title(title or "What in-context probing scores (␣ = space, ↵ = newline)", fontsize=10)
-    tidy(fig)
     return fig
 
 
@@ -175,10 +173,9 @@ def plot_lsa_gd_diagram(n_context: int = 4):
     ``x_iᵀx_q``), ``W_V`` keeps only ``y`` (scaled by ``−η``), ``P = I``. Right: the update
     ``ΔW`` the context applies and the prediction ``ŷ = −[e_q]_y = W_1 x_q``.
     """
-    import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
-    fig, ax = plt.subplots(figsize=(11.5, 6.6))
+    fig, ax = figure(figsize=(11.5, 6.6))
     # tokens
     cw, xh, yh = 0.55, 1.5, 0.45
     x0, y0 = 0.0, 0.6
@@ -230,5 +227,4 @@ def plot_lsa_gd_diagram(n_context: int = 4):
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title("Linear self-attention as one step of gradient descent", fontsize=11)
-    tidy(fig)
     return fig

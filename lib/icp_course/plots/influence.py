@@ -1,11 +1,11 @@
 """Figures of notebook 03: influence estimates against leave-one-out retraining."""
 from __future__ import annotations
 
-from icp_course.style import tidy
-
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from icp_course.style import figure, tidy
 
 
 #: what each score is, for the y-axis: (label with its unit, whether y = x is its calibration line)
@@ -27,7 +27,7 @@ def scatter_vs_loo(loo: np.ndarray, scores: Mapping[str, np.ndarray], *, ncols: 
     drawn only for influence functions, which estimate the LOO effect ``n·Δ loss`` itself;
     inner products and TracIn live on other scales, so only their correlation compares.
     """
-    import matplotlib.pyplot as plt
+    import seaborn as sns
 
     from icp_influence.errors import ConfigError
     from icp_influence.stats import pearson
@@ -39,12 +39,12 @@ def scatter_vs_loo(loo: np.ndarray, scores: Mapping[str, np.ndarray], *, ncols: 
             raise ConfigError(f"No axis for score {name!r} (kind {kinds.get(name, name)!r}); pass kinds={{name: kind}} "
                               f"with a kind among {sorted(SCORE_AXES)}.")
     nrows = (len(names) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.9 * ncols, 3.5 * nrows), squeeze=False)
+    fig, axes = figure(nrows, ncols, figsize=(3.9 * ncols, 3.5 * nrows), squeeze=False)
     x = np.ravel(loo)
     for ax, name in zip(axes.flat, names):
         ylabel, diagonal = SCORE_AXES[kinds.get(name, name)]
         y = np.ravel(scores[name])
-        ax.scatter(x, y, s=8, alpha=0.6)
+        sns.scatterplot(x=x, y=y, s=8, alpha=0.6, linewidth=0, ax=ax)
         if diagonal:
             lim = [min(x.min(), y.min()), max(x.max(), y.max())]
             ax.plot(lim, lim, color="grey", lw=0.8, ls="--", label="y = x")
@@ -54,7 +54,6 @@ def scatter_vs_loo(loo: np.ndarray, scores: Mapping[str, np.ndarray], *, ncols: 
         ax.set_ylabel(ylabel, fontsize=9)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    tidy(fig)
     return fig
 
 
@@ -65,12 +64,7 @@ def sweep_plot(xs: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel
 
     ``marker_x`` draws a vertical line (none when ``None``), ``y_line`` a horizontal one (a target).
     """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    else:
-        fig = ax.figure
+    fig, ax = figure(figsize=(5.0, 3.6), ax=ax)
     for name, y in ys.items():
         ax.plot(xs, y, marker="o", label=name)
     if logx:
@@ -83,5 +77,5 @@ def sweep_plot(xs: Sequence[float], ys: Mapping[str, Sequence[float]], *, xlabel
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    tidy(fig)
+    tidy(fig)     # axes of a figure made elsewhere (without a layout engine) get the tight layout
     return fig

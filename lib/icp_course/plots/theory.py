@@ -2,27 +2,25 @@
 influence). Each returns the ``matplotlib`` Figure; every axis is labelled with units."""
 from __future__ import annotations
 
-from icp_course.style import labels, tidy
-
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from icp_course.style import figure, forest, group_colors, heatmap, labels, log_ticks
 
-def _fig(ncols: int = 1, figsize: tuple[float, float] | None = None, ax: Any = None):
-    import matplotlib.pyplot as plt
 
-    if ax is not None:
-        return ax.figure, ax
-    fig, axes = plt.subplots(1, ncols, figsize=figsize or (5.0 * ncols, 4.0), squeeze=False)
-    return fig, (axes[0, 0] if ncols == 1 else list(axes[0]))
+def _scatter(ax, x, y, **kw) -> None:
+    """One dot per pair (seaborn), small and translucent: the clouds have thousands of points."""
+    import seaborn as sns
+
+    sns.scatterplot(x=x, y=y, linewidth=0, ax=ax, **{"s": 6, "alpha": 0.5, **kw})
 
 
 def _point_cloud(x: np.ndarray, y: np.ndarray, ax: Any, max_points: int, seed: int):
     """A scatter of at most ``max_points`` random points of (x, y) with the two zero lines."""
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     idx = np.random.default_rng(seed).permutation(len(x))[:max_points]
-    ax.scatter(x[idx], y[idx], s=4, alpha=0.4)
+    _scatter(ax, x[idx], y[idx], s=4, alpha=0.4)
     ax.axhline(0, color="grey", lw=0.6)
     ax.axvline(0, color="grey", lw=0.6)
     return fig, ax
@@ -31,7 +29,7 @@ def _point_cloud(x: np.ndarray, y: np.ndarray, ax: Any, max_points: int, seed: i
 def plot_lr_line_search(lrs: Sequence[float], losses: Sequence[float], best_lr: float, best_loss: float, *,
                         zero_loss: float | None = None, ax: Any = None):
     """One-step GD loss as a function of the learning rate, with the line-search optimum."""
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     ax.plot(lrs, losses, color="tab:blue", label="one GD step")
     ax.scatter([best_lr], [best_loss], color="tab:red", zorder=3, label=f"η* = {best_lr:.3f}")
     if zero_loss is not None:
@@ -46,7 +44,7 @@ def plot_lr_line_search(lrs: Sequence[float], losses: Sequence[float], best_lr: 
 def plot_training_curves(steps: Sequence[int], loss: Sequence[float], *, gd_loss: float, zero_loss: float | None = None,
                          label: str = "trained LSA (training batch)", ax: Any = None):
     """Training loss of the LSA against the optimally tuned one-step GD loss."""
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     ax.plot(steps, loss, color="tab:blue", lw=1, label=label)
     ax.axhline(gd_loss, color="tab:red", ls="--", label=f"one GD step, η* ({gd_loss:.4f})")
     if zero_loss is not None:
@@ -67,11 +65,11 @@ def plot_prediction_agreement(y_gd: Any, y_model: Any, *, model_name: str = "tra
     drawn (a random subset, ``seed``), and the title then says how many are drawn.
     """
     a, b = np.asarray(y_gd, float).ravel(), np.asarray(y_model, float).ravel()
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     idx = np.arange(a.size)
     if max_points is not None and a.size > max_points:
         idx = np.sort(np.random.default_rng(seed).permutation(a.size)[:max_points])
-    ax.scatter(a[idx], b[idx], s=6, alpha=0.5)
+    _scatter(ax, a[idx], b[idx])
     lim = float(np.max(np.abs(np.concatenate([a, b])))) * 1.05 or 1.0
     ax.plot([-lim, lim], [-lim, lim], color="grey", ls="--", lw=0.8)
     ax.set_xlim(-lim, lim)
@@ -90,25 +88,24 @@ def plot_matrix_comparison(learned: Mapping[str, np.ndarray], constructed: Mappi
     identifiable only up to such a scale split) — the titles give that divisor. One shared
     colour bar at the right; rows and columns are ticked at every coordinate, ``x₁ … x_d, y``.
     """
-    import matplotlib.pyplot as plt
-
     names = list(learned)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.3 * len(names) + 1.0, 8.0), squeeze=False,
-                             layout="constrained")
+    n = max(np.asarray(m).shape[0] for m in learned.values())
+    side = max(2.6, 0.32 * n + 1.2)          # square panels, cells large enough for a tick label each
+    fig, axes = figure(2, len(names), figsize=(side * len(names) + 1.6, 2 * side + 0.8), squeeze=False)
     for j, name in enumerate(names):
         for i, (src, mats) in enumerate((("learned", learned), ("constructed", constructed))):
             M = np.asarray(mats[name], float)
             scale = float(np.abs(M).max()) or 1.0
-            ax = axes[i, j]
-            ax.grid(False)  # the course style's grid would cross every cell of an image
-            im = ax.imshow(M / scale, cmap="RdBu_r", vmin=-1, vmax=1)
-            ax.set_title(f"{src}: {name.replace('^T ', 'ᵀ')} / {scale:.3g}", fontsize=9)
             coords = [f"$x_{{{k + 1}}}$" for k in range(M.shape[1] - 1)] + ["$y$"]
-            ax.set_xticks(range(M.shape[1]), coords, fontsize=8)
-            ax.set_yticks(range(M.shape[0]), coords[:M.shape[0]], fontsize=8)
+            ax = axes[i, j]
+            heatmap(ax, M / scale, vmin=-1, vmax=1, center=0.0, xticklabels=coords, yticklabels=coords[:M.shape[0]],
+                    cbar=False, square=True)
+            ax.tick_params(labelsize=8, rotation=0)
+            ax.set_title(f"{src}: {name.replace('^T ', 'ᵀ')} / {scale:.3g}", fontsize=9)
             ax.set_xlabel("input coordinate")
             ax.set_ylabel("output coordinate")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="entry / max |entry| (dimensionless)")
+    fig.colorbar(axes[0, 0].collections[0], ax=axes.ravel().tolist(), shrink=0.6,
+                 label="entry / max |entry| (dimensionless)")
     return fig
 
 
@@ -132,7 +129,7 @@ def plot_agreement_vs_distance(curves: Mapping[str, tuple[Sequence[float], Seque
 
     ``curves[kind] = (distances, spearman, ci)`` with ``ci`` a list of ``[low, high]`` or None.
     """
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     for kind, (dist, rho, ci) in curves.items():
         dist, rho = np.asarray(dist, float), np.asarray(rho, float)
         line, = ax.plot(dist, rho, marker="o", label=kind.replace("_", " "))
@@ -148,7 +145,7 @@ def plot_agreement_vs_distance(curves: Mapping[str, tuple[Sequence[float], Seque
 
 def plot_error_by_position(model_err: Sequence[float], ls_err: Sequence[float], *, ax: Any = None):
     """The transformer's squared error per number of demonstrations vs least squares."""
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     k = np.arange(len(model_err))
     ax.plot(k, model_err, marker="o", label="softmax transformer")
     ax.plot(k, ls_err, marker="s", ls="--", label="least squares (optimal)")
@@ -166,7 +163,7 @@ def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], 
     :func:`~icp_influence.stats.loglog_slope`), drawn as the OLS line and named in the legend.
     ``relative_gap``: ``mean|ICP − s·IP| / mean|s·IP|`` per step, drawn as a second line.
     """
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(ax=ax)
     s, gap = np.asarray(steps, float), 1 - np.asarray(pearsons, float)
     ax.plot(s, gap, marker="o", ls="none" if fit is not None else "-", color="tab:blue",
             label="1 − Pearson(ICP, s·IP)")
@@ -182,6 +179,8 @@ def plot_correlation_vs_step(steps: Sequence[float], pearsons: Sequence[float], 
     ax.set_yscale("log")
     ax.set_xlabel("implicit step size s = η/N (dimensionless)")
     ax.set_ylabel("gap (dimensionless, log scale)")
+    log_ticks(ax, "x")
+    log_ticks(ax, "y")
     ax.set_title("The gap is the second-order term:\nit vanishes as s → 0")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never on the points
     return fig
@@ -196,19 +195,21 @@ def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int
     in each ``|IP|`` bin; (4) the ties: how many candidates share each win-rate value.
     Spearman of panels 1–2 in their titles.
     """
-    import matplotlib.pyplot as plt
+    import seaborn as sns
+
     from icp_influence.stats import aggregate, spearman
     from icp_influence.theory import sign_flips_by_magnitude
 
     V, G = np.asarray(icp, float), np.asarray(ip, float)
     m_ip, m_icp, w_icp = aggregate(G, "mean"), aggregate(V, "mean"), aggregate(V, "win_rate")
-    fig, axes = plt.subplots(2, 2, figsize=(11.0, 8.6))
+    fig, axes = figure(2, 2, figsize=(11.0, 8.6))
     ax = axes[0, 0]
-    ax.scatter(m_ip, m_icp, s=8, alpha=0.5)
+    _scatter(ax, m_ip, m_icp, s=8)
     ax.set_xlabel("mean IP over probes (units of y²·x²)")
     ax.set_ylabel("mean Δ over probes (units of y²)")
     ax.set_title(f"1 · mean Δ: Spearman {spearman(m_icp, m_ip):.3f}")
     ax = axes[0, 1]
+    # a continuous colour (the gradient norm) wants a colour bar, not a legend: matplotlib's scatter
     sc = ax.scatter(m_ip, w_icp, s=8, alpha=0.6, c=np.asarray(grad_norm, float), cmap="viridis")
     fig.colorbar(sc, ax=ax, label="‖∇_W ℓ(z)‖ at W₀ = 0 (units of y·x)")
     ax.set_xlabel("mean IP over probes (units of y²·x²)")
@@ -216,7 +217,8 @@ def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int
     ax.set_title(f"2 · win-rate: Spearman {spearman(w_icp, m_ip):.3f}")
     ax = axes[1, 0]
     fl = sign_flips_by_magnitude(V, G, n_bins)
-    ax.bar(np.arange(1, n_bins + 1), 100 * fl["rate"], color="tab:red", alpha=0.7)
+    sns.barplot(x=np.arange(1, n_bins + 1), y=100 * np.asarray(fl["rate"], float), color="tab:red", alpha=0.7,
+                saturation=1, ax=ax)
     ax.set_xlabel(f"bin of |IP| ({n_bins} equal-count bins; 1 = closest to 0)")
     ax.set_ylabel("pairs with sign(Δ) ≠ sign(IP) (%)")
     ax.set_title(f"3 · sign flips: {100 * float(fl['overall']):.1f}% of all pairs")
@@ -226,7 +228,6 @@ def plot_candidate_aggregation(icp: Any, ip: Any, grad_norm: Any, *, n_bins: int
     ax.set_xlabel("win-rate value")
     ax.set_ylabel("candidates sharing that value")
     ax.set_title(f"4 · ties: {vals.size} distinct win-rates, {w_icp.size} candidates")
-    tidy(fig)
     return fig
 
 
@@ -236,29 +237,25 @@ def plot_bridge_agreement(rows: Sequence[Mapping[str, Any]]):
     ``rows``: dicts with ``label``, ``level`` (``"pair"`` / ``"candidate"``), ``domain``
     (``"in-domain"`` / ``"out-of-domain"``), ``value``, ``lo``, ``hi``.
     """
-    import matplotlib.pyplot as plt
+    import pandas as pd
 
     levels = ["pair", "candidate"]
     n_labels = max(len({r["label"] for r in rows if r["level"] == lv}) for lv in levels)
-    fig, axes = plt.subplots(2, 1, figsize=(9.0, 2.0 * (1.4 + 0.55 * max(3, n_labels))), sharex=True)
-    colors = {"in-domain": "tab:blue", "out-of-domain": "tab:orange"}
+    fig, axes = figure(2, 1, figsize=(9.0, 2.0 * (1.4 + 0.55 * max(3, n_labels))), sharex=True)
+    df = pd.DataFrame(rows)
+    colors = group_colors(["in-domain", "out-of-domain"])
     for ax, level in zip(axes, levels):
-        sub = [r for r in rows if r["level"] == level]
-        labels = list(dict.fromkeys(r["label"] for r in sub))
-        for r in sub:
-            y = labels.index(r["label"]) + (-0.15 if r["domain"] == "in-domain" else 0.15)
-            ax.errorbar([r["value"]], [y], xerr=[[r["value"] - r["lo"]], [r["hi"] - r["value"]]], fmt="o",
-                        color=colors.get(r["domain"], "grey"), capsize=3,
-                        label=r["domain"] if r["label"] == labels[0] else None)
-        ax.set_yticks(range(len(labels)))
-        ax.set_yticklabels(labels)
-        ax.invert_yaxis()
+        sub = df[df["level"] == level]
+        labels = list(dict.fromkeys(sub["label"]))
+        for dm, d in sub.groupby("domain", sort=False):      # in-domain above, other domains below
+            forest(ax, d, y=[len(labels) - 1 - labels.index(lab) for lab in d["label"]], capsize=3, legend=dm,
+                   offset=0.15 if dm == "in-domain" else -0.15, color=colors.get(dm, "grey"), ticks=False)
+        ax.set_yticks(range(len(labels))[::-1], labels)
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_xlabel("Spearman ρ (dimensionless; 95% two-way bootstrap interval)")
         ax.set_ylabel("comparison")
         ax.set_title(f"{level} level" + (" (mean over probes)" if level == "candidate" else " (every (z, p) pair)"))
         ax.legend(loc="lower right")
-    tidy(fig)
     return fig
 
 
@@ -278,7 +275,7 @@ def plot_kernel_vs_linear(xdot: Any, kernel: Any, *, ax: Any = None, max_points:
 def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[float]], *, lr_used: float | None = None,
                          ax: Any = None):
     """Pair-level Spearman of the one-step referee with each score, against the SGD step size (log x)."""
-    fig, ax = _fig(ax=ax)
+    fig, ax = figure(figsize=(6.4, 4.4), ax=ax)
     for label, rho in curves.items():
         ax.plot(lrs, rho, marker="o", label=label)
     if lr_used is not None:
@@ -286,6 +283,7 @@ def plot_referee_vs_step(lrs: Sequence[float], curves: Mapping[str, Sequence[flo
     ax.set_xscale("log")
     lo, hi = float(np.min(lrs)), float(np.max(lrs))
     ax.set_xlim(lo / 2, hi * 2)  # room around the first and last point
+    log_ticks(ax, "x")
     ax.set_xlabel("SGD step size η_θ on θ (parameter² per unit of loss; log scale)")
     ax.set_ylabel("Spearman ρ with the referee Δ_θ\n(in-domain pairs)")
     ax.set_title("What one training step on z agrees with")
