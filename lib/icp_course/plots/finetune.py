@@ -6,8 +6,9 @@ import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
-from ..style import color, legend_outside, palette
+from ..style import color, figure, forest, legend_outside, palette
 
 VERDICT_COLORS = {"equivalent": "#2ca02c", "different": "#d62728", "inconclusive": "#7f7f7f"}
 
@@ -15,24 +16,19 @@ VERDICT_COLORS = {"equivalent": "#2ca02c", "different": "#d62728", "inconclusive
 def budget_curves(arms: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: float | None = None,
                   metric_label: str = "held-out answer log-likelihood (nats / token)", title: str = ""):
     """One line per arm: mean over seeds and its 95% t-interval against the budget."""
-    import matplotlib.pyplot as plt
-
     budgets = sorted(arms, key=int)
     names = list(next(iter(arms.values())))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = figure(figsize=(6.4, 4.0))
     cols = dict(zip(names, palette(len(names))))
     if "random" in cols:    # the random selection in the random null model's grey, as everywhere in the course
         cols["random"] = color("random")
     offsets = np.linspace(-0.15, 0.15, len(names)) if len(names) > 1 else [0.0]
-    xs = np.arange(len(budgets), dtype=float)
     for off, name in zip(offsets, names):
-        m = np.array([arms[b][name]["mean"] for b in budgets])
-        lo = np.array([arms[b][name]["ci"][0] if arms[b][name]["ci"][0] is not None else np.nan for b in budgets])
-        hi = np.array([arms[b][name]["ci"][1] if arms[b][name]["ci"][1] is not None else np.nan for b in budgets])
-        ax.errorbar(xs + off, m, yerr=[m - lo, hi - m], marker="o", capsize=3, color=cols[name], label=name)
+        df = pd.DataFrame({"budget": budgets, "value": [arms[b][name]["mean"] for b in budgets],
+                           "lo": [arms[b][name]["ci"][0] for b in budgets], "hi": [arms[b][name]["ci"][1] for b in budgets]})
+        forest(ax, df, label="budget", orient="v", offset=off, color=cols[name], legend=name, capsize=3, join=True)
     if base is not None:
         ax.axhline(base, color="black", ls="--", lw=1, label="base model (no fine-tuning)")
-    ax.set_xticks(xs, [str(b) for b in budgets])
     ax.set_xlabel("budget (training examples selected)")
     ax.set_ylabel(metric_label)
     if title:
@@ -44,17 +40,15 @@ def budget_curves(arms: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: 
 def paired_differences(rows: Sequence[Mapping[str, Any]], *, margin: float, title: str = "",
                        xlabel: str = "paired difference a − b (nats / token), 95% CI"):
     """Each pair of arms: the mean paired difference with its CI, the ±margin band, the verdict."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 0.38 * len(rows) + 1.3))
-    y = np.arange(len(rows))[::-1]
+    fig, ax = figure(figsize=(7.5, 0.38 * len(rows) + 1.3))
     ax.axvspan(-margin, margin, color="#2ca02c", alpha=0.12, label=f"±margin ({margin:.3g})")
-    for yi, r in zip(y, rows):
-        c = VERDICT_COLORS.get(r["verdict"], "black")
-        ax.plot(r["ci"], [yi, yi], color=c, lw=2)
-        ax.plot(r["diff"], yi, "o", color=c)
+    df = pd.DataFrame({"label": [f"{r['a']} − {r['b']} (budget {r['budget']}): {r['verdict']}" for r in rows],
+                       "value": [r["diff"] for r in rows], "lo": [r["ci"][0] for r in rows],
+                       "hi": [r["ci"][1] for r in rows],
+                       "color": [VERDICT_COLORS.get(r["verdict"], "black") for r in rows]})
+    forest(ax, df, color="color", lw=2)
+    ax.tick_params(axis="y", labelsize=8)
     ax.axvline(0, color="black", lw=0.6)
-    ax.set_yticks(y, [f"{r['a']} − {r['b']} (budget {r['budget']}): {r['verdict']}" for r in rows], fontsize=8)
     ax.set_xlabel(xlabel)
     if title:
         ax.set_title(textwrap.fill(title, 56))
@@ -70,13 +64,11 @@ def training_curve(losses: Sequence[float], *, steps_per_epoch: int | None = Non
     """The loss of each optimiser step, measured on **that step's batch** (other examples at each
     step), with epoch boundaries; and, when given, the loss on **all** the training examples before
     and after training (the same examples both times: the comparison that shows learning)."""
-    import matplotlib.pyplot as plt
-
     losses = np.asarray(losses, float)
     if losses.size == 0:
         raise ValueError("training_curve needs at least one step's loss.")
     steps = np.arange(1, losses.size + 1)
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = figure(figsize=(6.0, 3.4))
     ax.plot(steps, losses, marker="o", color="tab:blue", label="each step, on its own batch")
     if steps_per_epoch:
         for b in range(steps_per_epoch, losses.size, steps_per_epoch):
@@ -110,7 +102,6 @@ def grid_gains(loglik: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: f
                metric_label: str = "gain over the base model (nats / token)"):
     """The grid's outcome per arm: each seed's gain over the base model (dots), the arm's mean and
     its 95% t-interval (bar), one colour per budget. ``loglik``: budget → arm → {mean, ci, seeds}."""
-    import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
@@ -118,18 +109,18 @@ def grid_gains(loglik: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: f
     arms = [a for a in GRID_ORDER if a in loglik[budgets[0]]] + [a for a in loglik[budgets[0]] if a not in GRID_ORDER]
     seeds = pd.DataFrame([{"arm": a, "budget": str(b), "gain": v - base}
                           for b in budgets for a in arms for v in loglik[b][a]["seeds"]])
-    fig, ax = plt.subplots(figsize=(7.2, 0.42 * len(arms) * max(1, len(budgets)) ** 0.5 + 1.6))
+    fig, ax = figure(figsize=(7.2, 0.42 * len(arms) * max(1, len(budgets)) ** 0.5 + 1.6))
     pal = dict(zip(map(str, budgets), palette(max(3, len(budgets)))))
     sns.stripplot(data=seeds, x="gain", y="arm", hue="budget", order=arms, hue_order=list(map(str, budgets)),
                   palette=pal, dodge=len(budgets) > 1, alpha=0.45, size=4, jitter=0.15, ax=ax, legend=False)
     width = 0.8 / len(budgets)
     for i, b in enumerate(budgets):
         off = (i - (len(budgets) - 1) / 2) * width if len(budgets) > 1 else 0.0
-        for y, a in enumerate(arms):
-            v = loglik[b][a]
-            lo, hi = v["ci"]
-            ax.errorbar([v["mean"] - base], [y + off], xerr=[[v["mean"] - lo], [hi - v["mean"]]], fmt="D", ms=5,
-                        capsize=3, color=pal[str(b)], label=f"budget {b}: mean, 95% CI" if y == 0 else None)
+        df = pd.DataFrame({"arm": arms, "value": [loglik[b][a]["mean"] - base for a in arms],
+                           "lo": [loglik[b][a]["ci"][0] - base for a in arms],
+                           "hi": [loglik[b][a]["ci"][1] - base for a in arms]})
+        forest(ax, df, label="arm", y=range(len(arms)), offset=off, marker="D", ms=5, capsize=3, ticks=False,
+               color=pal[str(b)], legend=f"budget {b}: mean, 95% CI")
     ax.axvline(0, color="black", lw=0.8, ls="--", label="base model")
     ax.set_xlabel(metric_label)
     ax.set_ylabel("")
