@@ -421,10 +421,17 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     key = (old["pool"], old["budget"], old["arm"], old["seed"])
     assert "predictions" not in FE._runs(path)[key]
     assert FE.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == 1
+    base_row = FE._runs(path)[("instructions", 0, "base", -1)]
+    FE._append(path, {k: v for k, v in base_row.items() if k != "predictions"})   # the base model's too
+    assert FE.grid_so_far("tiny", pools=("instructions",))["base_accuracy"]["instructions"] is None
     again = FE.run_grid("tiny", pools=("instructions",), progress=False)
     new = FE._runs(path)[key]
     assert "predictions" in new and new["answer_loglik_per_token"] == pytest.approx(old["answer_loglik_per_token"], abs=1e-4)
-    assert len(path.read_text().splitlines()) == len(lines) + 1 and again["n_models"] == n_main
+    assert "predictions" in FE._runs(path)[("instructions", 0, "base", -1)]
+    assert again["base_accuracy"]["instructions"] == base_row["accuracy"]
+    assert len(path.read_text().splitlines()) == len(lines) + 3 and again["n_models"] == n_main
+    assert FE.grid_so_far("tiny", pools=("instructions",))["models_by_pool"] == {
+        "instructions": {"trained": n_main, "planned": n_main}}
     # a changed configuration, or pilot seeds among the main seeds, is refused before any model
     with pytest.raises(ConfigError, match="another configuration"):
         FE.run_grid("tiny", pools=("instructions",), progress=False, epochs=2)

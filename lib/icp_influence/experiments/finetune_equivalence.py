@@ -653,7 +653,8 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         checkable = [] if exact else checkable_heldout(acfg, d, gcfg.checkable)
         kw = dict(gcfg=gcfg, exact=exact)
         key_base = (pool_name, 0, "base", -1)
-        if rank == 0 and key_base not in done:
+        stale = lambda row: not exact and "predictions" not in row   # noqa: E731  accuracy from an earlier rule
+        if rank == 0 and (key_base not in done or stale(done[key_base])):   # the base model: scored again, no training
             row = evaluate(model, tok, heldout, template=gcfg.template, exact_match_eval=exact,
                            max_length=gcfg.max_length).summary()
             if exact:
@@ -687,7 +688,6 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
                                                                  "base": done[key_base]["answer_loglik_per_token"]}}})
             log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
         jobs = grid_jobs(gcfg, pool_name)
-        stale = lambda row: not exact and "predictions" not in row   # noqa: E731  accuracy from an earlier rule
         mine = [k for j, k in enumerate(jobs) if j % world == rank and (k not in done or stale(done[k]))
                 and (gt is not None or k[2] != "gt-top")]
         mine.sort(key=lambda k: (k[1], k in done))   # per budget: new models, then those whose answers were not kept
@@ -815,7 +815,8 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                                  for k in ("answer_tokens", "noisy_fraction")} for a in gcfg.arms}
                     for b in gcfg.pool_budgets(p)} for p in gcfg.pools}
     base = {p: done[(p, 0, "base", -1)][metric] for p in gcfg.pools}
-    base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") for p in gcfg.pools}
+    base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") if (p == "synthetic" or "predictions" in done[(p, 0, "base", -1)])
+                else None for p in gcfg.pools}   # None: scored by an earlier rule, until the base model is scored again
     main = [r for r in done.values() if r["arm"] != "base" and not r.get("pilot")]
     pilot = [r for r in done.values() if r.get("pilot")]
     # does the largest budget move the model? the best arm's gain over the base model against
@@ -831,6 +832,8 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
             "min_detectable_difference": mdd, "n_seeds": len(gcfg.seeds), "budgets": gcfg.budgets,
             "arms": list(gcfg.arms), "loglik": arms_out, "selected": selected, "accuracy": accuracy, "accuracy_differences": acc_diff,
             "base": base, "base_accuracy": base_acc,
+            "n_checkable": {p: next((r.get("n_checkable") for k, r in done.items() if k[0] == p and k[2] != "base"), None)
+                            for p in gcfg.pools},
             "equivalence": eq, "positive_controls": controls, "moves_the_model": moves,
             "n_models": len(main), "n_pilot_models": len(pilot),
             "seconds": sum(float(r.get("seconds", 0.0)) for r in main + pilot)}
@@ -875,6 +878,9 @@ def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str
                 "planned_budgets": {p: gcfg.pool_budgets(p) for p in gcfg.pools},
                 "n_planned": sum(len(v) for v in planned.values()),
                 "n_trained": sum(k in done for v in planned.values() for k in v),
+                "models_by_pool": {p: {"trained": sum(k in done for k in v), "planned": len(v)} for p, v in planned.items()},
+                "pool_size": {p: len(json.loads((A.run_dir(mode, p) / "data.json").read_text(encoding="utf-8"))["pool"])
+                              for p in pools if (A.run_dir(mode, p) / "data.json").exists()},
                 "complete": all(k in done for v in planned.values() for k in v),
                 "accuracy_pending": sum(1 for p in pools if p != "synthetic" for b in ready[p] for a in gcfg.arms
                                         for s in gcfg.seeds if "predictions" not in done[(p, b, a, s)]),
