@@ -183,6 +183,53 @@ def test_finetune_equivalence_result_follows_from_its_runs_and_the_pilot_fixed_t
             assert f"{e['a']} vs {e['b']}: difference {e['diff']:+.4f}" in text and e["verdict"] in text
 
 
+def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_about_it_hold():
+    """The fine-tuning grid (design 2), read while it runs: its committed rows belong to the
+    configuration the code uses, the pilot alone fixed the margin, each complete budget's
+    summary follows from the rows (independently recomputed TOST), and notebook 06's text holds."""
+    from scipy import stats as st
+
+    from icp_influence import stats
+    from icp_influence.experiments import finetune_equivalence as FE
+
+    gcfg = FE.GridConfig.for_mode("full")
+    out = FE.grid_dir("full")
+    assert json.loads((out / "config.json").read_text())["config_hash"] == config_hash(gcfg.to_dict())
+    runs = FE._runs(out / "runs.jsonl")
+    grid = FE.grid_so_far("full")
+    assert grid is not None, "no budget of the grid is complete: notebook 06's grid section has nothing to show"
+    pool = "instructions"
+    bmax = max(gcfg.pool_budgets(pool))
+    gaps = [runs[(pool, bmax, "icp-top", s)]["answer_loglik_per_token"]
+            - runs[(pool, bmax, "icp-bottom", s)]["answer_loglik_per_token"] for s in gcfg.pilot_seeds]
+    assert not set(gcfg.pilot_seeds) & set(gcfg.seeds)
+    assert grid["margin"][pool] == pytest.approx(max(abs(np.mean(gaps)) / 3, 1e-6), rel=1e-12)
+    # "budgets of about 10%, 20% and 40% of the pool"
+    n_pool = len(json.loads((results_dir() / "instruction-agreement-full" / "data.json").read_text())["pool"])
+    assert n_pool >= 300 and [round(10 * b / n_pool) * 10 for b in gcfg.pool_budgets(pool)] == [10, 20, 40]
+    for b in grid["budgets_done"][pool]:
+        vals = {a: [runs[(pool, b, a, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for a in gcfg.arms}
+        for a, v in vals.items():
+            assert grid["loglik"][pool][str(b)][a]["mean"] == pytest.approx(np.mean(v), abs=1e-12)
+        for e in (e for e in grid["equivalence"] if e["pool"] == pool and e["budget"] == b):
+            d = np.subtract(vals[e["a"]], vals[e["b"]])
+            se = d.std(ddof=1) / np.sqrt(d.size)
+            p = max(st.t.sf((d.mean() + grid["margin"][pool]) / se, d.size - 1),
+                    st.t.cdf((d.mean() - grid["margin"][pool]) / se, d.size - 1))
+            assert e["p_tost"] == pytest.approx(p, rel=1e-9) and e["diff"] == pytest.approx(d.mean(), abs=1e-12)
+            assert e["verdict"] == stats.tost_paired(vals[e["a"]], vals[e["b"]], grid["margin"][pool]).verdict
+    text = FE.grid_verdict(grid, pool)
+    for c in (c for c in grid["positive_controls"] if c["pool"] == pool):
+        assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and f"**{c['verdict']}**" in text
+    # notebook 06: "with a margin of half of what any fine-tuning gains, icp-bottom comes out equivalent to the best arms"
+    res = _committed("finetune-equivalence-full.json")
+    for b in res["budgets"]:
+        best = sorted(res["arms"][pool][str(b)], key=lambda a: -res["arms"][pool][str(b)][a]["mean"])[:2]
+        for e in res["equivalence"]:
+            if e["pool"] == pool and e["budget"] == b and {e["a"], e["b"]} in ({"icp-bottom", x} for x in best):
+                assert e["verdict"] == "equivalent"
+
+
 HAVE_CONFOUNDS = (results_dir() / "confounds-full.json").exists()
 
 
