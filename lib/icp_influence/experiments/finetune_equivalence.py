@@ -589,6 +589,13 @@ def checkable_accuracy(model, tok, checkable, gcfg: GridConfig) -> dict[str, Any
             "predictions": {e.id: p for e, p in zip(checkable, predictions)}}
 
 
+def scored_by_earlier_rule(row: dict[str, Any], pool: str) -> bool:
+    """True when a row's accuracy came from the earlier numeric-match rule: an instruction-set
+    model whose greedy answers were not kept (the synthetic pool's exact match never changed).
+    Such a row counts for log-likelihood only, until :func:`run_grid` scores its model again."""
+    return pool != "synthetic" and "predictions" not in row
+
+
 def grid_jobs(gcfg: GridConfig, pool_name: str) -> list[tuple]:
     """The main models in the order they are trained: the smallest budget first (the cheapest
     models, so that an interrupted grid holds whole budgets with every arm and seed), then by
@@ -653,7 +660,9 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         checkable = [] if exact else checkable_heldout(acfg, d, gcfg.checkable)
         kw = dict(gcfg=gcfg, exact=exact)
         key_base = (pool_name, 0, "base", -1)
-        stale = lambda row: not exact and "predictions" not in row   # noqa: E731  accuracy from an earlier rule
+        def stale(row, pool=pool_name):
+            return scored_by_earlier_rule(row, pool)
+
         if rank == 0 and (key_base not in done or stale(done[key_base])):   # the base model: scored again, no training
             row = evaluate(model, tok, heldout, template=gcfg.template, exact_match_eval=exact,
                            max_length=gcfg.max_length).summary()
@@ -777,12 +786,11 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
     for pool in gcfg.pools:
         arms_out[pool] = {}
         diffs_all = []
-        exact = pool == "synthetic"
         for budget in gcfg.pool_budgets(pool):
             vals = {a: [done[(pool, budget, a, s)][metric] for s in gcfg.seeds] for a in gcfg.arms}
             # accuracy counts only where it was scored by the current rule: exact match, or a numeric match
             # whose greedy answers were kept (rows without them came from an earlier rule)
-            acc = {a: [r.get("accuracy") if (exact or "predictions" in r) else None
+            acc = {a: [r.get("accuracy") if not scored_by_earlier_rule(r, pool) else None
                        for r in (done[(pool, budget, a, s)] for s in gcfg.seeds)] for a in gcfg.arms}
             arms_out[pool][str(budget)] = {a: {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)), "seeds": v}
                                            for a, v in vals.items()}
@@ -815,8 +823,8 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                                  for k in ("answer_tokens", "noisy_fraction")} for a in gcfg.arms}
                     for b in gcfg.pool_budgets(p)} for p in gcfg.pools}
     base = {p: done[(p, 0, "base", -1)][metric] for p in gcfg.pools}
-    base_acc = {p: done[(p, 0, "base", -1)].get("accuracy") if (p == "synthetic" or "predictions" in done[(p, 0, "base", -1)])
-                else None for p in gcfg.pools}   # None: scored by an earlier rule, until the base model is scored again
+    base_acc = {p: None if scored_by_earlier_rule(done[(p, 0, "base", -1)], p) else done[(p, 0, "base", -1)].get("accuracy")
+                for p in gcfg.pools}
     main = [r for r in done.values() if r["arm"] != "base" and not r.get("pilot")]
     pilot = [r for r in done.values() if r.get("pilot")]
     # does the largest budget move the model? the best arm's gain over the base model against
@@ -845,7 +853,8 @@ def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str
     **every** arm has **every** seed, with the positive controls and the power read at the
     largest such budget. ``complete`` says whether that is the whole grid; ``n_trained`` and
     ``n_planned`` count the main models; ``accuracy_pending``: models of the complete budgets
-    still to be retrained for their greedy answers (:func:`run_grid` does that). None until one budget of one pool is complete.
+    still to be retrained for their greedy answers (:func:`run_grid` does that). None until one
+    budget of one pool is complete.
     Rows whose accuracy came from an earlier rule count for log-likelihood only
     (:func:`summarise_grid` leaves accuracy out at their budget). ``overrides``: as given to
     :func:`run_grid`."""
@@ -882,8 +891,8 @@ def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str
                 "pool_size": {p: len(json.loads((A.run_dir(mode, p) / "data.json").read_text(encoding="utf-8"))["pool"])
                               for p in pools if (A.run_dir(mode, p) / "data.json").exists()},
                 "complete": all(k in done for v in planned.values() for k in v),
-                "accuracy_pending": sum(1 for p in pools if p != "synthetic" for b in ready[p] for a in gcfg.arms
-                                        for s in gcfg.seeds if "predictions" not in done[(p, b, a, s)]),
+                "accuracy_pending": sum(scored_by_earlier_rule(done[(p, b, a, s)], p) for p in pools for b in ready[p]
+                                        for a in gcfg.arms for s in gcfg.seeds),
                 "config": gcfg.to_dict(), "config_hash": record["config_hash"]})
     return res
 
