@@ -261,3 +261,28 @@ def test_min_detectable_difference_has_the_power_it_claims():
     assert S.min_detectable_difference(sd, 10) < delta                              # more seeds, smaller MDD
     with pytest.raises(ConfigError):
         S.min_detectable_difference(1.0, 1)
+
+
+def test_two_way_difference_resamples_questions_as_well_as_seeds():
+    from icp_influence.stats import two_way_difference
+
+    rng = np.random.default_rng(0)
+    a = (rng.random((5, 12)) < 0.3).astype(float)
+    assert two_way_difference(a, a) == (0.0, 0.0, 0.0)
+    # one question right in every seed for one arm only: the seeds agree perfectly, but a redraw of
+    # the 12 questions leaves it out about (11/12)^12 = 35% of the time, so the interval reaches 0
+    b = np.zeros((5, 12))
+    one = b.copy()
+    one[:, 3] = 1.0
+    diff, lo, hi = two_way_difference(one, b)
+    assert diff == pytest.approx(1 / 12) and lo == 0.0 and hi > diff
+    # eight of twelve questions: clearly different
+    many = b.copy()
+    many[:, :8] = 1.0
+    diff, lo, hi = two_way_difference(many, b)
+    assert diff == pytest.approx(8 / 12) and lo > 0.3
+    # the point estimate is the mean of the paired differences; the interval follows the sign
+    diff, lo, hi = two_way_difference(b, many)
+    assert diff == pytest.approx(-8 / 12) and hi < -0.3
+    with pytest.raises(ValueError, match="rows × columns"):
+        two_way_difference(np.zeros(5), np.zeros(5))

@@ -768,6 +768,15 @@ def min_detectable_difference(diffs_by_pair: list[list[float]], *, alpha: float 
     return mdd(sd, d[0].size, alpha=alpha, power=power) if sd > 0 else 0.0
 
 
+def _hits(rows: list[dict[str, Any]], refs: dict[str, str]) -> np.ndarray:
+    """Seeds × questions: 1 where a model's kept greedy answer numerically matches the
+    reference (:func:`~icp_influence.finetune.numeric_match`), questions in one fixed order."""
+    from ..finetune import numeric_match
+
+    ids = sorted(rows[0]["predictions"])
+    return np.array([[float(numeric_match(r["predictions"][i], refs[i])) for i in ids] for r in rows])
+
+
 def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins: dict[str, float]) -> dict[str, Any]:
     """Per-arm means with CIs (log-likelihood and accuracy), every pair's TOST verdict, the
     positive controls and the minimum detectable difference — the fields notebook 06 reads.
@@ -776,13 +785,16 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
     ``accuracy``: arm → budget → {mean, ci, seeds, pool} (the pools' budgets differ; where two
     pools share a budget the key is ``"<pool>/<budget>"``); ``accuracy_differences``: each
     question of :data:`GRID_QUESTIONS` as a paired difference of accuracy with its 95%
-    t-interval — a difference verdict only, since no accuracy margin was fixed in advance."""
+    interval from a bootstrap over seeds and questions (:func:`~icp_influence.stats.two_way_difference`;
+    over seeds alone where no answers were kept) — a difference verdict only, since no accuracy
+    margin was fixed in advance."""
     from .. import stats as S
 
     metric = "answer_loglik_per_token"
     arms_out: dict[str, Any] = {}
     accuracy: dict[str, Any] = {}
     eq, controls, mdd, acc_diff = [], [], {}, []
+    refs = None   # the instruction set's references by id, loaded when the first accuracy difference needs them
     for pool in gcfg.pools:
         arms_out[pool] = {}
         diffs_all = []
@@ -800,12 +812,23 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                 for a, v in acc.items():
                     accuracy.setdefault(a, {})[key] = {"mean": float(np.mean(v)), "ci": list(S.t_interval(v)),
                                                        "seeds": v, "pool": pool}
+                if pool != "synthetic" and refs is None:
+                    from ..instructions import load_instructions
+
+                    refs = {e.id: e.output for e in load_instructions()}
+                hits = None if pool == "synthetic" else {a: _hits([done[(pool, budget, a, s)] for s in gcfg.seeds], refs)
+                                                         for a in gcfg.arms}
                 for a, b, _ in GRID_QUESTIONS:
                     if a in acc and b in acc:
-                        d = np.subtract(acc[a], acc[b])
-                        lo, hi = S.t_interval(d) if np.ptp(d) > 0 else (float(d[0]), float(d[0]))
-                        acc_diff.append({"pool": pool, "a": a, "b": b, "budget": budget, "diff": float(d.mean()),
-                                         "ci": [lo, hi], "verdict": "different" if lo > 0 or hi < 0
+                        if hits is not None:    # resample seeds and questions: the questions are a sample too
+                            diff, lo, hi = S.two_way_difference(hits[a], hits[b])
+                            method = "two-way bootstrap over seeds and questions"
+                        else:                   # no per-question record: seeds only
+                            d = np.subtract(acc[a], acc[b])
+                            diff, (lo, hi) = float(d.mean()), S.t_interval(d)
+                            method = "t-interval over seeds"
+                        acc_diff.append({"pool": pool, "a": a, "b": b, "budget": budget, "diff": diff, "ci": [lo, hi],
+                                         "method": method, "verdict": "different" if lo > 0 or hi < 0
                                          else "no detectable difference"})
             for a, b in itertools.combinations(gcfg.arms, 2):
                 t = S.tost_paired(vals[a], vals[b], margins[pool], alpha=gcfg.alpha)
