@@ -116,12 +116,14 @@ def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
     yl = [label(r) for r in rows]
     angle = 0 if len(cols) <= 7 else 40
     xl = xl if not angle else [label(c) for c in cols]
+    # tall enough for the colour bar's label along it (about 0.09 inch per character), whatever the row count
     size = heatmap_size(yl, xl, cell=(1.15 if not angle else 0.62, 0.45), rotation=angle, fontsize=8.5,
-                        minimum=(4.5, 3.0))
+                        minimum=(4.5, max(3.0, 0.09 * len(cbar_label) + 1.4)))
     fig, ax = figure(figsize=size)
     draw_heatmap(ax, matrix, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, center=center, xticklabels=xl, yticklabels=yl,
                  cbar_label=cbar_label)
-    ax.set_title(textwrap.fill(title, max(30, int(9 * fig.get_figwidth()))))   # about 9 title characters per inch
+    # the title sits over the heatmap's axes, narrower than the figure: about 6 bold characters per figure inch
+    ax.set_title(textwrap.fill(title, max(30, int(6 * fig.get_figwidth()))))
     ax.set_xticks(ax.get_xticks(), xl, rotation=angle, ha="right" if angle else "center", rotation_mode="anchor",
                   fontsize=8.5)
     return fig
