@@ -102,6 +102,24 @@ def test_grid_gains_shows_every_seed_and_interval_as_a_gain_over_base():
     plt.close("all")
 
 
+def test_grid_gain_vs_length_puts_each_arm_at_its_selected_length_and_gain():
+    from icp_course.figcheck import problems
+
+    arms = ["icp-top", "random", "longest"]
+    loglik = {b: {a: {"mean": -2.3 + 0.01 * i + 0.001 * int(b), "ci": [-2.31 + 0.01 * i, -2.29 + 0.01 * i + 0.002 * int(b)]}
+                  for i, a in enumerate(arms)} for b in ("32", "64")}
+    selected = {b: {a: {"answer_tokens": 50.0 * (i + 1) * (1 + int(b) / 64), "noisy_fraction": 0.0}
+                    for i, a in enumerate(arms)} for b in ("32", "64")}
+    fig = PF.grid_gain_vs_length(loglik, selected, base=-2.43, title="gain vs length")
+    ax = fig.axes[0]
+    pts = np.concatenate([c.get_offsets() for c in ax.collections if len(c.get_offsets()) == 6])
+    want = [(selected[b][a]["answer_tokens"], loglik[b][a]["mean"] + 2.43) for b in loglik for a in arms]
+    assert np.allclose(sorted(map(tuple, pts)), sorted(want))
+    assert ax.get_xscale() == "log" and "answer length" in ax.get_xlabel() and _legend_outside(ax)
+    assert problems(fig) == []   # readable, and `random` in its course colour
+    plt.close("all")
+
+
 def test_palette_tokens_and_tables():
     assert len(set(map(tuple, style.palette(14)))) == 14 and len(set(map(tuple, style.palette(26)))) == 26
     assert fmt(0.123456) == "0.123" and fmt(float("nan")) == "–" and fmt(None) == "–"

@@ -286,3 +286,26 @@ def test_two_way_difference_resamples_questions_as_well_as_seeds():
     assert diff == pytest.approx(-8 / 12) and hi < -0.3
     with pytest.raises(ValueError, match="rows × columns"):
         two_way_difference(np.zeros(5), np.zeros(5))
+
+
+def test_roc_auc_equals_sklearn_with_ties_and_is_the_mann_whitney_chance():
+    """The rank formula against scikit-learn's ROC AUC (an independent implementation: the area
+    under the ROC curve it draws) and against the definition counted pair by pair."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for n, ties in ((12, False), (40, True), (200, True)):
+        s = rng.normal(size=n)
+        if ties:
+            s = np.round(s, 1)  # many tied scores
+        y = rng.random(n) < 0.3
+        y[0], y[1] = True, False
+        want = roc_auc_score(y, s)
+        assert S.roc_auc(y, s) == pytest.approx(want, abs=1e-12)
+        pos, neg = s[y], s[~y]
+        pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+        assert S.roc_auc(y, s) == pytest.approx(pairwise, abs=1e-12)
+    assert S.roc_auc([1, 1, 0, 0], [4, 3, 2, 1]) == 1.0 and S.roc_auc([0, 0, 1, 1], [4, 3, 2, 1]) == 0.0
+    assert np.isnan(S.roc_auc([1, 1, 1], [1.0, 2.0, 3.0]))
+    with pytest.raises(ConfigError, match="labels but"):
+        S.roc_auc([1, 0], [1.0, 2.0, 3.0])

@@ -96,7 +96,7 @@ def _check_finite(*arrays: np.ndarray) -> None:
 
 # ---------------------------------------------------------------- correlations
 
-from .stats import bootstrap_ci, spearman  # noqa: E402  (one statistics home)
+from .stats import bootstrap_ci, roc_auc, spearman  # noqa: E402  (one statistics home)
 
 
 def _resolve_matrix(scores: Scores, how: str | None) -> tuple[ScoreMatrix, str]:
@@ -301,8 +301,6 @@ def noise_detection(scores: Scores, noisy_ids: Iterable[str], *, how: str | None
     fraction of noisy examples among the ``k`` lowest-valued candidates, per ``k``
     (default: the number of noisy examples, and 2x that); ``base_rate``: noisy fraction.
     """
-    from sklearn.metrics import roc_auc_score
-
     ids, v = as_series(scores, how)
     noisy = set(map(str, noisy_ids))
     y = np.array([c in noisy for c in ids], dtype=int)
@@ -313,7 +311,7 @@ def noise_detection(scores: Scores, noisy_ids: Iterable[str], *, how: str | None
             "Add label noise with data.add_label_noise(pool, 0.1)."
         )
     _check_finite(v)
-    auc = float(roc_auc_score(y, -v))
+    auc = roc_auc(y, -v)
     ks = [n_noisy, min(len(y), 2 * n_noisy)] if ks is None else [int(k) for k in ks]
     prec = {}
     for k in ks:

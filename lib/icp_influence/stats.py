@@ -98,6 +98,25 @@ def kendall(x: Any, y: Any) -> float:
     return float(_st.kendalltau(x, y).statistic)
 
 
+def roc_auc(y: Any, score: Any) -> float:
+    """ROC AUC of ``score`` as a detector of ``y`` (1 = positive): the Mann–Whitney statistic,
+    the chance that a random positive scores above a random negative, ties counting one half —
+    the same number as ``sklearn.metrics.roc_auc_score(y, score)``, from one ranking (about
+    100× faster, which matters inside a bootstrap). NaN unless both classes are present."""
+    y = np.asarray(y).ravel().astype(bool)
+    s = np.asarray(score, dtype=float).ravel()
+    if y.shape != s.shape:
+        raise ConfigError(f"roc_auc: {y.size} labels but {s.size} scores.")
+    if not np.all(np.isfinite(s)):
+        raise ConfigError("roc_auc: the scores contain NaN or infinite values.")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _st.rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 CORRELATIONS: dict[str, Callable[[Any, Any], float]] = {"spearman": spearman, "kendall": kendall, "pearson": pearson}
 
 

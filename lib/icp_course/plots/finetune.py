@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..style import color, figure, forest, legend_outside, palette
+from ..style import color, colors, figure, forest, legend_outside, log_ticks, palette
 
 VERDICT_COLORS = {"equivalent": "#2ca02c", "different": "#d62728", "inconclusive": "#7f7f7f"}
 
@@ -126,5 +126,35 @@ def grid_gains(loglik: Mapping[str, Mapping[str, Mapping[str, Any]]], *, base: f
     ax.set_ylabel("")
     if title:
         ax.set_title(textwrap.fill(title, 60))
+    legend_outside(ax, fontsize=8)
+    return fig
+
+
+def grid_gain_vs_length(loglik: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                        selected: Mapping[str, Mapping[str, Mapping[str, float]]], *, base: float, title: str = ""):
+    """Each arm's mean gain over the base model (95% t-interval) against the mean answer length
+    (tokens) of what it selected, one colour per arm and one marker per budget: does the outcome
+    follow what a selection *is*, or only how long its answers are? ``selected``: budget → arm →
+    {answer_tokens, noisy_fraction} (the grid's ``selected``)."""
+    import seaborn as sns
+
+    budgets = sorted(loglik, key=int)
+    arms = [a for a in GRID_ORDER if a in loglik[budgets[0]]] + [a for a in loglik[budgets[0]] if a not in GRID_ORDER]
+    df = pd.DataFrame([{"arm": a, "budget": str(b), "tokens": selected[b][a]["answer_tokens"],
+                        "gain": loglik[b][a]["mean"] - base, "lo": loglik[b][a]["ci"][0] - base,
+                        "hi": loglik[b][a]["ci"][1] - base} for b in budgets for a in arms])
+    fig, ax = figure(figsize=(7.4, 4.4))
+    pal = dict(zip(arms, colors(arms)))   # a valuator's arm (random) keeps its course colour
+    for _, r in df.iterrows():
+        ax.errorbar(r["tokens"], r["gain"], yerr=[[r["gain"] - r["lo"]], [r["hi"] - r["gain"]]], color=pal[r["arm"]],
+                    lw=1, capsize=2, alpha=0.7)
+    sns.scatterplot(data=df, x="tokens", y="gain", hue="arm", hue_order=arms, palette=pal, style="budget",
+                    style_order=[str(b) for b in budgets], s=60, ax=ax, zorder=3)
+    ax.set_xscale("log")
+    log_ticks(ax, "x")
+    ax.set_xlabel("mean answer length of the selected examples (tokens, log scale)")
+    ax.set_ylabel("gain over the base model (nats / token)")
+    if title:
+        ax.set_title(textwrap.fill(title, 62))
     legend_outside(ax, fontsize=8)
     return fig

@@ -750,6 +750,7 @@ GRID_QUESTIONS = (
     ("icp-top", "random", "better than random"),
     ("ip-top", "random", "better than random"),
     ("icp-top", "gt-top", "as good as one real step's choice"),
+    ("length_matched_random", "random", "what answer length alone buys: one random rule, longer answers"),
 )
 #: Positive controls: must come out "different" at the largest budget, or the test has no power.
 POSITIVE_CONTROLS = (("icp-top", "icp-bottom"), ("random", "corrupted"))
@@ -939,7 +940,7 @@ def grid_verdict(res: dict[str, Any], pool: str) -> str:
     """Markdown for notebook 06, built from a grid result: the positive controls first (does
     the test have power?), the minimum detectable difference, then each question of
     :data:`GRID_QUESTIONS` at every budget, with its paired difference, interval and verdict."""
-    from ..stats import format_p
+    from ..stats import format_p, spearman
 
     m, mdd = res["margin"][pool], res["min_detectable_difference"][pool]
     ctl = [c for c in res["positive_controls"] if c["pool"] == pool]
@@ -950,8 +951,35 @@ def grid_verdict(res: dict[str, Any], pool: str) -> str:
              + "; ".join(f"{c['a']} vs {c['b']} {c['diff']:+.4f} [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}] → "
                          f"**{c['verdict']}**" for c in ctl)
              + (" — the test can tell a good selection from a bad one." if ok else
-                " — **a control is not 'different'**: the test cannot tell these apart, so an 'equivalent' below says "
-                "little.")]
+                " — **a control is not 'different'** (why, next).")]
+    for c in ctl:
+        if c["passed"]:
+            continue
+        lo, hi = c["ci"]
+        if -mdd < lo and hi < mdd:   # a narrow interval around 0: an effect, not the power, is missing
+            others = [x for x in ctl if x["passed"]]
+            lines.append(
+                f"- **Why `{c['a']}` vs `{c['b']}` is not different.** Not for lack of power: its 95% interval "
+                f"[{lo:+.4f}, {hi:+.4f}] lies inside ±{mdd:.4f}, the smallest difference the test detects, so any "
+                "difference the test could see is ruled out"
+                + (", while " + "; ".join(f"`{x['a']}` vs `{x['b']}` ({x['diff']:+.4f})" for x in others)
+                   + " comes out different with the same seeds" if others else "")
+                + f". The two selections train equally good models at budget {c['budget']}: the ranking that tells "
+                "them apart carries no fine-tuning value the test can see here.")
+        else:
+            lines.append(f"- **`{c['a']}` vs `{c['b']}` is not different** and its 95% interval [{lo:+.4f}, {hi:+.4f}] "
+                         f"reaches beyond ±{mdd:.4f}: more seeds could still separate them.")
+    sel, ll = res.get("selected", {}).get(pool, {}), res["loglik"][pool]
+    rhos = []
+    for budget in sorted(ll, key=int):
+        arms = [a for a in ll[budget] if a != "corrupted" and a in sel.get(budget, {})]
+        if len(arms) >= 4:
+            rhos.append(f"{budget}: {spearman([sel[budget][a]['answer_tokens'] for a in arms], [ll[budget][a]['mean'] for a in arms]):+.2f}")
+    if rhos:
+        lines.append("- **Answer length.** Spearman, over the arms (`corrupted` left out), of an arm's mean gain with the "
+                     "mean answer length it selected, per budget — " + "; ".join(rhos)
+                     + ". The intervention below (`length_matched_random` − `random`) changes only the lengths a "
+                     "random rule picks.")
     by = {(e["a"], e["b"], e["budget"]): e for e in res["equivalence"] if e["pool"] == pool}
     for a, b, meaning in GRID_QUESTIONS:
         parts = []

@@ -312,12 +312,10 @@ def _auc_by_kind(values: np.ndarray, ids: list[str], info: dict[str, Any], *, n_
                  seed: int = 0) -> tuple[dict[str, float], dict[str, list[float]]]:
     """ROC AUC of ``−value`` as a detector of each corruption kind (and ``any``), against the
     clean candidates; with ``n_boot`` > 0 also a percentile interval (candidates resampled)."""
-    from sklearn.metrics import roc_auc_score
-
     from .. import stats as S
 
     def auc_of(v, y):
-        return float(roc_auc_score(y, -v)) if 0 < y.sum() < len(y) else float("nan")
+        return S.roc_auc(y, -v)
 
     kinds = sorted({v["corruption"] for v in info["pool"].values() if v["corruption"]})
     out, cis = {}, {}
