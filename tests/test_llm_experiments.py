@@ -335,6 +335,15 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     assert np.allclose(gt.subset(kept.candidate_ids).values, kept.values)   # the ground-truth run's rows, unchanged
     assert sum("next" in line for line in log) >= 2                           # grown in steps
 
+    with pytest.raises(ConfigError, match="names a pool or budget"):
+        FE.run_grid("tiny", pools=("instructions",), progress=False, now={"instructions": [999]})
+    # `now` trains one budget only (rank 0 still trains the base model and the pilot first)
+    gcfg0 = FE.GridConfig.for_mode("tiny")
+    bmin0, bmax0 = min(gcfg0.budgets), max(gcfg0.budgets)
+    assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2), now={"instructions": [bmin0]}) is None
+    first = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
+    assert {r["budget"] for r in first if not r.get("pilot") and r["arm"] != "base"} == {bmin0}
+    assert sum(1 for r in first if r.get("pilot") and r["budget"] == bmax0) == 2 * len(gcfg0.pilot_seeds)
     assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
     assert FE.grid_so_far("tiny", pools=("instructions",)) is None          # half of every budget: no budget complete yet
     res = FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(1, 2))

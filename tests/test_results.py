@@ -219,8 +219,22 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
             assert e["p_tost"] == pytest.approx(p, rel=1e-9) and e["diff"] == pytest.approx(d.mean(), abs=1e-12)
             assert e["verdict"] == stats.tost_paired(vals[e["a"]], vals[e["b"]], grid["margin"][pool]).verdict
     text = FE.grid_verdict(grid, pool)
+    mdd = grid["min_detectable_difference"][pool]
     for c in (c for c in grid["positive_controls"] if c["pool"] == pool):
         assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and f"**{c['verdict']}**" in text
+        # "not for lack of power": the control's 95% t-interval, recomputed from the rows, lies inside ±MDD
+        d = np.subtract(*([runs[(pool, c["budget"], a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]
+                          for a in (c["a"], c["b"])))
+        half = st.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+        if "Not for lack of power" in text and f"Why `{c['a']}` vs `{c['b']}`" in text:
+            assert not c["passed"] and -mdd < d.mean() - half and d.mean() + half < mdd
+    # "the gain follows the answer length selected": Spearman over the arms, from the rows' own lengths
+    for b, rho in FE.length_spearman(grid, pool).items():
+        arms = [a for a in gcfg.arms if a != "corrupted"]
+        tokens = [np.mean([runs[(pool, int(b), a, s)]["selected_answer_tokens"] for s in gcfg.seeds]) for a in arms]
+        gain = [np.mean([runs[(pool, int(b), a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]) for a in arms]
+        assert rho == pytest.approx(st.spearmanr(tokens, gain).statistic, abs=1e-12)
+        assert f"{b}: {rho:+.2f}" in text
     # notebook 06: "with a margin of half of what any fine-tuning gains, icp-bottom comes out equivalent to the best arms"
     res = _committed("finetune-equivalence-full.json")
     for b in res["budgets"]:

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -605,14 +605,19 @@ def grid_jobs(gcfg: GridConfig, pool_name: str) -> list[tuple]:
 
 
 def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
-             **overrides: Any) -> dict[str, Any] | None:
+             now: dict[str, Sequence[int]] | None = None, **overrides: Any) -> dict[str, Any] | None:
     """Train every model of the grid not yet in ``grid/runs.jsonl`` (resumable, sharded like
     :func:`run`), then summarise into ``finetune-equivalence-<mode>.json`` once every model,
     ``gt-top`` included, is there. A model whose row lacks its greedy answers (scored by an
     earlier accuracy rule) is trained again after the new ones of its budget; its new row, appended, replaces
     the old one (the last row of a key wins). Rank 0 trains the base model and the pilot first and fixes
     the margin; the other ranks start their share of the main models at once (the margin is
-    needed only to summarise)."""
+    needed only to summarise).
+
+    ``now`` (pool → budgets) limits what this call trains — e.g. ``{"synthetic": [12, 24]}`` to
+    train one pool while another process finishes a budget of the other — without changing the
+    grid's configuration (its hash, its folder); the base model and the pilot of a pool it
+    names are still trained first by rank 0."""
     from dataclasses import replace
 
     from ..finetune import evaluate
@@ -641,7 +646,14 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
     margins = dict(record.get("margin", {}))
     t0 = time.perf_counter()
     complete = True
+    if now is not None and (set(now) - set(gcfg.pools)
+                            or any(set(bs) - set(gcfg.pool_budgets(p)) for p, bs in now.items())):
+        raise ConfigError(f"now={now!r} names a pool or budget the grid does not have: pools "
+                          + ", ".join(f"{p} {gcfg.pool_budgets(p)}" for p in gcfg.pools) + ".")
     for pool_name in gcfg.pools:
+        if now is not None and pool_name not in now:
+            complete = False   # not looked at in this call
+            continue
         opened = A.open_run(mode, pool_name, seed)
         acfg, model, tok, d, adir = opened
         pool = d["pool"]
@@ -698,7 +710,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
             log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
         jobs = grid_jobs(gcfg, pool_name)
         mine = [k for j, k in enumerate(jobs) if j % world == rank and (k not in done or stale(done[k]))
-                and (gt is not None or k[2] != "gt-top")]
+                and (gt is not None or k[2] != "gt-top") and (now is None or k[1] in now[pool_name])]
         mine.sort(key=lambda k: (k[1], k in done))   # per budget: new models, then those whose answers were not kept
         bar = None
         if progress:
@@ -936,11 +948,40 @@ def finetune_grid(*, smoke: bool = False, seed: int = 0) -> dict:
                                   for c in res["positive_controls"]}}
 
 
+def control_reading(control: dict[str, Any], mdd: float) -> str:
+    """How to read a positive control: ``"passed"`` (different, the expected arm ahead);
+    ``"no effect"`` (not passed, and its 95% interval lies inside ±``mdd``, the minimum detectable
+    difference: any difference the test could detect is ruled out, so power is not what is
+    missing); ``"reversed"`` (different, the other arm ahead); else ``"underpowered"`` (the
+    interval still reaches beyond ±``mdd``)."""
+    if control["passed"]:
+        return "passed"
+    if control["verdict"] == "different":
+        return "reversed"
+    lo, hi = control["ci"]
+    return "no effect" if -mdd < lo and hi < mdd else "underpowered"
+
+
+def length_spearman(res: dict[str, Any], pool: str) -> dict[str, float]:
+    """Per budget: Spearman, over the arms (``corrupted`` left out: its answers are wrong, not
+    short), of each arm's mean held-out log-likelihood with the mean answer length (tokens) of
+    what it selected. Budgets with fewer than four such arms are left out."""
+    from ..stats import spearman
+
+    sel, ll = res.get("selected", {}).get(pool, {}), res["loglik"][pool]
+    out = {}
+    for budget in sorted(ll, key=int):
+        arms = [a for a in ll[budget] if a != "corrupted" and a in sel.get(budget, {})]
+        if len(arms) >= 4:
+            out[budget] = spearman([sel[budget][a]["answer_tokens"] for a in arms], [ll[budget][a]["mean"] for a in arms])
+    return out
+
+
 def grid_verdict(res: dict[str, Any], pool: str) -> str:
     """Markdown for notebook 06, built from a grid result: the positive controls first (does
     the test have power?), the minimum detectable difference, then each question of
     :data:`GRID_QUESTIONS` at every budget, with its paired difference, interval and verdict."""
-    from ..stats import format_p, spearman
+    from ..stats import format_p
 
     m, mdd = res["margin"][pool], res["min_detectable_difference"][pool]
     ctl = [c for c in res["positive_controls"] if c["pool"] == pool]
@@ -953,10 +994,9 @@ def grid_verdict(res: dict[str, Any], pool: str) -> str:
              + (" — the test can tell a good selection from a bad one." if ok else
                 " — **a control is not 'different'** (why, next).")]
     for c in ctl:
-        if c["passed"]:
-            continue
         lo, hi = c["ci"]
-        if -mdd < lo and hi < mdd:   # a narrow interval around 0: an effect, not the power, is missing
+        reading = control_reading(c, mdd)
+        if reading == "no effect":
             others = [x for x in ctl if x["passed"]]
             lines.append(
                 f"- **Why `{c['a']}` vs `{c['b']}` is not different.** Not for lack of power: its 95% interval "
@@ -966,18 +1006,16 @@ def grid_verdict(res: dict[str, Any], pool: str) -> str:
                    + " comes out different with the same seeds" if others else "")
                 + f". The two selections train equally good models at budget {c['budget']}: the ranking that tells "
                 "them apart carries no fine-tuning value the test can see here.")
-        else:
+        elif reading == "reversed":
+            lines.append(f"- **`{c['a']}` vs `{c['b']}` comes out different the wrong way round**: {c['diff']:+.4f} "
+                         f"[{lo:+.4f}, {hi:+.4f}] — the selection meant to be worse trains the better models.")
+        elif reading == "underpowered":
             lines.append(f"- **`{c['a']}` vs `{c['b']}` is not different** and its 95% interval [{lo:+.4f}, {hi:+.4f}] "
                          f"reaches beyond ±{mdd:.4f}: more seeds could still separate them.")
-    sel, ll = res.get("selected", {}).get(pool, {}), res["loglik"][pool]
-    rhos = []
-    for budget in sorted(ll, key=int):
-        arms = [a for a in ll[budget] if a != "corrupted" and a in sel.get(budget, {})]
-        if len(arms) >= 4:
-            rhos.append(f"{budget}: {spearman([sel[budget][a]['answer_tokens'] for a in arms], [ll[budget][a]['mean'] for a in arms]):+.2f}")
+    rhos = length_spearman(res, pool)
     if rhos:
         lines.append("- **Answer length.** Spearman, over the arms (`corrupted` left out), of an arm's mean gain with the "
-                     "mean answer length it selected, per budget — " + "; ".join(rhos)
+                     "mean answer length it selected, per budget — " + "; ".join(f"{b}: {r:+.2f}" for b, r in rhos.items())
                      + ". The intervention below (`length_matched_random` − `random`) changes only the lengths a "
                      "random rule picks.")
     by = {(e["a"], e["b"], e["budget"]): e for e in res["equivalence"] if e["pool"] == pool}
