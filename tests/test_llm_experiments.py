@@ -324,10 +324,11 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     number of the summary follows from runs.jsonl."""
     from icp_influence import stats
     from icp_influence.experiments import finetune_equivalence as FE
+    from icp_influence.experiments import finetune_grid as FG
     from icp_influence.experiments.ground_truth import answer_tokens
 
     log: list[str] = []
-    gt = FE.pool_referee("tiny", step=20, progress=False, log=log.append)
+    gt = FG.pool_referee("tiny", step=20, progress=False, log=log.append)
     run = A.load("tiny")
     pool_ids = list(run["info"]["pool"])
     assert sorted(gt.candidate_ids) == sorted(pool_ids)
@@ -336,21 +337,21 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     assert sum("next" in line for line in log) >= 2                           # grown in steps
 
     with pytest.raises(ConfigError, match="names a pool or budget"):
-        FE.run_grid("tiny", pools=("instructions",), progress=False, now={"instructions": [999]})
+        FG.run_grid("tiny", pools=("instructions",), progress=False, now={"instructions": [999]})
     # `now` trains one budget only (rank 0 still trains the base model and the pilot first)
-    gcfg0 = FE.GridConfig.for_mode("tiny")
+    gcfg0 = FG.GridConfig.for_mode("tiny")
     bmin0, bmax0 = min(gcfg0.budgets), max(gcfg0.budgets)
-    assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2), now={"instructions": [bmin0]}) is None
-    first = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
+    assert FG.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2), now={"instructions": [bmin0]}) is None
+    first = [json.loads(x) for x in (FG.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
     assert {r["budget"] for r in first if not r.get("pilot") and r["arm"] != "base"} == {bmin0}
     assert sum(1 for r in first if r.get("pilot") and r["budget"] == bmax0) == 2 * len(gcfg0.pilot_seeds)
-    assert FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
-    assert FE.grid_so_far("tiny", pools=("instructions",)) is None          # half of every budget: no budget complete yet
-    res = FE.run_grid("tiny", pools=("instructions",), progress=False, shard=(1, 2))
-    gcfg = FE.GridConfig.for_mode("tiny")
-    rows = [json.loads(x) for x in (FE.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
+    assert FG.run_grid("tiny", pools=("instructions",), progress=False, shard=(0, 2)) is None
+    assert FG.grid_so_far("tiny", pools=("instructions",)) is None          # half of every budget: no budget complete yet
+    res = FG.run_grid("tiny", pools=("instructions",), progress=False, shard=(1, 2))
+    gcfg = FG.GridConfig.for_mode("tiny")
+    rows = [json.loads(x) for x in (FG.grid_dir("tiny") / "runs.jsonl").read_text().splitlines()]
     keys = [(r["budget"], r["arm"], r["seed"]) for r in rows]
-    n_main = len(gcfg.budgets) * len(FE.GRID_ARMS) * len(gcfg.seeds)
+    n_main = len(gcfg.budgets) * len(FG.GRID_ARMS) * len(gcfg.seeds)
     assert len(keys) == len(set(keys)) == 1 + 2 * len(gcfg.pilot_seeds) + n_main
     # the margin: a third of the pilot's mean icp-top − icp-bottom gap (pilot seeds only)
     by = {(r["budget"], r["arm"], r["seed"]): r for r in rows}
@@ -365,8 +366,8 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
 
     acfg, model, tok, d, _ = AA.open_run("tiny", "instructions")
     lengths = answer_tokens(tok, d["pool"], pool_ids, gcfg.template)
-    sels = FE.grid_selections(gcfg, d["pool"], run["mats"], gt, lengths, bmax)
-    assert set(sels) == set(FE.GRID_ARMS)
+    sels = FG.grid_selections(gcfg, d["pool"], run["mats"], gt, lengths, bmax)
+    assert set(sels) == set(FG.GRID_ARMS)
     icp = run["mats"]["icp"].subset(pool_ids).values.mean(1)
     assert set(sels["icp-top"]) == {pool_ids[i] for i in np.argsort(-icp, kind="stable")[:bmax]}
     assert min(lengths[i] for i in sels["longest"]) >= max(lengths[i] for i in pool_ids if i not in sels["longest"])
@@ -380,13 +381,13 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
         b = [by[(e["budget"], e["b"], s)]["answer_loglik_per_token"] for s in gcfg.seeds]
         t = stats.tost_paired(a, b, res["margin"]["instructions"], alpha=gcfg.alpha)
         assert e["verdict"] == t.verdict and e["diff"] == pytest.approx(t.diff, abs=1e-12)
-    assert {(c["a"], c["b"]) for c in res["positive_controls"]} == set(FE.POSITIVE_CONTROLS)
+    assert {(c["a"], c["b"]) for c in res["positive_controls"]} == set(FG.POSITIVE_CONTROLS)
     for c in res["positive_controls"]:   # passed: "different", with the expected arm the better one
         better = (c["diff"] > 0) == (c["a"] == c["expected_better"])
         assert c["budget"] == bmax and c["passed"] == (c["verdict"] == "different" and better)
     assert res["n_models"] == n_main and res["n_pilot_models"] == 2 * len(gcfg.pilot_seeds)
     diffs = [np.subtract(*[[by[(b, x, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for x in pair])
-             for b in gcfg.budgets for pair in itertools.combinations(FE.GRID_ARMS, 2)]
+             for b in gcfg.budgets for pair in itertools.combinations(FG.GRID_ARMS, 2)]
     sd = float(np.sqrt(np.mean([np.var(x, ddof=1) for x in diffs])))
     assert res["min_detectable_difference"]["instructions"] == pytest.approx(
         stats.min_detectable_difference(sd, len(gcfg.seeds)), rel=1e-9)
@@ -398,13 +399,13 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
         assert e["diff"] == pytest.approx(d.mean(), abs=1e-12)
         assert e["verdict"] == ("different" if e["ci"][0] > 0 or e["ci"][1] < 0 else "no detectable difference")
     # a second call trains nothing more and gives the same summary
-    again = FE.run_grid("tiny", pools=("instructions",), progress=False)
+    again = FG.run_grid("tiny", pools=("instructions",), progress=False)
     assert again["equivalence"] == res["equivalence"]
     top = res["loglik"]["instructions"][str(bmax)]
     mv = res["moves_the_model"]["instructions"]
     assert mv["best_arm"] == max(top, key=lambda a: top[a]["mean"])
     assert mv["gain_over_base"] == pytest.approx(top[mv["best_arm"]]["mean"] - res["base"]["instructions"], abs=1e-12)
-    text = FE.grid_verdict(res, "instructions")
+    text = FG.grid_verdict(res, "instructions")
     for c in res["positive_controls"]:
         assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and c["verdict"] in text
     e = next(x for x in res["equivalence"] if (x["a"], x["b"], x["budget"]) == ("icp-top", "ip-top", bmax))
@@ -412,43 +413,43 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     e = next(x for x in res["equivalence"] if {x["a"], x["b"]} == {"icp-top", "length_matched_random"} and x["budget"] == bmax)
     sign = 1 if e["a"] == "icp-top" else -1
     assert "`icp-top` − `length_matched_random`" in text and f"{bmax}: {sign * e['diff']:+.4f}" in text
-    assert FE.referee_path("tiny", "instructions").with_suffix(".json").exists()   # one referee file per pool
+    assert FG.referee_path("tiny", "instructions").with_suffix(".json").exists()   # one referee file per pool
     # read while running: the summary over the complete budgets only
-    path = FE.grid_dir("tiny") / "runs.jsonl"
-    so = FE.grid_so_far("tiny", pools=("instructions",))
+    path = FG.grid_dir("tiny") / "runs.jsonl"
+    so = FG.grid_so_far("tiny", pools=("instructions",))
     assert so["complete"] and so["n_trained"] == so["n_planned"] == n_main and so["equivalence"] == res["equivalence"]
     lines = path.read_text().splitlines()
     gone = next(i for i, x in enumerate(lines) if json.loads(x)["budget"] == bmax and not json.loads(x).get("pilot"))
     path.write_text("\n".join(lines[:gone] + lines[gone + 1:]) + "\n")
-    so = FE.grid_so_far("tiny", seed=0, pools=("instructions",))
+    so = FG.grid_so_far("tiny", seed=0, pools=("instructions",))
     bmin = min(gcfg.budgets)
     assert not so["complete"] and so["n_trained"] == n_main - 1 and so["budgets_done"] == {"instructions": [bmin]}
     assert so["equivalence"] == [e for e in res["equivalence"] if e["budget"] == bmin]
-    assert [c["budget"] for c in so["positive_controls"]] == [bmin] * len(FE.POSITIVE_CONTROLS)
+    assert [c["budget"] for c in so["positive_controls"]] == [bmin] * len(FG.POSITIVE_CONTROLS)
     # a row scored by an earlier accuracy rule (no greedy answers kept) is trained again, and its new row wins
     old = json.loads(lines[gone])
     FE._append(path, {k: v for k, v in old.items() if k != "predictions"})
     key = (old["pool"], old["budget"], old["arm"], old["seed"])
     assert "predictions" not in FE._runs(path)[key]
-    assert FE.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == 1
+    assert FG.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == 1
     base_row = FE._runs(path)[("instructions", 0, "base", -1)]
     FE._append(path, {k: v for k, v in base_row.items() if k != "predictions"})   # the base model's too
-    assert FE.grid_so_far("tiny", pools=("instructions",))["base_accuracy"]["instructions"] is None
-    again = FE.run_grid("tiny", pools=("instructions",), progress=False)
+    assert FG.grid_so_far("tiny", pools=("instructions",))["base_accuracy"]["instructions"] is None
+    again = FG.run_grid("tiny", pools=("instructions",), progress=False)
     new = FE._runs(path)[key]
     assert "predictions" in new and new["answer_loglik_per_token"] == pytest.approx(old["answer_loglik_per_token"], abs=1e-4)
     assert "predictions" in FE._runs(path)[("instructions", 0, "base", -1)]
     assert again["base_accuracy"]["instructions"] == base_row["accuracy"]
     assert len(path.read_text().splitlines()) == len(lines) + 3 and again["n_models"] == n_main
-    assert FE.grid_so_far("tiny", pools=("instructions",))["models_by_pool"] == {
+    assert FG.grid_so_far("tiny", pools=("instructions",))["models_by_pool"] == {
         "instructions": {"trained": n_main, "planned": n_main}}
     # a changed configuration, or pilot seeds among the main seeds, is refused before any model
     with pytest.raises(ConfigError, match="another configuration"):
-        FE.run_grid("tiny", pools=("instructions",), progress=False, epochs=2)
+        FG.run_grid("tiny", pools=("instructions",), progress=False, epochs=2)
     with pytest.raises(ConfigError, match="pilot"):
-        FE.run_grid("tiny", pools=("instructions",), progress=False, pilot_seeds=[0, 100])
+        FG.run_grid("tiny", pools=("instructions",), progress=False, pilot_seeds=[0, 100])
     # a line torn by a killed process is skipped (its model is trained again), and the next row stays whole
-    path = FE.grid_dir("tiny") / "runs.jsonl"
+    path = FG.grid_dir("tiny") / "runs.jsonl"
     path.write_text(path.read_text() + '{"pool": "instructions", "budg', encoding="utf-8")
     assert len(FE._runs(path)) == len(rows)
     FE._append(path, {"pool": "x", "budget": 1, "arm": "y", "seed": 0})

@@ -191,12 +191,13 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
 
     from icp_influence import stats
     from icp_influence.experiments import finetune_equivalence as FE
+    from icp_influence.experiments import finetune_grid as FG
 
-    gcfg = FE.GridConfig.for_mode("full")
-    out = FE.grid_dir("full")
+    gcfg = FG.GridConfig.for_mode("full")
+    out = FG.grid_dir("full")
     assert json.loads((out / "config.json").read_text())["config_hash"] == config_hash(gcfg.to_dict())
     runs = FE._runs(out / "runs.jsonl")
-    grid = FE.grid_so_far("full")
+    grid = FG.grid_so_far("full")
     assert grid is not None, "no budget of the grid is complete: notebook 06's grid section has nothing to show"
     pool = "instructions"
     bmax = max(gcfg.pool_budgets(pool))
@@ -218,7 +219,7 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
                     st.t.cdf((d.mean() - grid["margin"][pool]) / se, d.size - 1))
             assert e["p_tost"] == pytest.approx(p, rel=1e-9) and e["diff"] == pytest.approx(d.mean(), abs=1e-12)
             assert e["verdict"] == stats.tost_paired(vals[e["a"]], vals[e["b"]], grid["margin"][pool]).verdict
-    text = FE.grid_verdict(grid, pool)
+    text = FG.grid_verdict(grid, pool)
     mdd = grid["min_detectable_difference"][pool]
     for c in (c for c in grid["positive_controls"] if c["pool"] == pool):
         assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and f"**{c['verdict']}**" in text
@@ -229,7 +230,7 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
         if "Not for lack of power" in text and f"Why `{c['a']}` vs `{c['b']}`" in text:
             assert not c["passed"] and -mdd < d.mean() - half and d.mean() + half < mdd
     # "the gain follows the answer length selected": Spearman over the arms, from the rows' own lengths
-    for b, rho in FE.length_spearman(grid, pool).items():
+    for b, rho in FG.length_spearman(grid, pool).items():
         arms = [a for a in gcfg.arms if a != "corrupted"]
         tokens = [np.mean([runs[(pool, int(b), a, s)]["selected_answer_tokens"] for s in gcfg.seeds]) for a in arms]
         gain = [np.mean([runs[(pool, int(b), a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]) for a in arms]
