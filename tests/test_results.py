@@ -205,6 +205,7 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
             - runs[(pool, bmax, "icp-bottom", s)]["answer_loglik_per_token"] for s in gcfg.pilot_seeds]
     assert not set(gcfg.pilot_seeds) & set(gcfg.seeds)
     assert grid["margin"][pool] == pytest.approx(max(abs(np.mean(gaps)) / 3, 1e-6), rel=1e-12)
+    assert grid["margin_rule"] == FG.margin_rule(gcfg) and f"{pool} {bmax}" in grid["margin_rule"]
     # "budgets of about 10%, 20% and 40% of the pool"
     n_pool = len(json.loads((results_dir() / "instruction-agreement-full" / "data.json").read_text())["pool"])
     assert n_pool >= 300 and [round(10 * b / n_pool) * 10 for b in gcfg.pool_budgets(pool)] == [10, 20, 40]

@@ -216,6 +216,15 @@ def grid_jobs(gcfg: GridConfig, pool_name: str) -> list[tuple]:
     return [(pool_name, b, a, s) for b in sorted(gcfg.pool_budgets(pool_name)) for s in gcfg.seeds for a in gcfg.arms]
 
 
+def margin_rule(gcfg: GridConfig) -> str:
+    """The margin's rule as ``margin.json`` states it: one rule, each pool's pilot at its own
+    largest budget."""
+    at = ", ".join(f"{p} {max(gcfg.pool_budgets(p))}" for p in gcfg.pools)
+    return (f"{gcfg.margin_fraction:.4g} of the pilot's mean icp-top − icp-bottom gap in held-out answer "
+            f"log-likelihood per token at the pool's largest budget ({at}; pilot seeds {gcfg.pilot_seeds}, which no "
+            "main seed enters), fixed from the pilot alone")
+
+
 def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=print, shard: tuple[int, int] = (0, 1),
              now: dict[str, Sequence[int]] | None = None, **overrides: Any) -> dict[str, Any] | None:
     """Train every model of the grid not yet in ``grid/runs.jsonl`` (resumable, sharded like
@@ -314,9 +323,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
             record = json.loads(margin_path.read_text(encoding="utf-8")) if margin_path.exists() else {}
             atomic_write_json(margin_path, {
                 "margin": margins, "config_hash": config_hash(gcfg.to_dict()),
-                "rule": (f"{gcfg.margin_fraction:.4g} of the pilot's mean icp-top − icp-bottom gap in held-out answer "
-                         f"log-likelihood per token at budget {bmax} (pilot seeds {gcfg.pilot_seeds}, which no main "
-                         "seed enters), fixed from the pilot alone"),
+                "rule": margin_rule(gcfg),
                 "pilot": {**record.get("pilot", {}), pool_name: {"gaps": gaps, "gap": gap,
                                                                  "base": done[key_base]["answer_loglik_per_token"]}}})
             log(f"{pool_name}: margin fixed at {margins[pool_name]:.4f} nats/token (pilot gap {gap:+.4f})")
