@@ -246,6 +246,27 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
                 assert e["verdict"] == "equivalent"
 
 
+@pytest.mark.parametrize("pool", ["instructions", "synthetic"])
+def test_the_grid_referee_covers_its_pool_and_keeps_the_ground_truth_runs_rows(pool):
+    """The one-step referee behind ``gt-top``, scored on every candidate of the pool in steps
+    (``pool_referee``): the run's whole pool and probes, the ground-truth run's configuration, and
+    on the candidates that run scored, its very rows."""
+    from icp_influence.experiments import finetune_grid as FG
+    from icp_influence.scores import ScoreMatrix
+
+    path = FG.referee_path("full", pool)
+    if not path.with_suffix(".json").exists():
+        pytest.skip(f"no referee committed for the {pool} pool yet")
+    ref = ScoreMatrix.load(path)
+    run_dir = A.run_dir("full", pool)
+    data = json.loads((run_dir / "data.json").read_text())
+    assert sorted(ref.candidate_ids) == sorted(data["pool"])
+    gt = ScoreMatrix.load(run_dir / "gt_sgd_all")
+    assert ref.probe_ids == gt.probe_ids and ref.meta["config_hash"] == gt.meta["config_hash"]
+    np.testing.assert_allclose(ref.subset(gt.candidate_ids).values, gt.values, rtol=0, atol=0)
+    assert np.isfinite(ref.values).all() and np.abs(ref.values).max() > 0
+
+
 HAVE_CONFOUNDS = (results_dir() / "confounds-full.json").exists()
 
 
