@@ -83,6 +83,12 @@ def test_training_curve_marks_before_and_after():
     assert ax.get_xlabel() and ax.get_ylabel() and [t.get_text() for t in ax.get_xticklabels()][0] == "before"
     with pytest.raises(ValueError):
         PF.training_curve([])
+    # the live demo's title in default mode (a model name and a count) stays inside the figure
+    from icp_course.figcheck import problems
+
+    fig = PF.training_curve([2.2, 2.4, 2.0, 2.1] * 6, steps_per_epoch=6, before=2.3, after=1.9,
+                            title="Fine-tuning smollm2-135m-instruct on 12 examples")
+    assert problems(fig) == []
     plt.close("all")
 
 

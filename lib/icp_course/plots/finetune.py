@@ -83,12 +83,16 @@ def training_curve(losses: Sequence[float], *, steps_per_epoch: int | None = Non
         ax.plot([0, losses.size + 1], [before, after], color="tab:green", ls="--", lw=1)
     lo = 0 if before is not None else 1
     hi = losses.size + (1 if after is not None else 0)
-    ax.set_xticks(np.arange(lo, hi + 1), ["before" if (i == 0 and before is not None) else
-                                          "after" if (i == losses.size + 1) else str(i) for i in range(lo, hi + 1)])
+    every = max(1, int(np.ceil(losses.size / 10)))   # at most about ten numbered steps: labels never crowd
+    nums = [i for i in range(every, losses.size + 1, every) if after is None or losses.size + 1 - i >= every]
+    ticks = ([0] if before is not None else []) + ([1] if every > 1 and before is None else []) + nums \
+        + ([losses.size + 1] if after is not None else [])
+    ax.set_xticks(ticks, ["before" if (i == 0 and before is not None) else
+                          "after" if (i == losses.size + 1) else str(i) for i in ticks])
     ax.set_xlabel("optimiser step")
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(textwrap.fill(title, 56))
+        ax.set_title(textwrap.fill(title, 38))   # the legend to the right leaves the axes about 3.5 inches
     legend_outside(ax, fontsize=8)
     return fig
 
