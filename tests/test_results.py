@@ -199,44 +199,46 @@ def test_the_grid_so_far_follows_from_its_runs_and_the_claims_notebook_06_makes_
     runs = FE._runs(out / "runs.jsonl")
     grid = FG.grid_so_far("full")
     assert grid is not None, "no budget of the grid is complete: notebook 06's grid section has nothing to show"
+    assert "instructions" in grid["budgets_done"]
+    for pool in grid["budgets_done"]:   # every pool with a complete budget (notebook 06 shows each)
+        bmax = max(gcfg.pool_budgets(pool))
+        gaps = [runs[(pool, bmax, "icp-top", s)]["answer_loglik_per_token"]
+                - runs[(pool, bmax, "icp-bottom", s)]["answer_loglik_per_token"] for s in gcfg.pilot_seeds]
+        assert not set(gcfg.pilot_seeds) & set(gcfg.seeds)
+        assert grid["margin"][pool] == pytest.approx(max(abs(np.mean(gaps)) / 3, 1e-6), rel=1e-12)
+        assert grid["margin_rule"] == FG.margin_rule(gcfg) and f"{pool} {bmax}" in grid["margin_rule"]
+        if pool == "instructions":   # "budgets of about 10%, 20% and 40% of the pool"
+            n_pool = len(json.loads((results_dir() / "instruction-agreement-full" / "data.json").read_text())["pool"])
+            assert n_pool >= 300 and [round(10 * b / n_pool) * 10 for b in gcfg.pool_budgets(pool)] == [10, 20, 40]
+        for b in grid["budgets_done"][pool]:
+            vals = {a: [runs[(pool, b, a, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for a in gcfg.arms}
+            for a, v in vals.items():
+                assert grid["loglik"][pool][str(b)][a]["mean"] == pytest.approx(np.mean(v), abs=1e-12)
+            for e in (e for e in grid["equivalence"] if e["pool"] == pool and e["budget"] == b):
+                d = np.subtract(vals[e["a"]], vals[e["b"]])
+                se = d.std(ddof=1) / np.sqrt(d.size)
+                p = max(st.t.sf((d.mean() + grid["margin"][pool]) / se, d.size - 1),
+                        st.t.cdf((d.mean() - grid["margin"][pool]) / se, d.size - 1))
+                assert e["p_tost"] == pytest.approx(p, rel=1e-9) and e["diff"] == pytest.approx(d.mean(), abs=1e-12)
+                assert e["verdict"] == stats.tost_paired(vals[e["a"]], vals[e["b"]], grid["margin"][pool]).verdict
+        text = FG.grid_verdict(grid, pool)
+        mdd = grid["min_detectable_difference"][pool]
+        for c in (c for c in grid["positive_controls"] if c["pool"] == pool):
+            assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and f"**{c['verdict']}**" in text
+            # "not for lack of power": the control's 95% t-interval, recomputed from the rows, lies inside ±MDD
+            d = np.subtract(*([runs[(pool, c["budget"], a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]
+                              for a in (c["a"], c["b"])))
+            half = st.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+            if "Not for lack of power" in text and f"Why `{c['a']}` vs `{c['b']}`" in text:
+                assert not c["passed"] and -mdd < d.mean() - half and d.mean() + half < mdd
+        # "the gain follows the answer length selected": Spearman over the arms, from the rows' own lengths
+        for b, rho in FG.length_spearman(grid, pool).items():
+            arms = [a for a in gcfg.arms if a != "corrupted"]
+            tokens = [np.mean([runs[(pool, int(b), a, s)]["selected_answer_tokens"] for s in gcfg.seeds]) for a in arms]
+            gain = [np.mean([runs[(pool, int(b), a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]) for a in arms]
+            assert rho == pytest.approx(st.spearmanr(tokens, gain).statistic, abs=1e-12)
+            assert f"{b}: {rho:+.2f}" in text
     pool = "instructions"
-    bmax = max(gcfg.pool_budgets(pool))
-    gaps = [runs[(pool, bmax, "icp-top", s)]["answer_loglik_per_token"]
-            - runs[(pool, bmax, "icp-bottom", s)]["answer_loglik_per_token"] for s in gcfg.pilot_seeds]
-    assert not set(gcfg.pilot_seeds) & set(gcfg.seeds)
-    assert grid["margin"][pool] == pytest.approx(max(abs(np.mean(gaps)) / 3, 1e-6), rel=1e-12)
-    assert grid["margin_rule"] == FG.margin_rule(gcfg) and f"{pool} {bmax}" in grid["margin_rule"]
-    # "budgets of about 10%, 20% and 40% of the pool"
-    n_pool = len(json.loads((results_dir() / "instruction-agreement-full" / "data.json").read_text())["pool"])
-    assert n_pool >= 300 and [round(10 * b / n_pool) * 10 for b in gcfg.pool_budgets(pool)] == [10, 20, 40]
-    for b in grid["budgets_done"][pool]:
-        vals = {a: [runs[(pool, b, a, s)]["answer_loglik_per_token"] for s in gcfg.seeds] for a in gcfg.arms}
-        for a, v in vals.items():
-            assert grid["loglik"][pool][str(b)][a]["mean"] == pytest.approx(np.mean(v), abs=1e-12)
-        for e in (e for e in grid["equivalence"] if e["pool"] == pool and e["budget"] == b):
-            d = np.subtract(vals[e["a"]], vals[e["b"]])
-            se = d.std(ddof=1) / np.sqrt(d.size)
-            p = max(st.t.sf((d.mean() + grid["margin"][pool]) / se, d.size - 1),
-                    st.t.cdf((d.mean() - grid["margin"][pool]) / se, d.size - 1))
-            assert e["p_tost"] == pytest.approx(p, rel=1e-9) and e["diff"] == pytest.approx(d.mean(), abs=1e-12)
-            assert e["verdict"] == stats.tost_paired(vals[e["a"]], vals[e["b"]], grid["margin"][pool]).verdict
-    text = FG.grid_verdict(grid, pool)
-    mdd = grid["min_detectable_difference"][pool]
-    for c in (c for c in grid["positive_controls"] if c["pool"] == pool):
-        assert f"{c['a']} vs {c['b']} {c['diff']:+.4f}" in text and f"**{c['verdict']}**" in text
-        # "not for lack of power": the control's 95% t-interval, recomputed from the rows, lies inside ±MDD
-        d = np.subtract(*([runs[(pool, c["budget"], a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]
-                          for a in (c["a"], c["b"])))
-        half = st.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
-        if "Not for lack of power" in text and f"Why `{c['a']}` vs `{c['b']}`" in text:
-            assert not c["passed"] and -mdd < d.mean() - half and d.mean() + half < mdd
-    # "the gain follows the answer length selected": Spearman over the arms, from the rows' own lengths
-    for b, rho in FG.length_spearman(grid, pool).items():
-        arms = [a for a in gcfg.arms if a != "corrupted"]
-        tokens = [np.mean([runs[(pool, int(b), a, s)]["selected_answer_tokens"] for s in gcfg.seeds]) for a in arms]
-        gain = [np.mean([runs[(pool, int(b), a, s)]["answer_loglik_per_token"] for s in gcfg.seeds]) for a in arms]
-        assert rho == pytest.approx(st.spearmanr(tokens, gain).statistic, abs=1e-12)
-        assert f"{b}: {rho:+.2f}" in text
     # notebook 06: "with a margin of half of what any fine-tuning gains, icp-bottom comes out equivalent to the best arms"
     res = _committed("finetune-equivalence-full.json")
     for b in res["budgets"]:
