@@ -431,7 +431,7 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     FE._append(path, {k: v for k, v in old.items() if k != "predictions"})
     key = (old["pool"], old["budget"], old["arm"], old["seed"])
     assert "predictions" not in FE._runs(path)[key]
-    assert FG.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == 1
+    assert FG.grid_so_far("tiny", pools=("instructions",))["accuracy_pending"] == {"instructions": 1}
     base_row = FE._runs(path)[("instructions", 0, "base", -1)]
     FE._append(path, {k: v for k, v in base_row.items() if k != "predictions"})   # the base model's too
     assert FG.grid_so_far("tiny", pools=("instructions",))["base_accuracy"]["instructions"] is None
@@ -454,3 +454,48 @@ def test_finetune_grid_arms_pilot_margin_power_and_controls_in_two_shards(result
     assert len(FE._runs(path)) == len(rows)
     FE._append(path, {"pool": "x", "budget": 1, "arm": "y", "seed": 0})
     assert ("x", 1, "y", 0) in FE._runs(path) and len(FE._runs(path)) == len(rows) + 1
+
+
+def test_grid_exact_match_differences_resample_the_questions_and_rows_without_hits_wait():
+    """The synthetic pool's accuracy in the grid: each model keeps its per-question exact matches
+    (``hits``); a paired accuracy difference is the two-way bootstrap over seeds and questions of
+    those records (recomputed here from the rows); a row that kept only the mean (an earlier
+    rule) leaves its budget without accuracy until it is trained again."""
+    from dataclasses import replace
+
+    from icp_influence import stats
+    from icp_influence.data import Example
+    from icp_influence.experiments import finetune_grid as FG
+
+    held = [Example(id=f"q{i}", instruction="x", input="", output="y") for i in range(6)]
+    assert FG.exact_hits(held, [True, False, 1, 0, 0, True]) == {"q0": 1, "q1": 0, "q2": 1, "q3": 0, "q4": 0, "q5": 1}
+    with pytest.raises(ValueError):
+        FG.exact_hits(held, [True])
+    gcfg = replace(FG.GridConfig.for_mode("tiny"), pools=("synthetic",), budgets_per_pool={"synthetic": [4]})
+    rng = np.random.default_rng(0)
+    done = {("synthetic", 0, "base", -1): {"pool": "synthetic", "budget": 0, "arm": "base", "seed": -1,
+                                           "answer_loglik_per_token": -2.0, "accuracy": 0.0, "hits": {}}}
+    for a in gcfg.arms:
+        for s in gcfg.seeds:
+            hits = {e.id: int(rng.random() < 0.5) for e in held}
+            done[("synthetic", 4, a, s)] = {"pool": "synthetic", "budget": 4, "arm": a, "seed": s,
+                                            "answer_loglik_per_token": -2.0 + rng.normal(0, 0.01),
+                                            "accuracy": float(np.mean(list(hits.values()))), "hits": hits,
+                                            "selected_answer_tokens": 3.0, "selected_noisy_fraction": 0.0}
+    res = FG.summarise_grid(gcfg, done, {"synthetic": 0.01})
+    assert res["accuracy_differences"] and all(e["method"] == "two-way bootstrap over seeds and questions"
+                                               for e in res["accuracy_differences"])
+    for e in res["accuracy_differences"]:
+        mat = {x: np.array([[done[("synthetic", 4, x, s)]["hits"][q.id] for q in held] for s in gcfg.seeds])
+               for x in (e["a"], e["b"])}
+        diff, lo, hi = stats.two_way_difference(mat[e["a"]], mat[e["b"]])
+        assert e["diff"] == pytest.approx(diff) and e["ci"] == pytest.approx([lo, hi])
+    # one row without its per-question record: no accuracy at that budget until it is trained again
+    key = ("synthetic", 4, "random", gcfg.seeds[0])
+    assert not FG.scored_by_earlier_rule(done[key], "synthetic")
+    done[key] = {k: v for k, v in done[key].items() if k != "hits"}
+    assert FG.scored_by_earlier_rule(done[key], "synthetic")
+    res = FG.summarise_grid(gcfg, done, {"synthetic": 0.01})
+    assert res["accuracy_differences"] == [] and res["accuracy"] == {}
+    assert res["loglik"]["synthetic"]["4"]["random"]["mean"] == pytest.approx(
+        np.mean([done[("synthetic", 4, "random", s)]["answer_loglik_per_token"] for s in gcfg.seeds]))

@@ -179,12 +179,18 @@ def grid_model(model, tok, pool, ids, heldout, checkable, *, gcfg: GridConfig, s
     tuned, tlog = finetune(model, tok, pool.subset(list(ids)), cfg, seed=seed, return_log=True, progress=progress)
     ev = evaluate(tuned, tok, heldout, template=gcfg.template, exact_match_eval=exact, max_length=gcfg.max_length)
     row = {**ev.summary(), "train_loss_first": tlog.losses[0], "train_loss_last": tlog.losses[-1]}
-    if exact:
-        row["accuracy"] = row["exact_match"]
+    if exact:   # every held-out answer's hit is kept: accuracy differences resample the questions too
+        row.update(accuracy=row["exact_match"], hits=exact_hits(heldout, ev.correct))
     elif checkable:
         row.update(checkable_accuracy(tuned, tok, checkable, gcfg))
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
+
+
+def exact_hits(heldout, correct) -> dict[str, int]:
+    """Held-out id → 1 if the model's answer was an exact match (the synthetic pool's accuracy,
+    kept per question)."""
+    return {e.id: int(bool(c)) for e, c in zip(heldout, correct, strict=True)}
 
 
 def checkable_accuracy(model, tok, checkable, gcfg: GridConfig) -> dict[str, Any]:
@@ -202,10 +208,11 @@ def checkable_accuracy(model, tok, checkable, gcfg: GridConfig) -> dict[str, Any
 
 
 def scored_by_earlier_rule(row: dict[str, Any], pool: str) -> bool:
-    """True when a row's accuracy came from the earlier numeric-match rule: an instruction-set
-    model whose greedy answers were not kept (the synthetic pool's exact match never changed).
-    Such a row counts for log-likelihood only, until :func:`run_grid` scores its model again."""
-    return pool != "synthetic" and "predictions" not in row
+    """True when a row's accuracy came from an earlier rule: an instruction-set model whose
+    greedy answers were not kept, or a synthetic-pool model whose per-question exact matches were
+    not kept (only their mean). Such a row counts for log-likelihood only, until :func:`run_grid`
+    scores its model again (accuracy differences resample the questions, which needs them)."""
+    return "hits" not in row if pool == "synthetic" else "predictions" not in row
 
 
 def grid_jobs(gcfg: GridConfig, pool_name: str) -> list[tuple]:
@@ -230,7 +237,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
     """Train every model of the grid not yet in ``grid/runs.jsonl`` (resumable, sharded like
     :func:`run`), then summarise into ``finetune-equivalence-<mode>.json`` once every model,
     ``gt-top`` included, is there. A model whose row lacks its greedy answers (scored by an
-    earlier accuracy rule) is trained again after the new ones of its budget; its new row, appended, replaces
+    earlier accuracy rule) is trained again after every new model of its pool; its new row, appended, replaces
     the old one (the last row of a key wins). Rank 0 trains the base model and the pilot first and fixes
     the margin; the other ranks start their share of the main models at once (the margin is
     needed only to summarise).
@@ -297,10 +304,11 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
             return scored_by_earlier_rule(row, pool)
 
         if rank == 0 and (key_base not in done or stale(done[key_base])):   # the base model: scored again, no training
-            row = evaluate(model, tok, heldout, template=gcfg.template, exact_match_eval=exact,
-                           max_length=gcfg.max_length).summary()
+            ev = evaluate(model, tok, heldout, template=gcfg.template, exact_match_eval=exact,
+                          max_length=gcfg.max_length)
+            row = ev.summary()
             if exact:
-                row["accuracy"] = row["exact_match"]
+                row.update(accuracy=row["exact_match"], hits=exact_hits(heldout, ev.correct))
             elif checkable:
                 row.update(checkable_accuracy(model, tok, checkable, gcfg))
             row = {"pool": pool_name, "budget": 0, "arm": "base", "seed": -1, **row}
@@ -330,7 +338,7 @@ def run_grid(mode: str = "full", *, seed: int = 0, progress: bool = True, log=pr
         jobs = grid_jobs(gcfg, pool_name)
         mine = [k for j, k in enumerate(jobs) if j % world == rank and (k not in done or stale(done[k]))
                 and (gt is not None or k[2] != "gt-top") and (now is None or k[1] in now[pool_name])]
-        mine.sort(key=lambda k: (k[1], k in done))   # per budget: new models, then those whose answers were not kept
+        mine.sort(key=lambda k: (k in done, k[1]))   # new models (smallest budgets first), then those scored by an earlier rule
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -400,11 +408,15 @@ def min_detectable_difference(diffs_by_pair: list[list[float]], *, alpha: float 
     return mdd(sd, d[0].size, alpha=alpha, power=power) if sd > 0 else 0.0
 
 
-def _hits(rows: list[dict[str, Any]], refs: dict[str, str]) -> np.ndarray:
-    """Seeds × questions: 1 where a model's kept greedy answer numerically matches the
-    reference (:func:`~icp_influence.finetune.numeric_match`), questions in one fixed order."""
+def _hits(rows: list[dict[str, Any]], refs: dict[str, str] | None) -> np.ndarray:
+    """Seeds × questions: 1 where a model's answer was right — its kept exact matches
+    (``hits``, the synthetic pool), or its kept greedy answer numerically matching the reference
+    (:func:`~icp_influence.finetune.numeric_match`, the instruction set) — questions in one fixed order."""
     from ..finetune import numeric_match
 
+    if all("hits" in r for r in rows):
+        ids = sorted(rows[0]["hits"])
+        return np.array([[float(r["hits"][i]) for i in ids] for r in rows])
     ids = sorted(rows[0]["predictions"])
     return np.array([[float(numeric_match(r["predictions"][i], refs[i])) for i in ids] for r in rows])
 
@@ -417,9 +429,10 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
     ``accuracy``: arm → budget → {mean, ci, seeds, pool} (the pools' budgets differ; where two
     pools share a budget the key is ``"<pool>/<budget>"``); ``accuracy_differences``: each
     question of :data:`GRID_QUESTIONS` as a paired difference of accuracy with its 95%
-    interval from a bootstrap over seeds and questions (:func:`~icp_influence.stats.two_way_difference`;
-    over seeds alone where no answers were kept) — a difference verdict only, since no accuracy
-    margin was fixed in advance."""
+    interval from a bootstrap over seeds and questions (:func:`~icp_influence.stats.two_way_difference`,
+    on each model's kept per-question record) — a difference verdict only, since no accuracy
+    margin was fixed in advance. Accuracy is summarised only at budgets where every model was
+    scored by the current rule (:func:`scored_by_earlier_rule`)."""
     from .. import stats as S
 
     metric = "answer_loglik_per_token"
@@ -448,17 +461,11 @@ def summarise_grid(gcfg: GridConfig, done: dict[tuple, dict[str, Any]], margins:
                     from ..instructions import load_instructions
 
                     refs = {e.id: e.output for e in load_instructions()}
-                hits = None if pool == "synthetic" else {a: _hits([done[(pool, budget, a, s)] for s in gcfg.seeds], refs)
-                                                         for a in gcfg.arms}
+                hits = {a: _hits([done[(pool, budget, a, s)] for s in gcfg.seeds], refs) for a in gcfg.arms}
                 for a, b, _ in GRID_QUESTIONS:
-                    if a in acc and b in acc:
-                        if hits is not None:    # resample seeds and questions: the questions are a sample too
-                            diff, lo, hi = S.two_way_difference(hits[a], hits[b])
-                            method = "two-way bootstrap over seeds and questions"
-                        else:                   # no per-question record: seeds only
-                            d = np.subtract(acc[a], acc[b])
-                            diff, (lo, hi) = float(d.mean()), S.t_interval(d)
-                            method = "t-interval over seeds"
+                    if a in acc and b in acc:   # resample seeds and questions: the questions are a sample too
+                        diff, lo, hi = S.two_way_difference(hits[a], hits[b])
+                        method = "two-way bootstrap over seeds and questions"
                         acc_diff.append({"pool": pool, "a": a, "b": b, "budget": budget, "diff": diff, "ci": [lo, hi],
                                          "method": method, "verdict": "different" if lo > 0 or hi < 0
                                          else "no detectable difference"})
@@ -507,7 +514,7 @@ def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str
     running (hours of CPU per budget): :func:`summarise_grid` on the budgets of each pool where
     **every** arm has **every** seed, with the positive controls and the power read at the
     largest such budget. ``complete`` says whether that is the whole grid; ``n_trained`` and
-    ``n_planned`` count the main models; ``accuracy_pending``: models of the complete budgets
+    ``n_planned`` count the main models; ``accuracy_pending``: per pool, models of the complete budgets
     still to be retrained for their greedy answers (:func:`run_grid` does that). None until one
     budget of one pool is complete.
     Rows whose accuracy came from an earlier rule count for log-likelihood only
@@ -546,8 +553,8 @@ def grid_so_far(mode: str = "full", seed: int = 0, **overrides: Any) -> dict[str
                 "pool_size": {p: len(json.loads((A.run_dir(mode, p) / "data.json").read_text(encoding="utf-8"))["pool"])
                               for p in pools if (A.run_dir(mode, p) / "data.json").exists()},
                 "complete": all(k in done for v in planned.values() for k in v),
-                "accuracy_pending": sum(scored_by_earlier_rule(done[(p, b, a, s)], p) for p in pools for b in ready[p]
-                                        for a in gcfg.arms for s in gcfg.seeds),
+                "accuracy_pending": {p: sum(scored_by_earlier_rule(done[(p, b, a, s)], p) for b in ready[p]
+                                            for a in gcfg.arms for s in gcfg.seeds) for p in pools},
                 "config": gcfg.to_dict(), "config_hash": record["config_hash"]})
     return res
 
