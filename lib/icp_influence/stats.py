@@ -102,7 +102,8 @@ def roc_auc(y: Any, score: Any) -> float:
     """ROC AUC of ``score`` as a detector of ``y`` (1 = positive): the Mann–Whitney statistic,
     the chance that a random positive scores above a random negative, ties counting one half —
     the same number as ``sklearn.metrics.roc_auc_score(y, score)``, from one ranking (about
-    100× faster, which matters inside a bootstrap). NaN unless both classes are present."""
+    30× faster on 312 candidates, which matters inside a bootstrap). NaN unless both classes are
+    present."""
     y = np.asarray(y).ravel().astype(bool)
     s = np.asarray(score, dtype=float).ravel()
     if y.shape != s.shape:
